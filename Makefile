@@ -1,0 +1,38 @@
+# Redline. `make run` starts everything; `make test` runs the whole suite. Both bootstrap .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.synced
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+# uv is pinned in the lock's dev group, so `uv sync` keeps itself installed.
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	@echo "==> installing dependencies into $(VENV)"
+	@$(BIN)/uv sync --frozen --quiet
+	@touch $(STAMP)
+
+run: install
+	@$(BIN)/python -m deploy.run
+
+test: install
+	@$(BIN)/python -m pytest
+
+lint: install
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy .
+
+format: install
+	@$(BIN)/ruff format .
+	@$(BIN)/ruff check --fix .
+
+bench: install
+	@$(BIN)/python -m bench
+
+clean:
+	rm -rf .data/test-* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""Every error the API returns is RFC 9457 `application/problem+json`, mapped here in one table."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+from shared import errors
+
+log = logging.getLogger("redline.api")
+
+STATUS: dict[type[errors.RedlineError], int] = {
+    errors.NotFound: 404,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.Conflict: 409,
+    errors.TooLarge: 413,
+    errors.InvalidInput: 422,
+    errors.RateLimited: 429,
+    errors.Unavailable: 503,
+}
+
+# Failures of a dependency, not of the request: 503, and the client may retry; nothing was lost.
+DEPENDENCY_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
+    (RedisError, "redis"),
+    (asyncpg.exceptions.PostgresConnectionError, "postgres"),
+    (asyncpg.exceptions.CannotConnectNowError, "postgres"),
+    (asyncpg.exceptions.OperatorInterventionError, "postgres"),
+    (asyncpg.exceptions.TooManyConnectionsError, "postgres"),
+    (asyncpg.InterfaceError, "postgres"),
+    (ConnectionError, "a dependency"),
+    (OSError, "a dependency"),
+    (TimeoutError, "a dependency"),
+)
+
+
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
+    body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+
+
+async def _domain(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.RedlineError)
+    status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, errors.Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, errors.Conflict) and exc.current_version is not None:
+        extra["current_version"] = exc.current_version
+    elif isinstance(exc, errors.TooLarge):
+        extra["limit"] = exc.limit
+    elif isinstance(exc, errors.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+        headers["RateLimit-Policy"] = f'"default";q={exc.limit};w={exc.window_s}'
+        headers["RateLimit"] = f'"default";r=0;t={exc.retry_after_s}'
+    elif isinstance(exc, errors.Unavailable):
+        headers["Retry-After"] = "1"
+    return problem(status, exc.detail, headers, **extra)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    issues = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return problem(422, "the request is not valid", errors=issues)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _dependency(request: Request, exc: Exception) -> JSONResponse:
+    dependency = next(name for cls, name in DEPENDENCY_ERRORS if isinstance(exc, cls))
+    log.warning(
+        "%s unavailable during %s %s: %r", dependency, request.method, request.url.path, exc
+    )
+    return problem(503, f"{dependency} is unavailable; retry shortly", {"Retry-After": "1"})
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return problem(500, "internal error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(errors.RedlineError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    # Registered class by class so Starlette answers them in its exception middleware, as it
+    # does for the domain errors, instead of treating them as crashes.
+    for cls, _ in DEPENDENCY_ERRORS:
+        app.add_exception_handler(cls, _dependency)
+    app.add_exception_handler(Exception, _unexpected)

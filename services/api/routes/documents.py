@@ -1,0 +1,83 @@
+"""Documents: create, list, read, autosave edits, presence, status, delete."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from services.api.deps import Caller, Res, json_body
+from shared.jobs import enqueue_flush
+from shared.models import (
+    ContentEdit,
+    DocumentCreate,
+    DocumentOut,
+    DocumentPage,
+    EditOut,
+    PresenceOut,
+    StatusOut,
+)
+
+router = APIRouter(prefix="/v1/documents", tags=["documents"])
+log = logging.getLogger("redline.api")
+
+
+@router.post("", status_code=201, response_model=DocumentOut)
+async def create(request: Request, who: Caller, res: Res) -> DocumentOut:
+    body = await json_body(request, DocumentCreate)
+    return await res.documents.create(who, body.title, body.content)
+
+
+@router.get("", response_model=DocumentPage)
+async def list_documents(
+    who: Caller,
+    res: Res,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> DocumentPage:
+    return await res.documents.list(who, limit, cursor)
+
+
+@router.get("/{doc_id}", response_model=DocumentOut)
+async def read(doc_id: UUID, who: Caller, res: Res) -> DocumentOut:
+    return await res.documents.read(who, str(doc_id))
+
+
+@router.put("/{doc_id}/content", status_code=202, response_model=EditOut)
+async def edit(doc_id: UUID, request: Request, who: Caller, res: Res) -> JSONResponse:
+    body = await json_body(request, ContentEdit)
+    out = await res.documents.edit(who, str(doc_id), body.content, body.base_version)
+    # The hot path: skip response-model re-validation, the reply is built from typed values.
+    return JSONResponse(out.model_dump(), status_code=202)
+
+
+@router.post("/{doc_id}/presence", response_model=PresenceOut)
+async def join(doc_id: UUID, who: Caller, res: Res) -> PresenceOut:
+    return PresenceOut(editors=await res.documents.join(who, str(doc_id)))
+
+
+@router.delete("/{doc_id}/presence", response_model=PresenceOut)
+async def leave(doc_id: UUID, who: Caller, res: Res) -> PresenceOut:
+    last_out, editors = await res.documents.leave(who, str(doc_id))
+    if last_out:
+        try:
+            await enqueue_flush(res.queue, res.keys, str(doc_id))
+        except RedisError as exc:
+            # The document stays dirty, so the cron flush still saves it within flush_interval.
+            log.warning("could not enqueue flush of %s: %r", doc_id, exc)
+    return PresenceOut(editors=editors)
+
+
+@router.get("/{doc_id}/status", response_model=StatusOut)
+async def status(doc_id: UUID, who: Caller, res: Res) -> StatusOut:
+    return await res.documents.status(who, str(doc_id))
+
+
+@router.delete("/{doc_id}", status_code=204)
+async def delete(doc_id: UUID, who: Caller, res: Res) -> Response:
+    await res.documents.delete(who, str(doc_id))
+    return Response(status_code=204)

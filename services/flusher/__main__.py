@@ -1,0 +1,15 @@
+"""Run the flusher: `python -m services.flusher`."""
+
+from shared.logs import configure_logging
+from shared.settings import Settings
+from services.flusher.worker import create_worker
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    create_worker(settings).run()
+
+
+if __name__ == "__main__":
+    main()

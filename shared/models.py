@@ -1,0 +1,102 @@
+"""Pydantic models for everything that crosses a service boundary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Username = Annotated[
+    str, StringConstraints(min_length=3, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+
+
+class In(BaseModel):
+    """Base of request bodies: unknown fields are an error, so nobody can set what they may not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credentials(In):
+    username: Username
+    password: Password
+
+
+class SessionOut(BaseModel):
+    user_id: str
+    tenant_id: str
+    token: str
+
+
+class MeOut(BaseModel):
+    user_id: str
+    tenant_id: str
+    username: str
+    role: Literal["owner", "member"]
+
+
+class MemberOut(BaseModel):
+    user_id: str
+
+
+class DocumentCreate(In):
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    content: str = ""
+
+
+class ContentEdit(In):
+    content: str
+    base_version: Annotated[int, Field(ge=0)] | None = None
+
+
+DocState = Literal["saved", "saving"]
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    content: str
+    version: int
+    saved_version: int
+    status: DocState
+    dirty_since: datetime | None
+    updated_at: datetime
+    updated_by: str | None
+    created_at: datetime
+
+
+class DocumentSummary(BaseModel):
+    id: str
+    title: str
+    version: int
+    saved_version: int
+    status: DocState
+    updated_at: datetime
+    created_at: datetime
+
+
+class DocumentPage(BaseModel):
+    items: list[DocumentSummary]
+    next_cursor: str | None
+
+
+class EditOut(BaseModel):
+    id: str
+    version: int
+    saved_version: int
+    status: DocState
+
+
+class PresenceOut(BaseModel):
+    editors: list[str]
+
+
+class StatusOut(BaseModel):
+    id: str
+    version: int
+    saved_version: int
+    status: DocState
+    dirty_since: datetime | None
+    editors: list[str]

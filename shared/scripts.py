@@ -1,0 +1,138 @@
+"""Typed wrappers around the Lua scripts in shared/lua/. Each script is read once, registered
+once per client (EVALSHA, reloaded by redis-py if the server lost it) and called only from here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.keys import Keys
+
+LUA_DIR = Path(__file__).parent / "lua"
+NAMES = (
+    "edit",
+    "seed",
+    "claim",
+    "release",
+    "mark_clean",
+    "delete",
+    "presence_join",
+    "presence_leave",
+    "gcra",
+)
+
+
+class EditStatus(IntEnum):
+    APPLIED = 1
+    NOT_LOADED = 0
+    STALE = -1
+    DELETED = -2
+    NO_ACCESS = -3
+
+
+@dataclass(frozen=True, slots=True)
+class EditReply:
+    status: EditStatus
+    version: int
+    saved_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    remaining: int
+    retry_after_ms: int
+    reset_after_ms: int
+
+
+class Scripts:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._keys = keys
+        self._s = {name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES}
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._s[name](keys=keys, args=args)
+
+    async def edit(
+        self,
+        doc_id: str,
+        content: str,
+        base_version: int | None,
+        author: str,
+        now_ms: int,
+        grants: Sequence[str],
+    ) -> EditReply:
+        k = self._keys
+        status, version, saved = await self._call(
+            "edit",
+            (k.doc(doc_id), k.doc_dirty(doc_id)),
+            (doc_id, content, "" if base_version is None else base_version, author, now_ms, *grants),
+        )
+        return EditReply(EditStatus(status), int(version), int(saved))
+
+    async def seed(self, doc_id: str, fields: Mapping[str, str | int], ttl_ms: int) -> bool:
+        flat: list[str | int] = []
+        for name, value in fields.items():
+            flat += (name, value)
+        return bool(await self._call("seed", (self._keys.doc(doc_id),), (ttl_ms, *flat)))
+
+    async def claim(
+        self, shard: int, token: str, lease_ms: int, limit: int, until_ms: int | None
+    ) -> list[str]:
+        k = self._keys
+        until = "+inf" if until_ms is None else until_ms
+        ids: list[str] = await self._call(
+            "claim", (k.dirty(shard), k.flush_lease(shard)), (token, lease_ms, limit, until)
+        )
+        return ids
+
+    async def release(self, shard: int, token: str) -> None:
+        await self._call("release", (self._keys.flush_lease(shard),), (token,))
+
+    async def mark_clean(self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int) -> int:
+        k = self._keys
+        args: list[str | int] = [ttl_ms]
+        for doc_id, version in written:
+            args += (doc_id, version)
+        keys = (k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written))
+        return int(await self._call("mark_clean", keys, args))
+
+    async def delete(self, doc_id: str, tombstone_ttl_ms: int) -> None:
+        k = self._keys
+        await self._call(
+            "delete",
+            (k.doc(doc_id), k.editors(doc_id), k.doc_dirty(doc_id), k.doc_presence(doc_id)),
+            (doc_id, tombstone_ttl_ms),
+        )
+
+    async def presence_join(self, doc_id: str, user_id: str, expiry_ms: int, now_ms: int) -> list[str]:
+        k = self._keys
+        editors: list[str] = await self._call(
+            "presence_join",
+            (k.editors(doc_id), k.doc_presence(doc_id)),
+            (doc_id, user_id, expiry_ms, now_ms),
+        )
+        return editors
+
+    async def presence_leave(
+        self, doc_id: str, user_id: str | None, now_ms: int
+    ) -> tuple[bool, list[str]]:
+        """Remove the user (or, with None, only expired editors). True when the last one left."""
+        k = self._keys
+        emptied, *editors = await self._call(
+            "presence_leave",
+            (k.editors(doc_id), k.doc_presence(doc_id)),
+            (doc_id, user_id or "", now_ms),
+        )
+        return bool(emptied), editors
+
+    async def gcra(self, key: str, interval_ms: int, burst: int, now_ms: int) -> RateDecision:
+        allowed, remaining, retry_ms, reset_ms = await self._call(
+            "gcra", (key,), (interval_ms, burst, now_ms)
+        )
+        return RateDecision(bool(allowed), int(remaining), int(retry_ms), int(reset_ms))

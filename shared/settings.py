@@ -1,0 +1,120 @@
+"""Settings for every service, read once from `REDLINE_*` environment variables."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# arq's cron can only express intervals that divide a minute (or an hour, in whole minutes).
+_CRON_INTERVALS = {s for s in range(1, 61) if 60 % s == 0} | {
+    m * 60 for m in range(1, 61) if 60 % m == 0
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REDLINE_", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+
+    # Redis roles. Each defaults to `redis_url`; all three may point at one server.
+    redis_url: str | None = None
+    state_redis_url: str | None = None
+    cache_redis_url: str | None = None
+    queue_redis_url: str | None = None
+    database_url: str | None = None
+    key_prefix: str = Field("rl", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    matcher_host: str = "127.0.0.1"
+    matcher_port: int = 8001
+
+    # Write-behind.
+    doc_shards: int = Field(64, ge=1, le=16384)
+    flush_interval: int = Field(30, description="seconds between cron flushes")
+    flush_batch_size: int = Field(1000, ge=1, le=50_000)
+    flush_lease_ms: int = Field(15_000, ge=1000)
+    flush_retry_max_s: float = Field(5.0, gt=0)
+    clean_ttl_s: int = Field(3600, ge=1)
+    tombstone_ttl_s: int = Field(86_400, ge=60)
+    presence_ttl_s: int = Field(60, ge=1)
+    presence_sweep_s: int = Field(5, ge=1)
+    shutdown_drain_s: float = Field(60.0, gt=0)
+    max_document_bytes: int = Field(1_048_576, ge=1024)
+    max_title_chars: int = Field(200, ge=1)
+
+    # Accounts.
+    session_ttl_s: int = Field(14 * 86_400, ge=60)
+    login_rate: int = Field(10, ge=1, description="login attempts per login_period_s")
+    login_period_s: int = Field(60, ge=1)
+    # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_kib: int = Field(65_536, ge=8)
+    argon2_parallelism: int = Field(4, ge=1)
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    db_pool_min: int = Field(1, ge=0)
+    db_pool_max: int = Field(10, ge=1)
+    db_command_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(ip_network(p.strip()) for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("flush_interval")
+    @classmethod
+    def _cron_expressible(cls, v: int) -> int:
+        if v not in _CRON_INTERVALS:
+            raise ValueError(
+                "flush_interval must divide 60 seconds (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
+                " or 60 minutes (120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800, 3600)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _default_roles(self) -> Settings:
+        # Frozen model: fill the role URLs through object.__setattr__ once, at construction.
+        for role in ("state_redis_url", "cache_redis_url", "queue_redis_url"):
+            if getattr(self, role) is None:
+                object.__setattr__(self, role, self.redis_url)
+        return self
+
+    def require_urls(self) -> None:
+        """Fail with a clear message when a service is started without its servers."""
+        missing = [
+            f"REDLINE_{name.upper()}"
+            for name in ("state_redis_url", "queue_redis_url", "database_url")
+            if getattr(self, name) is None
+        ]
+        if missing:
+            raise SystemExit(
+                f"missing {', '.join(missing)}: set REDLINE_REDIS_URL and REDLINE_DATABASE_URL,"
+                " or start everything with `make run`, which provides embedded servers"
+            )
+
+    @property
+    def state_url(self) -> str:
+        assert self.state_redis_url is not None
+        return self.state_redis_url
+
+    @property
+    def cache_url(self) -> str:
+        assert self.cache_redis_url is not None
+        return self.cache_redis_url
+
+    @property
+    def queue_url(self) -> str:
+        assert self.queue_redis_url is not None
+        return self.queue_redis_url
+
+    @property
+    def dsn(self) -> str:
+        assert self.database_url is not None
+        return self.database_url
