@@ -11,7 +11,8 @@ install: $(STAMP)
 # uv is pinned in the lock's dev group, so `uv sync` keeps itself installed.
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --quiet; \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9; }
 	@echo "==> installing dependencies into $(VENV)"
 	@$(BIN)/uv sync --frozen --quiet
 	@touch $(STAMP)

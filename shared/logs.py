@@ -8,7 +8,11 @@ import sys
 import time
 from typing import Any
 
-_STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,3 +38,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # uvicorn's access log is one line a request: too much at keystroke rate.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # arq logs every cron run (a presence sweep every few seconds); our jobs log what matters.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
