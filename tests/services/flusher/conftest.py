@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from services.flusher.flush import Flusher
+from shared.clients import create_db_pool
+from shared.keys import Keys
+from shared.queries import prepare_flush_connection
+from shared.scripts import Scripts
+from shared.settings import Settings
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix, settings.doc_shards)
+
+
+@pytest.fixture
+async def flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
+    pool = await create_db_pool(settings, init=prepare_flush_connection)
+    yield Flusher(settings, redis, pool, Scripts(redis, keys), keys)
+    await pool.close()
+
+
+@pytest.fixture
+async def second_flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
+    """Another flusher process's worth of state: its own pool and lease token."""
+    pool = await create_db_pool(settings, init=prepare_flush_connection)
+    yield Flusher(settings, redis, pool, Scripts(redis, keys), keys)
+    await pool.close()

@@ -1,0 +1,217 @@
+"""The write-behind protocol, raced for real: a test-held Postgres row lock parks a flush between
+its read and its commit, while edits, a second flusher or a delete go on around it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from services.flusher.flush import Flusher
+from shared.keys import Keys
+from shared.settings import Settings
+from tests.support.users import User, create_doc, edit, signup
+
+T = TypeVar("T")
+
+
+async def pg_row(db: asyncpg.Connection, doc_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT version, content FROM documents WHERE id = $1", doc_id)
+
+
+@asynccontextmanager
+async def row_locked(settings: Settings, doc_id: str) -> AsyncIterator[None]:
+    """Hold the document's row lock: a flush's UPDATE waits on it until the block ends."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", doc_id)
+            yield
+    finally:
+        await conn.close()
+
+
+async def blocked_on_lock(settings: Settings, task: Awaitable[T]) -> asyncio.Task[T]:
+    """Start `task` and return once it waits on a row lock in Postgres."""
+    started = asyncio.ensure_future(task)
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        for _ in range(200):
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+            if waiting:
+                return started
+            assert not started.done(), "the flush finished without waiting on the lock"
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+    raise AssertionError("the flush never waited on the row lock")
+
+
+async def writer(api: httpx.AsyncClient) -> tuple[User, str]:
+    alice = await signup(api, "alice")
+    doc = await create_doc(api, alice, content="v0")
+    return alice, doc["id"]
+
+
+async def test_flush_persists_and_marks_clean(
+    api: httpx.AsyncClient, flusher: Flusher, db: asyncpg.Connection, redis: Redis, keys: Keys
+) -> None:
+    alice, doc_id = await writer(api)
+    for i in range(1, 6):
+        assert (await edit(api, alice, doc_id, f"v{i}")).status_code == 202
+    count, age = await flusher.dirty_count()
+    assert count == 1 and age is not None and age >= 0
+
+    stats = await flusher.flush_dirty()
+    assert (stats.read, stats.written, stats.cleaned) == (1, 1, 1)
+    row = await pg_row(db, doc_id)
+    assert row is not None and (row["version"], row["content"]) == (5, "v5")
+    assert await flusher.dirty_count() == (0, None)
+    assert await redis.pttl(keys.doc(doc_id)) > 0, "clean entries get a TTL"
+    status = (await api.get(f"/v1/documents/{doc_id}/status", headers=alice.auth)).json()
+    assert (status["version"], status["saved_version"], status["status"]) == (5, 5, "saved")
+
+    # Flushing again is a no-op: nothing dirty, nothing written.
+    again = await flusher.flush_dirty()
+    assert (again.read, again.written) == (0, 0)
+
+
+async def test_edit_during_flush_stays_dirty_and_is_flushed_next_time(
+    api: httpx.AsyncClient,
+    flusher: Flusher,
+    settings: Settings,
+    db: asyncpg.Connection,
+    keys: Keys,
+    redis: Redis,
+) -> None:
+    alice, doc_id = await writer(api)
+    assert (await edit(api, alice, doc_id, "first")).status_code == 202
+    async with row_locked(settings, doc_id):
+        flush = await blocked_on_lock(settings, flusher.flush_dirty())
+        # The flush has read version 1 and waits to commit it; an edit lands meanwhile.
+        assert (await edit(api, alice, doc_id, "second")).json()["version"] == 2
+    stats = await flush
+    assert (stats.read, stats.written, stats.cleaned) == (1, 1, 0)
+    row = await pg_row(db, doc_id)
+    assert row is not None and row["version"] == 1
+    assert await redis.zscore(keys.doc_dirty(doc_id), doc_id) is not None, "still dirty"
+    assert await redis.pttl(keys.doc(doc_id)) == -1
+
+    stats = await flusher.flush_dirty()
+    assert (stats.written, stats.cleaned) == (1, 1)
+    row = await pg_row(db, doc_id)
+    assert row is not None and (row["version"], row["content"]) == (2, "second")
+
+
+async def test_racing_flushers_never_write_older_over_newer(
+    api: httpx.AsyncClient,
+    flusher: Flusher,
+    second_flusher: Flusher,
+    settings: Settings,
+    db: asyncpg.Connection,
+) -> None:
+    alice, doc_id = await writer(api)
+    await edit(api, alice, doc_id, "old")
+    async with row_locked(settings, doc_id):
+        slow = await blocked_on_lock(settings, flusher.flush_dirty())  # holds version 1
+        await edit(api, alice, doc_id, "new")
+        # The second flusher is kept off the shard by the first one's lease...
+        assert (await second_flusher.flush_dirty()).read == 0
+        # ...but an immediate per-document flush (last editor left) goes ahead: version 2.
+        fast = asyncio.ensure_future(second_flusher.flush_ids([doc_id]))
+        await asyncio.sleep(0.2)
+    # Both commit in whichever order the lock queue gives them; the guard keeps version 2.
+    await asyncio.gather(slow, fast)
+    row = await pg_row(db, doc_id)
+    assert row is not None and (row["version"], row["content"]) == (2, "new")
+    assert (await flusher.flush_dirty()).written == 0
+    row = await pg_row(db, doc_id)
+    assert row is not None and row["version"] == 2
+
+
+async def test_concurrent_flushes_of_many_documents_agree(
+    api: httpx.AsyncClient, flusher: Flusher, second_flusher: Flusher, db: asyncpg.Connection
+) -> None:
+    alice = await signup(api, "alice")
+    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(40)]
+    acked: dict[str, int] = {}
+
+    async def typist(doc_id: str) -> None:
+        for n in range(5):
+            r = await edit(api, alice, doc_id, f"{doc_id}:{n}")
+            assert r.status_code == 202
+            acked[doc_id] = r.json()["version"]
+
+    async def flush_loop(f: Flusher) -> None:
+        for _ in range(10):
+            await f.flush_dirty()
+            await f.flush_ids(docs[::7])
+
+    await asyncio.gather(
+        *(typist(d) for d in docs), flush_loop(flusher), flush_loop(second_flusher)
+    )
+    await flusher.flush_dirty()
+    rows = await db.fetch("SELECT id::text, version FROM documents")
+    assert {r["id"]: r["version"] for r in rows} == acked
+    assert await flusher.dirty_count() == (0, None)
+
+
+async def test_delete_racing_a_flush_is_never_resurrected(
+    api: httpx.AsyncClient,
+    flusher: Flusher,
+    settings: Settings,
+    db: asyncpg.Connection,
+    keys: Keys,
+    redis: Redis,
+) -> None:
+    alice, doc_id = await writer(api)
+    await edit(api, alice, doc_id, "doomed")
+    async with row_locked(settings, doc_id):
+        flush = await blocked_on_lock(settings, flusher.flush_dirty())
+        delete = asyncio.ensure_future(api.delete(f"/v1/documents/{doc_id}", headers=alice.auth))
+        await asyncio.sleep(0.2)
+    await flush
+    assert (await delete).status_code == 204
+    assert await pg_row(db, doc_id) is None
+    await flusher.flush_dirty()
+    await flusher.flush_ids([doc_id])
+    assert await pg_row(db, doc_id) is None
+    assert await redis.zscore(keys.doc_dirty(doc_id), doc_id) is None
+    assert (await api.get(f"/v1/documents/{doc_id}", headers=alice.auth)).status_code == 404
+    assert (await edit(api, alice, doc_id, "zombie")).status_code == 404
+    assert await pg_row(db, doc_id) is None
+
+
+async def test_flush_batches_are_bounded_and_oldest_first(
+    api: httpx.AsyncClient, flusher: Flusher, settings: Settings, db: asyncpg.Connection
+) -> None:
+    alice = await signup(api, "alice")
+    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(250)]
+    for doc_id in docs:
+        await edit(api, alice, doc_id, "x")
+    stats = await flusher.flush_dirty()
+    assert stats.read == 250
+    assert stats.batches == -(-250 // settings.flush_batch_size)
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 1") == 250
+
+
+async def test_until_cutoff_leaves_later_edits_for_the_next_run(
+    api: httpx.AsyncClient, flusher: Flusher, redis: Redis, keys: Keys
+) -> None:
+    alice = await signup(api, "alice")
+    early = (await create_doc(api, alice, title="early"))["id"]
+    late = (await create_doc(api, alice, title="late"))["id"]
+    await edit(api, alice, early, "x")
+    cutoff = int(await redis.zscore(keys.doc_dirty(early), early) or 0)
+    await asyncio.sleep(0.01)
+    await edit(api, alice, late, "y")
+    stats = await flusher.flush_dirty(until_ms=cutoff)
+    assert stats.read == 1
+    assert await redis.zscore(keys.doc_dirty(late), late) is not None
