@@ -94,9 +94,11 @@ class Scripts:
     async def release(self, shard: int, token: str) -> None:
         await self._call("release", (self._keys.flush_lease(shard),), (token,))
 
-    async def mark_clean(self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int) -> int:
+    async def mark_clean(
+        self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int, read_ms: int
+    ) -> int:
         k = self._keys
-        args: list[str | int] = [ttl_ms]
+        args: list[str | int] = [ttl_ms, read_ms]
         for doc_id, version in written:
             args += (doc_id, version)
         keys = (k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written))

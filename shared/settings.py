@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # arq's cron can only express intervals that divide a minute (or an hour, in whole minutes).
 _CRON_INTERVALS = {s for s in range(1, 61) if 60 % s == 0} | {
@@ -45,7 +45,6 @@ class Settings(BaseSettings):
     presence_sweep_s: int = Field(5, ge=1)
     shutdown_drain_s: float = Field(60.0, gt=0)
     max_document_bytes: int = Field(1_048_576, ge=1024)
-    max_title_chars: int = Field(200, ge=1)
 
     # Accounts.
     session_ttl_s: int = Field(14 * 86_400, ge=60)
@@ -55,7 +54,8 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(65_536, ge=8)
     argon2_parallelism: int = Field(4, ge=1)
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Comma-separated networks, e.g. "10.0.0.0/8,192.168.0.0/16" (not JSON).
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
 
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)

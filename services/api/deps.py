@@ -15,7 +15,9 @@ from shared.errors import Unauthenticated
 M = TypeVar("M", bound=BaseModel)
 
 
-def resources(request: Request) -> Resources:
+# async, though they await nothing: FastAPI runs a plain `def` dependency in its thread pool,
+# two thread hand-offs a request on the hot path.
+async def resources(request: Request) -> Resources:
     res: Resources = request.app.state.resources
     return res
 
@@ -23,7 +25,7 @@ def resources(request: Request) -> Resources:
 Res = Annotated[Resources, Depends(resources)]
 
 
-def bearer_token(request: Request) -> str:
+async def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

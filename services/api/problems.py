@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from shared import errors
 
@@ -93,6 +94,12 @@ async def _dependency(request: Request, exc: Exception) -> JSONResponse:
     return problem(503, f"{dependency} is unavailable; retry shortly", {"Retry-After": "1"})
 
 
+async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+    # The client went away mid-body: nothing was applied, and nobody is left to answer.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return problem(400, "client disconnected")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return problem(500, "internal error")
@@ -106,4 +113,5 @@ def install(app: FastAPI) -> None:
     # does for the domain errors, instead of treating them as crashes.
     for cls, _ in DEPENDENCY_ERRORS:
         app.add_exception_handler(cls, _dependency)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)

@@ -70,7 +70,13 @@ async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
     flusher: Flusher = ctx["flusher"]
     started_ms = time.time_ns() // 1_000_000
     # Stop retrying before the next tick, which carries on where this one stopped.
-    stats = await flusher.flush_with_retry(started_ms, max(settings.flush_interval - 0.5, 0.5))
+    try:
+        stats = await flusher.flush_with_retry(started_ms, max(settings.flush_interval - 0.5, 0.5))
+    except TRANSIENT as exc:
+        # Already logged per attempt; the marks stay and the next tick retries. No traceback
+        # flood while a dependency is down.
+        log.warning("flush tick gave up for now: %s: %s", type(exc).__name__, exc)
+        return {"read": 0, "written": 0, "batches": 0, "error": str(exc)}
     if stats.read:
         log.info(
             "flushed %d documents (%d rows changed) in %d batches, %.3fs",

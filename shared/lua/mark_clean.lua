@@ -1,15 +1,16 @@
 -- After a Postgres commit: mark each written document clean if its version is still the one written.
 -- KEYS[1] the shard's dirty index   KEYS[2..] document hashes
--- ARGV[1] TTL for clean entries (ms)
--- ARGV[2..] id, written version, id, written version, ... (in the order of KEYS[2..])
+-- ARGV[1] TTL for clean entries (ms)   ARGV[2] when the flush read the documents (ms)
+-- ARGV[3..] id, written version, id, written version, ... (in the order of KEYS[2..])
 -- Reply: how many documents became clean.
--- A document edited since the read keeps its dirty mark (and first-dirty score): the next flush
--- takes it. saved_version only ever moves forward.
+-- A document edited since the read keeps its dirty mark: the next flush takes it. Its unsaved
+-- changes date from after the read, so its first-dirty time moves to the read time (otherwise a
+-- document under constant editing would look ever older). saved_version only moves forward.
 local cleaned = 0
 for i = 2, #KEYS do
   local doc = KEYS[i]
-  local id = ARGV[2 * (i - 1)]
-  local written = tonumber(ARGV[2 * (i - 1) + 1])
+  local id = ARGV[2 * i - 1]
+  local written = tonumber(ARGV[2 * i])
   local f = redis.call('HMGET', doc, 'v', 'sv', 'del')
   if not f[1] or f[3] then
     -- Deleted (tombstone or gone): nothing left to save.
@@ -19,7 +20,12 @@ for i = 2, #KEYS do
     if written > sv then
       redis.call('HSET', doc, 'sv', written)
     end
-    if tonumber(f[1]) == written then
+    if tonumber(f[1]) ~= written then
+      if written > sv then
+        redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+        redis.call('HSET', doc, 'ds', ARGV[2])
+      end
+    else
       redis.call('ZREM', KEYS[1], id)
       redis.call('HDEL', doc, 'ds')
       redis.call('PEXPIRE', doc, ARGV[1])

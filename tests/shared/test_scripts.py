@@ -84,31 +84,37 @@ async def test_mark_clean_compares_on_version(scripts: Scripts, redis: Redis, ke
     await scripts.edit(doc_id, "v1", None, "alice", 1, GRANTS)
     await scripts.edit(doc_id, "v2", None, "alice", 2, GRANTS)
     # A flush that wrote version 1 must not clear the mark of version 2...
-    assert await scripts.mark_clean(shard, [(doc_id, 1)], TTL) == 0
-    assert await redis.zscore(keys.dirty(shard), doc_id) is not None
+    assert await scripts.mark_clean(shard, [(doc_id, 1)], TTL, 1500) == 0
+    # still dirty, now dated from the flush's read: its unsaved change is newer than that
+    assert await redis.zscore(keys.dirty(shard), doc_id) == 1500
+    assert await redis.hget(keys.doc(doc_id), "ds") == "1500"
     assert await redis.hget(keys.doc(doc_id), "sv") == "1"
     assert await redis.pttl(keys.doc(doc_id)) == -1
     # ...and one that wrote version 2 does, and gives the clean entry a TTL.
-    assert await scripts.mark_clean(shard, [(doc_id, 2)], TTL) == 1
+    assert await scripts.mark_clean(shard, [(doc_id, 2)], TTL, 3000) == 1
     assert await redis.zscore(keys.dirty(shard), doc_id) is None
     assert await redis.hget(keys.doc(doc_id), "ds") is None
     assert 0 < await redis.pttl(keys.doc(doc_id)) <= TTL
     # saved_version never moves backwards.
-    await scripts.mark_clean(shard, [(doc_id, 1)], TTL)
+    await scripts.mark_clean(shard, [(doc_id, 1)], TTL, 4000)
     assert await redis.hget(keys.doc(doc_id), "sv") == "2"
 
 
-async def test_claim_lease_keeps_other_flushers_off_a_shard(scripts: Scripts, keys: Keys) -> None:
+async def test_claim_lease_keeps_other_flushers_off_a_shard(
+    scripts: Scripts, keys: Keys, redis: Redis
+) -> None:
     doc_id = await seeded(scripts)
     shard = keys.shard_of(doc_id)
     await scripts.edit(doc_id, "x", None, "alice", 5, GRANTS)
     assert await scripts.claim(shard, "me", 10_000, 10, None) == [doc_id]
     assert await scripts.claim(shard, "other", 10_000, 10, None) == []
-    assert await scripts.claim(shard, "me", 10_000, 10, 4) == [], "dirty after the cut-off"
     await scripts.release(shard, "other")  # not theirs to release
     assert await scripts.claim(shard, "other", 10_000, 10, None) == []
     await scripts.release(shard, "me")
     assert await scripts.claim(shard, "other", 10_000, 10, None) == [doc_id]
+    # Nothing dirty before the cut-off: no lease is held on the shard, not even one's own.
+    assert await scripts.claim(shard, "other", 10_000, 10, 4) == [], "dirty after the cut-off"
+    assert await redis.get(keys.flush_lease(shard)) is None
 
 
 async def test_presence_join_leave_and_expiry(scripts: Scripts) -> None:

@@ -1,0 +1,119 @@
+"""Flush throughput: a backlog of N dirty documents in Redis, then one timed
+`Flusher.flush_dirty()` (services/flusher/flush.py), as the flusher's cron runs it.
+
+Documents are inserted with COPY, seeded into Redis and edited through shared/scripts.py, under a
+key prefix of their own so that nothing else is dirty when the flush runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable
+
+import asyncpg
+
+from bench.meters import CpuMeter
+from bench.processes import say
+from bench.results import FlushRun
+from bench.stack import Stack
+from bench.systems import redline_settings
+from bench.workload import text
+from services.flusher.flush import Flusher
+from shared import queries
+from shared.clients import create_db_pool, redis_client
+from shared.documents import acl_of, now_ms
+from shared.keys import Keys
+from shared.scripts import EditStatus, Scripts
+
+PREFIX = "rlflush"
+CONCURRENCY = 64
+
+
+async def _gather(jobs: list[Awaitable[object]]) -> list[object]:
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(job: Awaitable[object]) -> object:
+        async with gate:
+            return await job
+
+    return await asyncio.gather(*(one(j) for j in jobs))
+
+
+async def run(
+    stack: Stack, docs: int, reps: int, content_bytes: int, flush_interval: int, seed: int
+) -> list[FlushRun]:
+    settings = redline_settings(stack, flush_interval, key_prefix=PREFIX)
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    rng = random.Random(seed)
+    redis = redis_client(settings.state_url)
+    pool = await create_db_pool(settings, init=queries.prepare_flush_connection)
+    scripts = Scripts(redis, keys)
+    flusher = Flusher(settings, redis, pool, scripts, keys)
+    meter = CpuMeter({"postgres": stack.postgres_procs, "redis": stack.valkey_procs})
+    out: list[FlushRun] = []
+    try:
+        tenant = str(uuid.uuid4())
+        ids = [str(uuid.uuid4()) for _ in range(docs)]
+        contents = [text(rng, content_bytes) for _ in range(16)]
+        say(f"flush: inserting {docs:,} documents of {content_bytes} B (COPY) and seeding Redis")
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await queries.insert_tenant(conn, tenant, "flush bench")
+            await conn.copy_records_to_table(
+                "documents",
+                records=[
+                    (uuid.UUID(d), uuid.UUID(tenant), f"flush {i}", contents[i % 16], 0)
+                    for i, d in enumerate(ids)
+                ],
+                columns=("id", "tenant_id", "title", "content", "version"),
+            )
+        finally:
+            await conn.close()
+        at = str(now_ms())
+        base = {"v": "0", "sv": "0", "ti": "flush", "acl": acl_of(tenant, []), "by": ""}
+        await _gather(
+            [
+                scripts.seed(d, {**base, "c": contents[i % 16], "at": at, "ca": at}, 3_600_000)
+                for i, d in enumerate(ids)
+            ]
+        )
+        author = str(uuid.uuid4())
+        for rep in range(reps):
+            content = contents[(rep + 1) % 16]
+            replies = await _gather(
+                [scripts.edit(d, content, None, author, now_ms(), (f"t:{tenant}",)) for d in ids]
+            )
+            bad = [r for r in replies if getattr(r, "status", None) is not EditStatus.APPLIED]
+            if bad:
+                raise RuntimeError(f"flush backlog: {len(bad)} edits were not applied: {bad[0]}")
+            dirty, _ = await flusher.dirty_count()
+            meter.start()
+            started = time.perf_counter()
+            stats = await flusher.flush_dirty()
+            seconds = time.perf_counter() - started
+            cpu = meter.stop()
+            left, _ = await flusher.dirty_count()
+            result = FlushRun(
+                docs=dirty,
+                seconds=seconds,
+                docs_per_s=stats.read / seconds if seconds else 0.0,
+                batches=stats.batches,
+                read=stats.read,
+                written=stats.written,
+                cleaned=stats.cleaned,
+                still_dirty=left,
+                cpu_s=cpu,
+            )
+            out.append(result)
+            say(
+                f"flush run {rep + 1}/{reps}: {stats.read:,} docs in {seconds:.3f}s"
+                f" = {result.docs_per_s:,.0f} docs/s ({stats.batches} batches,"
+                f" {stats.written:,} rows written, {left} still dirty)"
+            )
+    finally:
+        await pool.close()
+        await redis.aclose()
+    return out

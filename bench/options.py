@@ -1,0 +1,172 @@
+"""Command-line options of `python -m bench`; `--quick` changes the defaults of flags not given."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = ("redline", "naive", "ceiling")
+SCENARIOS = ("open", "closed", "lag", "flush")
+OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
+
+# name: (full default, --quick default)
+DEFAULTS: dict[str, tuple[float, float]] = {
+    "duration": (20.0, 3.0),
+    "rate": (1000.0, 1000.0),
+    "editors": (100, 100),
+    "docs": (100, 100),
+    "content_bytes": (2048, 2048),
+    "connections": (64, 64),
+    "max_open_connections": (256, 256),
+    "flush_docs": (20_000, 2_000),
+    "flush_reps": (3, 1),
+    "flush_interval": (30, 1),
+    "drain_timeout": (10.0, 5.0),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: float
+    rate: float
+    editors: int
+    docs: int
+    content_bytes: int
+    connections: int
+    max_open_connections: int
+    flush_docs: int
+    flush_reps: int
+    flush_interval: int
+    drain_timeout: float
+    lag_duration: float
+    systems: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    quick: bool
+    seed: int
+    plot: bool
+    results_dir: Path
+    data_dir: Path
+
+    @property
+    def edits_per_editor_s(self) -> float:
+        return self.rate / self.editors
+
+    def duration_of(self, scenario: str) -> float:
+        return self.lag_duration if scenario == "lag" else self.duration
+
+
+def _names(allowed: Sequence[str]) -> type[argparse.Action]:
+    class Names(argparse.Action):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: object,
+            option_string: str | None = None,
+        ) -> None:
+            names = tuple(n.strip() for n in str(values).split(",") if n.strip())
+            unknown = [n for n in names if n not in allowed]
+            if unknown or not names:
+                parser.error(f"{option_string}: choose from {', '.join(allowed)}")
+            setattr(namespace, self.dest, names)
+
+    return Names
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Redline benchmark: Redline vs a write-through peer (naive) and a bare Redis"
+        " SET peer (ceiling), open-loop and closed-loop, plus flush lag and flush throughput.",
+    )
+    add = p.add_argument
+    add("--quick", action="store_true", help="a smoke run of a few seconds per scenario")
+    add("--duration", type=float, help="seconds per load scenario (20; quick 3)")
+    add("--rate", type=float, help="open-loop edits/s over all editors (1000)")
+    add("--editors", type=int, help="simulated typists (100)")
+    add("--docs", type=int, help="documents; editor i edits document i mod docs (100)")
+    add("--content-bytes", type=int, help="content size of each edit (2048)")
+    add("--connections", type=int, help="closed-loop concurrent connections (64)")
+    add("--max-open-connections", type=int, help="open-loop connection pool cap (256)")
+    add("--flush-docs", type=int, help="dirty documents in the flush scenario (20000; quick 2000)")
+    add("--flush-reps", type=int, help="repetitions of the flush scenario (3; quick 1)")
+    add("--flush-interval", type=int, help="the flusher's cron interval, s (30; quick 1)")
+    add("--drain-timeout", type=float, help="s to wait for late responses after a run (10)")
+    add(
+        "--lag-duration",
+        type=float,
+        help="s of the flush-lag scenario: Redline alone at --rate for two flush intervals"
+        " (2 x flush interval + 5)",
+    )
+    add("--systems", action=_names(SYSTEMS), default=SYSTEMS, help="comma list (all)")
+    add("--scenarios", action=_names(SCENARIOS), default=SCENARIOS, help="comma list (all)")
+    add("--seed", type=int, default=1, help="seed of the generated content")
+    add("--no-plot", dest="plot", action="store_false", help="skip the PNG")
+    add("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    add("--data-dir", type=Path, default=ROOT / ".data" / "bench", help="wiped at start")
+    return p
+
+
+def parse(argv: Sequence[str] | None = None) -> Options:
+    p = parser()
+    ns = p.parse_args(argv)
+    values: dict[str, float] = {}
+    for name, (full, quick) in DEFAULTS.items():
+        given = getattr(ns, name)
+        values[name] = (quick if ns.quick else full) if given is None else given
+    opts = Options(
+        duration=float(values["duration"]),
+        rate=float(values["rate"]),
+        editors=int(values["editors"]),
+        docs=int(values["docs"]),
+        content_bytes=int(values["content_bytes"]),
+        connections=int(values["connections"]),
+        max_open_connections=int(values["max_open_connections"]),
+        flush_docs=int(values["flush_docs"]),
+        flush_reps=int(values["flush_reps"]),
+        flush_interval=int(values["flush_interval"]),
+        drain_timeout=float(values["drain_timeout"]),
+        lag_duration=float(ns.lag_duration or 2 * values["flush_interval"] + 5),
+        systems=tuple(ns.systems),
+        scenarios=tuple(ns.scenarios),
+        quick=bool(ns.quick),
+        seed=int(ns.seed),
+        plot=bool(ns.plot),
+        results_dir=Path(ns.results_dir).resolve(),
+        data_dir=Path(ns.data_dir).resolve(),
+    )
+    _check(p, opts)
+    return opts
+
+
+def _check(p: argparse.ArgumentParser, o: Options) -> None:
+    positive = {
+        "--duration": o.duration,
+        "--rate": o.rate,
+        "--editors": o.editors,
+        "--docs": o.docs,
+        "--connections": o.connections,
+        "--max-open-connections": o.max_open_connections,
+        "--flush-docs": o.flush_docs,
+        "--flush-reps": o.flush_reps,
+        "--drain-timeout": o.drain_timeout,
+        "--lag-duration": o.lag_duration,
+    }
+    for flag, value in positive.items():
+        if value <= 0:
+            p.error(f"{flag} must be positive")
+    if max(o.duration, o.lag_duration) > 600:
+        p.error("--duration and --lag-duration are capped at 600 s: every run is bounded")
+    if not 16 <= o.content_bytes <= 512 * 1024:
+        p.error("--content-bytes must be between 16 and 524288")
+    try:
+        Settings(flush_interval=o.flush_interval)
+    except ValidationError as exc:
+        p.error(f"--flush-interval: {exc.errors()[0]['msg']}")

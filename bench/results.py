@@ -1,0 +1,172 @@
+"""Results: one record per (scenario, system) load run and per flush run, the targets they are
+held to, and the JSON they are saved as."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.load import Recorder
+from bench.meters import DirtySample
+
+CDF_POINTS = 400
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class LoadRun:
+    scenario: str  # "open", "lag" (constant rate) or "closed" (max throughput)
+    system: str
+    target_rate: float | None  # open loop: requests scheduled per second
+    connections: int  # closed loop: concurrent connections; open loop: most used at once
+    duration_s: float
+    sent: int
+    ok: int
+    errors: dict[str, int]
+    achieved_per_s: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    max_ms: float | None
+    mean_ms: float | None
+    dispatch_lag_p99_ms: float | None  # open loop: how late the generator itself sent
+    pg_row_writes: int = 0  # rows written to real tables, from before the warm-up to the end
+    pg_table_writes: dict[str, int] = field(default_factory=dict)
+    warm_ok: int = 0  # warm-up edits answered 2xx (before the measured run)
+    max_dirty_age_s: float | None = None
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    warm_statuses: dict[str, int] = field(default_factory=dict)
+    timeline: list[int] = field(default_factory=list)  # 2xx answers in each second of the run
+    cdf: list[tuple[float, float]] = field(default_factory=list)  # (latency ms, fraction)
+    dirty: list[DirtySample] = field(default_factory=list)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def edits(self) -> int:
+        """Edits acknowledged over the span the row writes are counted for."""
+        return self.ok + self.warm_ok
+
+    @property
+    def writes_per_edit(self) -> float | None:
+        return self.pg_row_writes / self.edits if self.edits else None
+
+    @property
+    def edits_per_write(self) -> float | None:
+        """None when nothing was written (every edit coalesced so far)."""
+        return self.edits / self.pg_row_writes if self.pg_row_writes else None
+
+    @property
+    def pg_cpu_s(self) -> float | None:
+        return self.cpu_s.get("postgres")
+
+    @classmethod
+    def of(cls, scenario: str, system: str, rec: Recorder, target_rate: float | None) -> LoadRun:
+        ordered = sorted(rec.latencies_ms)
+        lags = sorted(rec.lag_ms)
+        window = rec.duration_s or 1.0
+        # Closed loop: only answers inside the window count (late ones were sent near its end).
+        done = sum(1 for t in rec.done_s if t <= window) if scenario == "closed" else rec.ok
+        seconds = math.ceil(max(rec.done_s, default=0.0))
+        timeline = [0] * seconds
+        for t in rec.done_s:
+            timeline[min(int(t), seconds - 1)] += 1
+        step = max(1, len(ordered) // CDF_POINTS)
+        cdf = [(ordered[i], (i + 1) / len(ordered)) for i in range(0, len(ordered), step)]
+        if ordered:
+            cdf.append((ordered[-1], 1.0))
+        return cls(
+            scenario=scenario,
+            system=system,
+            target_rate=target_rate,
+            connections=rec.connections,
+            duration_s=window,
+            sent=rec.sent,
+            ok=rec.ok,
+            errors=dict(rec.errors),
+            achieved_per_s=done / window,
+            p50_ms=percentile(ordered, 50),
+            p90_ms=percentile(ordered, 90),
+            p99_ms=percentile(ordered, 99),
+            p999_ms=percentile(ordered, 99.9),
+            max_ms=ordered[-1] if ordered else None,
+            mean_ms=sum(ordered) / len(ordered) if ordered else None,
+            dispatch_lag_p99_ms=percentile(lags, 99),
+            timeline=timeline,
+            cdf=cdf,
+        )
+
+
+@dataclass
+class FlushRun:
+    docs: int
+    seconds: float
+    docs_per_s: float
+    batches: int
+    read: int
+    written: int
+    cleaned: int
+    still_dirty: int
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    limit: float
+    passed: bool | None  # None: not measured in this run
+    note: str = ""
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    loads: list[LoadRun] = field(default_factory=list)
+    flushes: list[FlushRun] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+
+    def load(self, scenario: str, system: str) -> LoadRun | None:
+        return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
+
+    def to_json(self) -> dict[str, Any]:
+        loads = []
+        for run in self.loads:
+            d = asdict(run)
+            d.update(
+                errors_total=run.error_count,
+                writes_per_edit=run.writes_per_edit,
+                edits_per_write=run.edits_per_write,
+            )
+            loads.append(d)
+        return {
+            "meta": self.meta,
+            "loads": loads,
+            "flushes": [asdict(f) for f in self.flushes],
+            "targets": [asdict(t) for t in self.targets],
+        }
+
+
+def save_json(report: Report, results_dir: Path, stamp: str) -> list[Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report.to_json(), indent=1, default=str)
+    paths = [results_dir / "latest.json", results_dir / f"{stamp}.json"]
+    for path in paths:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return paths

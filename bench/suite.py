@@ -1,0 +1,140 @@
+"""The whole run: servers, setup, each load scenario against each system (bench/scenario.py),
+the flush scenario (bench/backlog.py). Every process started is stopped on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Coroutine, Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from bench import backlog, systems, workload
+from bench.options import ROOT, Options
+from bench.peers import NAIVE_FILL
+from bench.processes import say
+from bench.results import Report
+from bench.scenario import measure
+from bench.stack import Stack
+from bench.targets import evaluate
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvicorn[standard] brings it on Linux and macOS
+    uvloop = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T], fast: bool = True) -> T:
+    """Run one phase in an event loop of its own: uvloop for the load generator (as uvicorn uses
+    for the servers), the default loop where we mimic the flusher (arq runs on it)."""
+    factory = uvloop.new_event_loop if fast and uvloop is not None else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Cleanup must finish: a second Ctrl-C would leave servers running."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def meta(opts: Options) -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    options = {
+        k: str(v) if not isinstance(v, int | float | tuple) else v for k, v in asdict(opts).items()
+    }
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit or None,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "options": options,
+        "note": "open-loop latency is measured from each request's scheduled send time",
+    }
+
+
+async def setup(stack: Stack, opts: Options) -> workload.Workload:
+    say(f"setup: {opts.editors} editors, {opts.docs} documents of {opts.content_bytes} B")
+    await stack.prepare()
+    running = await asyncio.to_thread(systems.start, stack, "redline", opts.flush_interval)
+    try:
+        started = time.perf_counter()
+        work = await workload.create(
+            running.port, opts.editors, opts.docs, opts.content_bytes, random.Random(opts.seed)
+        )
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute(NAIVE_FILL)
+        finally:
+            await conn.close()
+        say(f"setup: done in {time.perf_counter() - started:.1f}s")
+    finally:
+        await asyncio.to_thread(stack.children.stop_all)
+    return work
+
+
+def run(opts: Options) -> tuple[Report, list[str]]:
+    """Every requested scenario; the report and the failures (scenario crashes) met."""
+    report = Report(meta=meta(opts))
+    failures: list[str] = []
+    stack = Stack(opts.data_dir)
+    try:
+        stack.start()
+        runs = [
+            (scenario, system)
+            for scenario in ("open", "closed", "lag")
+            if scenario in opts.scenarios
+            # The flush-lag scenario is about Redline's flusher alone.
+            for system in opts.systems
+            if scenario != "lag" or system == "redline"
+        ]
+        if runs:
+            work = run_async(setup(stack, opts))
+            for scenario, system in runs:
+                try:
+                    report.loads.append(run_async(measure(stack, system, scenario, opts, work)))
+                except Exception as exc:  # one broken scenario must not hide the others
+                    failures.append(f"{scenario} {system}: {exc!r}")
+                    say(f"{scenario} {system} FAILED:\n{traceback.format_exc()}")
+        else:
+            run_async(stack.prepare())
+        if "flush" in opts.scenarios:
+            report.flushes = run_async(
+                backlog.run(
+                    stack,
+                    opts.flush_docs,
+                    opts.flush_reps,
+                    opts.content_bytes,
+                    opts.flush_interval,
+                    opts.seed,
+                ),
+                fast=False,
+            )
+    finally:
+        say("stopping every process started")
+        with signals_ignored():
+            stack.stop()
+    report.meta["loadavg_at_end"] = os.getloadavg()
+    report.targets = evaluate(report, opts)
+    return report, failures

@@ -1,0 +1,120 @@
+"""The systems under test, each started fresh for a scenario and stopped after it:
+
+- redline: `python -m services.api` + `python -m services.flusher`, as deploy/run.py runs them;
+- naive, ceiling: `python -m bench.peers <name>` (bench/peers.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from bench.processes import child_env, say
+from bench.stack import Stack
+from shared.embedded import free_port
+from shared.keys import Keys
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Running:
+    system: str
+    port: int
+    server: str  # child name of the HTTP process
+    flusher: str | None  # child name of Redline's flusher
+
+
+def redline_settings(stack: Stack, flush_interval: int, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "redis_url": stack.redis_url,
+        "database_url": stack.database_url,
+        "flush_interval": flush_interval,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _env(stack: Stack, port: int, flush_interval: int) -> dict[str, str]:
+    return child_env(
+        REDLINE_REDIS_URL=stack.redis_url,
+        REDLINE_DATABASE_URL=stack.database_url,
+        REDLINE_API_HOST="127.0.0.1",
+        REDLINE_API_PORT=port,
+        REDLINE_FLUSH_INTERVAL=flush_interval,
+        # Setup makes a hundred accounts: cheap hashes and no login limit (never in production).
+        REDLINE_ARGON2_MEMORY_KIB=1024,
+        REDLINE_ARGON2_TIME_COST=1,
+        REDLINE_ARGON2_PARALLELISM=1,
+        REDLINE_LOGIN_RATE=100_000,
+        REDLINE_LOG_LEVEL="INFO",
+    )
+
+
+def start(stack: Stack, system: str, flush_interval: int) -> Running:
+    port = free_port()
+    env = _env(stack, port, flush_interval)
+    kids = stack.children
+    if system == "redline":
+        _forget_flusher(stack, flush_interval)
+        kids.spawn("api", ["-m", "services.api"], env)
+        kids.spawn("flusher", ["-m", "services.flusher"], env)
+        kids.wait_http("api", port)
+        _wait_flusher(stack, flush_interval)
+        return Running(system, port, "api", "flusher")
+    kids.spawn(system, ["-m", "bench.peers", system], env)
+    kids.wait_http(system, port)
+    return Running(system, port, system, None)
+
+
+def _wait_flusher(stack: Stack, flush_interval: int, timeout: float = 30) -> None:
+    """The arq worker writes its health key on its first poll: then it is running its crons."""
+    settings = redline_settings(stack, flush_interval)
+    key = _health_key(settings)
+    client = redis.Redis.from_url(settings.queue_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            proc = stack.children.procs["flusher"]
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"flusher exited with code {proc.returncode}:\n"
+                    + stack.children.log_tail("flusher")
+                )
+            if client.exists(key):
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise RuntimeError(f"flusher did not report healthy within {timeout:.0f}s")
+
+
+def _health_key(settings: Settings) -> str:
+    # As services/flusher/worker.py names it.
+    return f"{settings.key_prefix}:flusher:health"
+
+
+def _forget_flusher(stack: Stack, flush_interval: int) -> None:
+    """Drop what the previous (stopped) flusher process left in Redis: its health key, which
+    lives on for an hour (we wait for the new one's), and its flush leases.
+
+    The leases are a workaround for a flusher bug: claim.lua leases every shard it looks at, but
+    Flusher.flush_dirty releases only the shards that had dirty documents, so a stopped flusher
+    locks every other process out of its empty shards for flush_lease_ms (15 s). A freshly
+    started flusher would then flush nothing for up to 15 s, and the run would measure that
+    instead of the steady state. The bench stops every flusher before starting the next one, so
+    dropping the leases of a process that is gone is safe.
+    """
+    settings = redline_settings(stack, flush_interval)
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    client = redis.Redis.from_url(settings.queue_url)
+    try:
+        client.delete(_health_key(settings))
+        leases = [keys.flush_lease(shard) for shard in range(keys.shards)]
+        dropped = cast(int, client.delete(*leases))  # sync client: an int
+    finally:
+        client.close()
+    if dropped:
+        say(f"redline: dropped {dropped} flush leases left by the previous flusher process")

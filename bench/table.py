@@ -1,0 +1,124 @@
+"""Plain-text tables for stdout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.results import Report
+
+CPU_GROUPS = ("server", "flusher", "redis", "postgres", "loadgen", "other")
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def loads(report: Report) -> str:
+    headers = (
+        "scenario",
+        "system",
+        "rate",
+        "achieved/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "pg writes",
+        "edits/write",
+        "max dirty age s",
+        "pg cpu s",
+    )
+    rows = []
+    for r in report.loads:
+        rate = f"{r.target_rate:,.0f}/s" if r.target_rate else f"max x{r.connections}"
+        if r.edits_per_write is not None:
+            per_write = _f(r.edits_per_write)
+        else:
+            per_write = "no writes" if r.system == "redline" else "-"
+        rows.append(
+            (
+                r.scenario,
+                r.system,
+                rate,
+                _f(r.achieved_per_s),
+                _f(r.p50_ms, 2),
+                _f(r.p99_ms, 2),
+                str(r.error_count),
+                f"{r.pg_row_writes:,}",
+                per_write,
+                _f(r.max_dirty_age_s),
+                _f(r.pg_cpu_s, 2),
+            )
+        )
+    return render(headers, rows)
+
+
+def cpu(report: Report) -> str:
+    headers = ("scenario", "system", *(f"{g} cpu s" for g in CPU_GROUPS), "conns", "lag p99 ms")
+    rows = [
+        (
+            r.scenario,
+            r.system,
+            *(_f(r.cpu_s.get(g), 2) for g in CPU_GROUPS),
+            str(r.connections),
+            _f(r.dispatch_lag_p99_ms, 2),
+        )
+        for r in report.loads
+    ]
+    return render(headers, rows)
+
+
+def flushes(report: Report) -> str:
+    headers = ("run", "docs", "seconds", "docs/s", "batches", "rows written", "pg cpu s")
+    rows = [
+        (
+            str(i + 1),
+            f"{f.docs:,}",
+            _f(f.seconds, 3),
+            _f(f.docs_per_s, 0),
+            str(f.batches),
+            f"{f.written:,}",
+            _f(f.cpu_s.get("postgres"), 2),
+        )
+        for i, f in enumerate(report.flushes)
+    ]
+    return render(headers, rows)
+
+
+def targets(report: Report) -> str:
+    headers = ("target", "measured", "limit", "result", "note")
+    rows = [
+        (
+            t.name,
+            _f(t.value, 3),
+            _f(t.limit, 3),
+            {True: "PASS", False: "FAIL", None: "n/a"}[t.passed],
+            t.note,
+        )
+        for t in report.targets
+    ]
+    return render(headers, rows)
+
+
+def everything(report: Report) -> str:
+    parts = []
+    if report.loads:
+        parts += ["Edit load (latency from scheduled send time in the open loop)", loads(report)]
+        parts += ["", "CPU seconds during each run, by process group", cpu(report)]
+    if report.flushes:
+        parts += ["", "Flush throughput: one Flusher.flush_dirty() over the dirty backlog"]
+        parts += [flushes(report)]
+    if report.targets:
+        parts += ["", "Targets", targets(report)]
+    return "\n".join(parts)

@@ -1,0 +1,112 @@
+"""The targets Redline is held to (from the benchmark issue), checked against one report."""
+
+from __future__ import annotations
+
+import statistics
+
+from bench.options import Options
+from bench.results import LoadRun, Report, Target
+
+THROUGHPUT_VS_CEILING = 0.90  # Redline's max edits/s over the ceiling peer's, one worker each
+P99_VS_CEILING = 1.2  # Redline's open-loop p99 over the ceiling peer's
+WRITES_PER_EDIT = 0.01  # Postgres row writes per edit, default 30 s flush interval
+DIRTY_AGE_SLACK_S = 2.0  # oldest dirty age <= flush_interval + this
+FLUSH_DOCS_PER_S = 20_000.0
+GENERATOR_RATE = 1000.0  # the load generator must sustain this open loop
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _rate(run: LoadRun | None) -> float | None:
+    return None if run is None else run.achieved_per_s
+
+
+def _p99(run: LoadRun | None) -> float | None:
+    return None if run is None else run.p99_ms
+
+
+def _check(name: str, value: float | None, limit: float, at_least: bool, note: str = "") -> Target:
+    passed = None if value is None else (value >= limit if at_least else value <= limit)
+    return Target(name, value, limit, passed, note)
+
+
+def evaluate(report: Report, opts: Options) -> list[Target]:
+    out: list[Target] = []
+    rl_closed, cap_closed = report.load("closed", "redline"), report.load("closed", "ceiling")
+    rl_open, cap_open = report.load("open", "redline"), report.load("open", "ceiling")
+    out.append(
+        _check(
+            "redline/ceiling max edits/s (closed loop), >=",
+            _ratio(_rate(rl_closed), _rate(cap_closed)),
+            THROUGHPUT_VS_CEILING,
+            at_least=True,
+        )
+    )
+    out.append(
+        _check(
+            f"redline/ceiling p99 at {opts.rate:.0f}/s (open loop), <=",
+            _ratio(_p99(rl_open), _p99(cap_open)),
+            P99_VS_CEILING,
+            at_least=False,
+        )
+    )
+    # Steady state: the flush-lag run spans two flush intervals; the 20 s runs may see no flush.
+    steady = report.load("lag", "redline") or rl_open
+    notes = []
+    if opts.flush_interval != 30:
+        notes.append(f"flush interval {opts.flush_interval}s, not the default 30s")
+    if steady is not None:
+        notes.append(f"{steady.scenario} run, {steady.duration_s:.0f}s")
+        if steady.duration_s < 2 * opts.flush_interval:
+            notes.append("fewer than two flush intervals")
+    out.append(
+        _check(
+            "redline pg row writes per edit, <=",
+            steady.writes_per_edit if steady else None,
+            WRITES_PER_EDIT,
+            at_least=False,
+            note="; ".join(notes),
+        )
+    )
+    bound = opts.flush_interval + DIRTY_AGE_SLACK_S
+    lag_runs = [r for r in report.loads if r.system == "redline" and r.max_dirty_age_s is not None]
+    worst = max(lag_runs, key=lambda r: r.max_dirty_age_s or 0.0) if lag_runs else None
+    age = _check(
+        "redline oldest dirty age s, <=",
+        worst.max_dirty_age_s if worst else None,
+        bound,
+        at_least=False,
+        note=f"{worst.scenario} run" if worst else "",
+    )
+    longest = max((r.duration_s for r in lag_runs), default=0.0)
+    if age.passed and longest < bound:
+        # A run shorter than the bound cannot show an age above it: no verdict.
+        age.passed = None
+        age.note = f"runs ({longest:.0f}s) too short to exceed it; run the lag scenario"
+    out.append(age)
+    rates = [f.docs_per_s for f in report.flushes]
+    out.append(
+        _check(
+            "flush_dirty docs/s (median), >=",
+            statistics.median(rates) if rates else None,
+            FLUSH_DOCS_PER_S,
+            at_least=True,
+            note=f"{opts.flush_docs} dirty docs of {opts.content_bytes} B",
+        )
+    )
+    opens = [r for r in report.loads if r.scenario == "open"]
+    best = max(opens, key=lambda r: r.achieved_per_s) if opens else None
+    out.append(
+        _check(
+            "load generator open-loop req/s (best system), >=",
+            best.achieved_per_s if best else None,
+            min(GENERATOR_RATE, opts.rate) * 0.99,
+            at_least=True,
+            note=f"dispatch lag p99 {best.dispatch_lag_p99_ms:.2f} ms ({best.system})"
+            if best and best.dispatch_lag_p99_ms is not None
+            else "",
+        )
+    )
+    return out

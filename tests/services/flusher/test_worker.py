@@ -1,0 +1,120 @@
+"""The arq worker's jobs, run by a real arq Worker in burst mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from arq.connections import ArqRedis, create_pool
+from redis.asyncio import Redis
+
+from services.api.app import create_app
+from services.flusher import worker
+from shared.jobs import arq_settings, enqueue_flush
+from shared.keys import Keys
+from shared.settings import Settings
+from tests.conftest import Servers, make_settings
+from tests.support.users import create_doc, edit, signup
+
+
+@pytest.fixture
+async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    context: dict[str, Any] = {"settings": settings}
+    await worker.startup(context)
+    yield context
+    # The real shutdown drains; tests that check it call it themselves.
+    await context["pool"].close()
+    await context["state"].aclose()
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(arq_settings(settings.queue_url))
+    yield pool
+    await pool.aclose()
+
+
+async def version_in_pg(db: asyncpg.Connection, doc_id: str) -> int:
+    return int(await db.fetchval("SELECT version FROM documents WHERE id = $1", doc_id))
+
+
+async def test_last_editor_leaving_enqueues_one_deduplicated_flush(
+    api: httpx.AsyncClient,
+    settings: Settings,
+    db: asyncpg.Connection,
+    queue: ArqRedis,
+    ctx: dict[str, Any],
+) -> None:
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    alice = await signup(api, "alice")
+    doc = await create_doc(api, alice)
+    url = f"/v1/documents/{doc['id']}/presence"
+    await api.post(url, headers=alice.auth)
+    await edit(api, alice, doc["id"], "draft")
+    assert (await api.delete(url, headers=alice.auth)).json() == {"editors": []}
+    queued = await queue.zrange(keys.queue_name, 0, -1)
+    assert queued == [keys.flush_job_id(doc["id"]).encode()]
+    # While it is queued, asking again adds nothing.
+    assert not await enqueue_flush(queue, keys, doc["id"])
+    job = (await queue.queued_jobs(queue_name=keys.queue_name))[0]
+    assert (job.function, job.args) == ("flush_document", (doc["id"],))
+    result = await worker.flush_document(ctx, *job.args)
+    assert result == {"read": 1, "written": 1}
+    assert await version_in_pg(db, doc["id"]) == 1
+
+
+async def test_cron_flush_job_flushes_everything_dirty(
+    api: httpx.AsyncClient, ctx: dict[str, Any], db: asyncpg.Connection
+) -> None:
+    alice = await signup(api, "alice")
+    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(30)]
+    for doc_id in docs:
+        await edit(api, alice, doc_id, "one")
+        await edit(api, alice, doc_id, "two")
+    result = await worker.flush_dirty(ctx)
+    assert result["read"] == 30 and result["written"] == 30
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 2") == 30
+
+
+async def test_expired_presence_is_swept_and_flushed(
+    migrated: Servers, db: asyncpg.Connection, redis: Redis
+) -> None:
+    settings = make_settings(migrated, presence_ttl_s=1)
+    app = create_app(settings)
+    ctx: dict[str, Any] = {"settings": settings}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+            alice = await signup(api, "alice")
+            doc = await create_doc(api, alice)
+            await api.post(f"/v1/documents/{doc['id']}/presence", headers=alice.auth)
+            await edit(api, alice, doc["id"], "tab closed without leaving")
+            await worker.startup(ctx)
+            try:
+                assert await worker.sweep_presence(ctx) == 0, "still present"
+                await asyncio.sleep(1.1)
+                assert await worker.sweep_presence(ctx) == 1
+                assert await version_in_pg(db, doc["id"]) == 1
+                status = await api.get(f"/v1/documents/{doc['id']}/status", headers=alice.auth)
+                assert status.json()["editors"] == []
+                assert await worker.sweep_presence(ctx) == 0, "swept once"
+            finally:
+                await ctx["pool"].close()
+                await ctx["state"].aclose()
+
+
+async def test_shutdown_drains_every_dirty_document(
+    api: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+) -> None:
+    alice = await signup(api, "alice")
+    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(10)]
+    for doc_id in docs:
+        await edit(api, alice, doc_id, "unsaved")
+    ctx: dict[str, Any] = {"settings": settings}
+    await worker.startup(ctx)
+    await worker.shutdown(ctx)
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 1") == 10
