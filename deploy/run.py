@@ -53,7 +53,9 @@ def main() -> int:
         if settings.state_redis_url is None:
             port = int(os.environ.get("REDLINE_EMBEDDED_REDIS_PORT", "16379"))
             valkey = Valkey(DATA / "valkey", port, aof=True)
-            say(f"starting embedded Valkey on 127.0.0.1:{port} (AOF everysec, data in .data/valkey)")
+            say(
+                f"starting embedded Valkey on 127.0.0.1:{port} (AOF everysec, data in .data/valkey)"
+            )
             valkey.start()
             env["REDLINE_REDIS_URL"] = valkey.url
         if settings.database_url is None:
@@ -78,9 +80,13 @@ def main() -> int:
                     say(f"{name} exited with code {proc.returncode}; stopping everything")
                     stopping = True
             time.sleep(0.2)
-        return _shutdown(children, settings) or (1 if any(
-            p.returncode not in (0, -signal.SIGTERM, -signal.SIGINT) for p in children.values()
-        ) else 0)
+        return _shutdown(children, settings) or (
+            1
+            if any(
+                p.returncode not in (0, -signal.SIGTERM, -signal.SIGINT) for p in children.values()
+            )
+            else 0
+        )
     finally:
         for proc in children.values():
             if proc.poll() is None:

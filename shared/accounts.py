@@ -81,7 +81,7 @@ class Accounts:
         return member
 
     @staticmethod
-    async def _insert_user(conn: asyncpg.Connection, who: Principal, password_hash: str) -> None:
+    async def _insert_user(conn: queries.Conn, who: Principal, password_hash: str) -> None:
         try:
             await queries.insert_user(
                 conn, who.user_id, who.tenant_id, who.username, password_hash, who.role
@@ -97,9 +97,7 @@ class Accounts:
             raise Unauthenticated("wrong username or password")
         if not await self._verify(row["password_hash"], password):
             raise Unauthenticated("wrong username or password")
-        principal = Principal(
-            str(row["id"]), str(row["tenant_id"]), row["username"], row["role"]
-        )
+        principal = Principal(str(row["id"]), str(row["tenant_id"]), row["username"], row["role"])
         return principal, await self.open_session(principal)
 
     async def open_session(self, principal: Principal) -> str:
@@ -113,7 +111,9 @@ class Accounts:
 
     async def resolve(self, token: str) -> Principal:
         """The session's user; each use slides the expiry forward (one round trip: GETEX)."""
-        raw = await self._redis.getex(self._keys.session(token_hash(token)), px=self._session_ttl_ms)
+        raw = await self._redis.getex(
+            self._keys.session(token_hash(token)), px=self._session_ttl_ms
+        )
         if raw is None:
             raise Unauthenticated("unknown or expired token")
         return Principal(**json.loads(raw))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -14,7 +15,7 @@ from shared.settings import Settings
 
 def redis_client(url: str) -> Redis:
     # Short timeouts: a dead Redis must turn into a quick 503, never a hung request.
-    return Redis.from_url(
+    client: Redis = Redis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=2,
@@ -22,6 +23,7 @@ def redis_client(url: str) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         health_check_interval=30,
     )
+    return client
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -36,7 +38,7 @@ async def create_db_pool(
     *,
     min_size: int | None = None,
     max_size: int | None = None,
-    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    init: Callable[[Any], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.dsn,
@@ -45,7 +47,7 @@ async def create_db_pool(
         command_timeout=settings.db_command_timeout_s,
         timeout=5,
         reset=_no_reset,
-        init=init,
+        init=init,  # type: ignore[arg-type]  # the stubs want their own callback protocol
     )
     assert pool is not None
     return pool

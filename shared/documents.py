@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
@@ -83,7 +84,7 @@ class Documents:
     async def _fields(self, doc_id: str) -> dict[str, str] | None:
         """The document's Redis hash, loading it from Postgres when Redis does not hold it.
         None when it does not exist (or is deleted)."""
-        fields: dict[str, str] = await self._redis.hgetall(self._keys.doc(doc_id))
+        fields = await self._hash(doc_id)
         if not fields:
             async with self._pool.acquire() as conn:
                 row = await queries.document(conn, doc_id)
@@ -94,10 +95,15 @@ class Documents:
                 fields = dict(loaded)
             else:
                 # Someone else loaded or edited it meanwhile: theirs is at least as new.
-                fields = await self._redis.hgetall(self._keys.doc(doc_id))
+                fields = await self._hash(doc_id)
         if not fields or "del" in fields:
             return None
         return fields
+
+    async def _hash(self, doc_id: str) -> dict[str, str]:
+        # redis-py types its commands as sync-or-async; this client is the async one.
+        raw = self._redis.hgetall(self._keys.doc(doc_id))
+        return cast(dict[str, str], await cast(Awaitable[Any], raw))
 
     @staticmethod
     def _row_fields(row: asyncpg.Record) -> dict[str, str]:
@@ -181,7 +187,7 @@ class Documents:
         async with self._pool.acquire() as conn:
             await queries.delete_document(conn, doc_id)
 
-    async def list(self, who: Principal, limit: int, cursor: str | None) -> DocumentPage:
+    async def page(self, who: Principal, limit: int, cursor: str | None) -> DocumentPage:
         after = _decode_cursor(cursor) if cursor else None
         async with self._pool.acquire() as conn:
             rows = await queries.tenant_documents(conn, who.tenant_id, limit + 1, after)
@@ -189,7 +195,7 @@ class Documents:
         # Overlay Redis's newer versions so the list reads our own writes too.
         async with self._redis.pipeline(transaction=False) as pipe:
             for row in page:
-                pipe.hmget(self._keys.doc(str(row["id"])), "v", "sv", "at")
+                pipe.hmget(self._keys.doc(str(row["id"])), ["v", "sv", "at"])
             live = await pipe.execute()
         items = []
         for row, (v, sv, at) in zip(page, live, strict=True):
@@ -225,7 +231,8 @@ class Documents:
     async def status(self, who: Principal, doc_id: str) -> StatusOut:
         fields = await self._visible(who, doc_id)
         now = now_ms()
-        editors = await self._redis.zrange(self._keys.editors(doc_id), now, "+inf", byscore=True)
+        # Live editors: those whose expiry score is still ahead of now.
+        editors = await self._redis.zrangebyscore(self._keys.editors(doc_id), now, "+inf")
         version, saved = int(fields["v"]), int(fields["sv"])
         return StatusOut(
             id=doc_id,

@@ -150,7 +150,13 @@ class Postgres:
         self._prepare()
         if not (self.pgdata / "PG_VERSION").exists():
             self._run(
-                "initdb", "--auth=trust", "--encoding=utf8", "-U", "postgres", "-D", str(self.pgdata)
+                "initdb",
+                "--auth=trust",
+                "--encoding=utf8",
+                "-U",
+                "postgres",
+                "-D",
+                str(self.pgdata),
             )
         options = f"-p {self.port} -h 127.0.0.1 -k {self.data_dir}"
         if not self.durable:

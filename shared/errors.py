@@ -53,7 +53,7 @@ class RateLimited(RedlineError):
 
 
 class Unavailable(RedlineError):
-    """A dependency (Redis, Postgres) is down or too slow; the request lost nothing and may be retried."""
+    """A dependency (Redis, Postgres) is down or too slow; nothing was lost, retry later."""
 
     def __init__(self, detail: str, *, dependency: str) -> None:
         super().__init__(detail)

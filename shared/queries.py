@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 Record = asyncpg.Record
+# A plain connection or one borrowed from a pool: every function here takes either.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 # Rows the flusher writes, in the column order of the flush_buffer temp table.
 FlushRow = tuple[str, str, int, str | None, datetime]
@@ -19,12 +22,12 @@ CREATE TEMP TABLE IF NOT EXISTS flush_buffer (
 """
 
 
-async def insert_tenant(conn: asyncpg.Connection, tenant_id: str, name: str) -> None:
+async def insert_tenant(conn: Conn, tenant_id: str, name: str) -> None:
     await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, $2)", tenant_id, name)
 
 
 async def insert_user(
-    conn: asyncpg.Connection,
+    conn: Conn,
     user_id: str,
     tenant_id: str,
     username: str,
@@ -42,7 +45,7 @@ async def insert_user(
     )
 
 
-async def user_by_username(conn: asyncpg.Connection, username: str) -> Record | None:
+async def user_by_username(conn: Conn, username: str) -> Record | None:
     return await conn.fetchrow(
         "SELECT id, tenant_id, username, password_hash, role FROM users"
         " WHERE lower(username) = lower($1)",
@@ -51,7 +54,7 @@ async def user_by_username(conn: asyncpg.Connection, username: str) -> Record | 
 
 
 async def insert_document(
-    conn: asyncpg.Connection,
+    conn: Conn,
     doc_id: str,
     tenant_id: str | None,
     title: str,
@@ -72,9 +75,7 @@ async def insert_document(
     return row
 
 
-async def add_document_members(
-    conn: asyncpg.Connection, doc_id: str, user_ids: Sequence[str]
-) -> None:
+async def add_document_members(conn: Conn, doc_id: str, user_ids: Sequence[str]) -> None:
     await conn.execute(
         "INSERT INTO document_members (document_id, user_id)"
         " SELECT $1, u FROM unnest($2::uuid[]) AS u ON CONFLICT DO NOTHING",
@@ -83,7 +84,7 @@ async def add_document_members(
     )
 
 
-async def document(conn: asyncpg.Connection, doc_id: str) -> Record | None:
+async def document(conn: Conn, doc_id: str) -> Record | None:
     """A document with its room members (an empty array for tenant documents)."""
     return await conn.fetchrow(
         "SELECT d.id, d.tenant_id, d.title, d.content, d.version, d.updated_by, d.updated_at,"
@@ -95,7 +96,7 @@ async def document(conn: asyncpg.Connection, doc_id: str) -> Record | None:
 
 
 async def tenant_documents(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: str,
     limit: int,
     after: tuple[datetime, str] | None,
@@ -119,12 +120,12 @@ async def tenant_documents(
     )
 
 
-async def delete_document(conn: asyncpg.Connection, doc_id: str) -> bool:
+async def delete_document(conn: Conn, doc_id: str) -> bool:
     status = await conn.execute("DELETE FROM documents WHERE id = $1", doc_id)
     return bool(status != "DELETE 0")
 
 
-async def write_documents(conn: asyncpg.Connection, rows: Sequence[FlushRow]) -> int:
+async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
     """Write a batch of flushed documents in one statement; return how many rows changed.
 
     COPY into a per-connection temp table, then one UPDATE joined to it: the fastest bulk path
@@ -145,6 +146,6 @@ async def write_documents(conn: asyncpg.Connection, rows: Sequence[FlushRow]) ->
     return int(status.split()[-1])
 
 
-async def prepare_flush_connection(conn: asyncpg.Connection) -> None:
+async def prepare_flush_connection(conn: Conn) -> None:
     """Pool `init` for flushers: the COPY target exists on every connection."""
     await conn.execute(FLUSH_BUFFER_DDL)

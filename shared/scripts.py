@@ -53,7 +53,9 @@ class RateDecision:
 class Scripts:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._keys = keys
-        self._s = {name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES}
+        self._s = {
+            name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES
+        }
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._s[name](keys=keys, args=args)
@@ -71,7 +73,14 @@ class Scripts:
         status, version, saved = await self._call(
             "edit",
             (k.doc(doc_id), k.doc_dirty(doc_id)),
-            (doc_id, content, "" if base_version is None else base_version, author, now_ms, *grants),
+            (
+                doc_id,
+                content,
+                "" if base_version is None else base_version,
+                author,
+                now_ms,
+                *grants,
+            ),
         )
         return EditReply(EditStatus(status), int(version), int(saved))
 
@@ -112,7 +121,9 @@ class Scripts:
             (doc_id, tombstone_ttl_ms),
         )
 
-    async def presence_join(self, doc_id: str, user_id: str, expiry_ms: int, now_ms: int) -> list[str]:
+    async def presence_join(
+        self, doc_id: str, user_id: str, expiry_ms: int, now_ms: int
+    ) -> list[str]:
         k = self._keys
         editors: list[str] = await self._call(
             "presence_join",

@@ -17,6 +17,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         ws="none",
+        # Longer than clients' and load balancers' idle timeouts, so the server is never the one
+        # closing a keep-alive connection just as a client reuses it (a spurious ReadError).
+        timeout_keep_alive=75,
     )
 
 

@@ -45,6 +45,9 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
-            413, f"request body is over {self.limit} bytes", {"Connection": "close"}, limit=self.limit
+            413,
+            f"request body is over {self.limit} bytes",
+            {"Connection": "close"},
+            limit=self.limit,
         )
         await response(scope, receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -112,6 +112,6 @@ def install(app: FastAPI) -> None:
     # Registered class by class so Starlette answers them in its exception middleware, as it
     # does for the domain errors, instead of treating them as crashes.
     for cls, _ in DEPENDENCY_ERRORS:
-        app.add_exception_handler(cls, _dependency)
+        app.add_exception_handler(cast(type[Exception], cls), _dependency)
     app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)

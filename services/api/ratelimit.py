@@ -9,11 +9,11 @@ from ipaddress import ip_address
 
 from starlette.requests import HTTPConnection
 
+from shared.documents import now_ms
 from shared.errors import RateLimited
 from shared.keys import Keys
 from shared.scripts import Scripts
 from shared.settings import Settings
-from shared.documents import now_ms
 
 
 @dataclass(frozen=True)

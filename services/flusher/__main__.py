@@ -1,8 +1,8 @@
 """Run the flusher: `python -m services.flusher`."""
 
+from services.flusher.worker import create_worker
 from shared.logs import configure_logging
 from shared.settings import Settings
-from services.flusher.worker import create_worker
 
 
 def main() -> None:

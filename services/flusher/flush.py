@@ -28,7 +28,13 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 # What a retry may outlive: Postgres or Redis down, restarting, or a deadlock between flushers.
-TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    RedisError,
+)
 
 
 @dataclass
@@ -157,7 +163,7 @@ class Flusher:
         read_ms = time.time_ns() // 1_000_000
         async with self._redis.pipeline(transaction=False) as pipe:
             for doc_id in ids:
-                pipe.hmget(self._keys.doc(doc_id), "v", "c", "by", "at", "del")
+                pipe.hmget(self._keys.doc(doc_id), ["v", "c", "by", "at", "del"])
             docs = await pipe.execute()
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []

@@ -36,7 +36,9 @@ async def startup(ctx: Ctx) -> None:
     state = redis_client(settings.state_url)
     pool = await create_db_pool(settings, init=prepare_flush_connection)
     scripts = Scripts(state, keys)
-    ctx.update(state=state, pool=pool, keys=keys, flusher=Flusher(settings, state, pool, scripts, keys))
+    ctx.update(
+        state=state, pool=pool, keys=keys, flusher=Flusher(settings, state, pool, scripts, keys)
+    )
     ctx["scripts"] = scripts
     log.info(
         "flusher ready: every %ss, batches of %d, %d shards",

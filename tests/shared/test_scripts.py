@@ -28,7 +28,15 @@ async def scripts(redis: Redis, keys: Keys) -> AsyncIterator[Scripts]:
 
 async def seeded(scripts: Scripts, acl: str = "t:tenant-a", version: int = 0) -> str:
     doc_id = str(uuid.uuid4())
-    fields = {"v": version, "sv": version, "c": "", "ti": "t", "acl": acl, "at": 1, "ca": 1}
+    fields: dict[str, str | int] = {
+        "v": version,
+        "sv": version,
+        "c": "",
+        "ti": "t",
+        "acl": acl,
+        "at": 1,
+        "ca": 1,
+    }
     assert await scripts.seed(doc_id, fields, TTL)
     return doc_id
 
@@ -50,7 +58,9 @@ async def test_edit_bumps_version_marks_dirty_and_removes_ttl(
 
 async def test_edit_outcomes(scripts: Scripts) -> None:
     missing = str(uuid.uuid4())
-    assert (await scripts.edit(missing, "x", None, "alice", 1, GRANTS)).status is EditStatus.NOT_LOADED
+    assert (
+        await scripts.edit(missing, "x", None, "alice", 1, GRANTS)
+    ).status is EditStatus.NOT_LOADED
     doc_id = await seeded(scripts, version=4)
     stale = await scripts.edit(doc_id, "x", 3, "alice", 1, GRANTS)
     assert (stale.status, stale.version) == (EditStatus.STALE, 4)
@@ -63,7 +73,9 @@ async def test_edit_outcomes(scripts: Scripts) -> None:
 
 async def test_room_documents_open_to_members_only(scripts: Scripts) -> None:
     doc_id = await seeded(scripts, acl="u:alice u:bob")
-    assert (await scripts.edit(doc_id, "x", None, "bob", 1, ("t:x", "u:bob"))).status is EditStatus.APPLIED
+    assert (
+        await scripts.edit(doc_id, "x", None, "bob", 1, ("t:x", "u:bob"))
+    ).status is EditStatus.APPLIED
     denied = await scripts.edit(doc_id, "x", None, "al", 1, ("t:x", "u:al"))
     assert denied.status is EditStatus.NO_ACCESS, "a prefix of a member id is not a member"
 
@@ -71,7 +83,15 @@ async def test_room_documents_open_to_members_only(scripts: Scripts) -> None:
 async def test_seed_never_overwrites(scripts: Scripts, redis: Redis, keys: Keys) -> None:
     doc_id = await seeded(scripts)
     await scripts.edit(doc_id, "newer", None, "alice", 1, GRANTS)
-    fields = {"v": 0, "sv": 0, "c": "older", "ti": "t", "acl": "t:tenant-a", "at": 1, "ca": 1}
+    fields: dict[str, str | int] = {
+        "v": 0,
+        "sv": 0,
+        "c": "older",
+        "ti": "t",
+        "acl": "t:tenant-a",
+        "at": 1,
+        "ca": 1,
+    }
     assert not await scripts.seed(doc_id, fields, TTL)
     assert await redis.hget(keys.doc(doc_id), "c") == "newer"
     await scripts.delete(doc_id, TTL)

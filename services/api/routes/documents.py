@@ -39,7 +39,7 @@ async def list_documents(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DocumentPage:
-    return await res.documents.list(who, limit, cursor)
+    return await res.documents.page(who, limit, cursor)
 
 
 @router.get("/{doc_id}", response_model=DocumentOut)

@@ -29,11 +29,13 @@ async def readyz(res: Res) -> JSONResponse:
         try:
             async with asyncio.timeout(2):
                 async with res.pool.acquire() as conn:
-                    return await conn.fetchval("SELECT 1") == 1
+                    return bool(await conn.fetchval("SELECT 1") == 1)
         except Exception:
             return False
 
     redis_up, pg_up = await asyncio.gather(redis_ok(), postgres_ok())
     checks = {"redis": "up" if redis_up else "down", "postgres": "up" if pg_up else "down"}
     ready = redis_up and pg_up
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    )

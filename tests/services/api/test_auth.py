@@ -6,7 +6,6 @@ import httpx
 import pytest
 
 from services.api.app import create_app
-from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.users import signup
 
@@ -25,7 +24,9 @@ async def test_signup_login_me(api: httpx.AsyncClient) -> None:
         "role": "owner",
     }
     wrong = await api.post("/v1/auth/login", json={"username": "alice", "password": "wrong pass"})
-    unknown = await api.post("/v1/auth/login", json={"username": "nobody", "password": "wrong pass"})
+    unknown = await api.post(
+        "/v1/auth/login", json={"username": "nobody", "password": "wrong pass"}
+    )
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json()["detail"] == unknown.json()["detail"], "no user enumeration"
 
@@ -71,7 +72,9 @@ async def test_forwarded_address_is_trusted_from_configured_proxies(migrated: Se
             for i in range(3):
                 r = await attempt(api, f"user{i}", **{"X-Forwarded-For": "203.0.113.1"})
                 assert r.status_code == 401
-            assert (await attempt(api, "user3", **{"X-Forwarded-For": "203.0.113.1"})).status_code == 429
+            assert (
+                await attempt(api, "user3", **{"X-Forwarded-For": "203.0.113.1"})
+            ).status_code == 429
             # Another client behind the same proxy has its own budget.
             r = await attempt(api, "user4", **{"X-Forwarded-For": "203.0.113.2, 10.0.0.3"})
             assert r.status_code == 401

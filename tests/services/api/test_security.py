@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -50,10 +51,12 @@ async def test_another_tenants_document_is_404_everywhere(api: httpx.AsyncClient
         {"Authorization": "Bearer not-a-real-token"},
     ],
 )
-async def test_missing_or_bad_token_is_401(
-    api: httpx.AsyncClient, headers: dict[str, str]
-) -> None:
-    for method, path in [("GET", "/v1/documents"), ("GET", "/v1/auth/me"), ("POST", "/v1/documents")]:
+async def test_missing_or_bad_token_is_401(api: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    for method, path in [
+        ("GET", "/v1/documents"),
+        ("GET", "/v1/auth/me"),
+        ("POST", "/v1/documents"),
+    ]:
         r = await api.request(method, path, headers=headers, json={"title": "x"})
         assert r.status_code == 401, (method, path)
         assert r.headers["www-authenticate"] == "Bearer"
@@ -125,7 +128,7 @@ async def test_oversize_content_is_413_and_changes_nothing(api: httpx.AsyncClien
     assert r.status_code == 413
     # So is a chunked body with no declared length, cut off as it streams.
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b'{"content": "'
         for _ in range(300):
             yield b"a" * 1024
@@ -149,6 +152,8 @@ async def test_only_owners_add_members(api: httpx.AsyncClient) -> None:
     owner = await signup(api, "owner")
     member = await add_member(api, owner, "member")
     r = await api.post(
-        "/v1/tenant/members", json={"username": "third", "password": "password1"}, headers=member.auth
+        "/v1/tenant/members",
+        json={"username": "third", "password": "password1"},
+        headers=member.auth,
     )
     assert r.status_code == 403
