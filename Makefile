@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml uv.lock
 run: install
 	@$(BIN)/python -m deploy.run
 
-test: install
+# Lint first: ruff and mypy (strict) must be clean, then the whole suite against real servers.
+test: lint
 	@$(BIN)/python -m pytest
 
 lint: install
