@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from datetime import date
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,15 @@ class Keys:
 
     def rate_limit(self, policy: str, subject: str) -> str:
         return f"{self.prefix}:ratelimit:{policy}:{subject}"
+
+    # Trending (state Redis) ----------------------------------------------------------------
+    def trending(self, day: date) -> str:
+        """Sorted set of interest slugs scored by that UTC day's matches; expires after 2 days."""
+        return f"{self.prefix}:trending:{day.isoformat()}"
+
+    # Cache (cache Redis) ----------------------------------------------------------------
+
+    # Matcher (state Redis) --------------------------------------------------------------
 
     # Queue (queue Redis, arq) -----------------------------------------------------------
     @property

@@ -100,3 +100,36 @@ class StatusOut(BaseModel):
     status: DocState
     dirty_since: datetime | None
     editors: list[str]
+
+
+# Profiles and interests -----------------------------------------------------------------------
+# An interest is a lowercase slug ("rock-climbing"), so "Rock Climbing" and "rock climbing" meet.
+Slug = Annotated[
+    str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
+]
+Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]
+Region = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
+class Profile(BaseModel):
+    user_id: str
+    tenant_id: str
+    username: str
+    display_name: str
+    bio: str
+    language: str
+    region: str | None
+    interests: list[str]
+    updated_at: datetime
+
+
+class ProfilePatch(In):
+    """Only these fields; anything else (tenant_id, role, user_id) is a 422."""
+
+    display_name: Annotated[str, StringConstraints(max_length=80, strip_whitespace=True)] | None = (
+        None
+    )
+    bio: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    language: Language | None = None
+    region: Region | None = None
+    interests: Annotated[list[Slug], Field(max_length=20)] | None = None

@@ -1,0 +1,27 @@
+"""Trending interests: one sorted set per UTC day that expires by itself, so no reset job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+
+from redis.asyncio import Redis
+
+from shared.keys import Keys
+
+# Today's set is read until midnight and yesterday's may still be read a day later.
+TRENDING_TTL_S = 2 * 86_400
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+async def bump(redis: Redis, keys: Keys, slugs: Iterable[str], day: date | None = None) -> None:
+    """Count each interest once in the day's set (called for the shared interests of a match)."""
+    key = keys.trending(day or today())
+    pipe = redis.pipeline(transaction=False)
+    for slug in set(slugs):
+        pipe.zincrby(key, 1, slug)
+    pipe.expire(key, TRENDING_TTL_S)
+    await pipe.execute()
