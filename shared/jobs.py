@@ -1,12 +1,20 @@
-"""Names of the flusher's jobs and how the API enqueues them: the contract between the two."""
+"""Names of the flusher's jobs and how the API enqueues them and reads their state: the contract
+between the two. Jobs receive ids, never objects: the worker loads what it needs."""
 
 from __future__ import annotations
 
-from arq.connections import ArqRedis, RedisSettings
+from typing import Any
 
+from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job, JobStatus
+
+from shared.accounts import Principal
 from shared.keys import Keys
+from shared.models import JobOut, JobState
 
 FLUSH_DOCUMENT = "flush_document"
+SAVE_DOCUMENT = "save_document"
+SNAPSHOT_DOCUMENT = "snapshot_document"
 
 
 def arq_settings(url: str) -> RedisSettings:
@@ -23,3 +31,81 @@ async def enqueue_flush(queue: ArqRedis, keys: Keys, doc_id: str) -> bool:
         FLUSH_DOCUMENT, doc_id, _job_id=keys.flush_job_id(doc_id), _queue_name=keys.queue_name
     )
     return job is not None
+
+
+async def _enqueue(queue: ArqRedis, keys: Keys, job_id: str, function: str, **kw: Any) -> str:
+    # arq refuses a second job with an id whose job or result key exists, so the same request
+    # while the first is pending (or done at this version) names the same job: idempotent.
+    await queue.enqueue_job(function, _job_id=job_id, _queue_name=keys.queue_name, **kw)
+    return job_id
+
+
+async def enqueue_save(
+    queue: ArqRedis, keys: Keys, who: Principal, doc_id: str, version: int
+) -> str:
+    return await _enqueue(
+        queue,
+        keys,
+        keys.save_job_id(doc_id, version, who.user_id),
+        SAVE_DOCUMENT,
+        doc_id=doc_id,
+        user_id=who.user_id,
+        tenant_id=who.tenant_id,
+    )
+
+
+async def enqueue_snapshot(
+    queue: ArqRedis, keys: Keys, who: Principal, doc_id: str, version: int, label: str
+) -> str:
+    return await _enqueue(
+        queue,
+        keys,
+        keys.snapshot_job_id(doc_id, version, who.user_id, label),
+        SNAPSHOT_DOCUMENT,
+        doc_id=doc_id,
+        user_id=who.user_id,
+        tenant_id=who.tenant_id,
+        label=label,
+    )
+
+
+_STATES: dict[JobStatus, JobState] = {
+    JobStatus.deferred: "queued",  # a retry waiting out its backoff is still queued to a user
+    JobStatus.queued: "queued",
+    JobStatus.in_progress: "in_progress",
+    JobStatus.complete: "complete",
+    JobStatus.not_found: "not_found",
+}
+
+
+def _state(status: JobStatus) -> JobState:
+    return _STATES[status]
+
+
+async def job_state(queue: ArqRedis, keys: Keys, who: Principal, job_id: str) -> JobOut:
+    """A job's state as its owner sees it. Someone else's job, an unknown one and one whose
+    result has expired all read as not_found: a job id leaks nothing."""
+    missing = JobOut(job_id=job_id, status="not_found")
+    job = Job(job_id, queue, _queue_name=keys.queue_name)
+    status = await job.status()
+    if status is JobStatus.not_found:
+        return missing
+    info = await job.info()
+    if info is None:  # finished and expired between the two reads
+        return missing
+    owner, tenant = info.kwargs.get("user_id"), info.kwargs.get("tenant_id")
+    if who.user_id != owner and who.tenant_id != tenant:
+        return missing
+    result = await job.result_info() if status is JobStatus.complete else None
+    if result is None:
+        return JobOut(job_id=job_id, status=_state(status))
+    if result.success:
+        body = result.result if isinstance(result.result, dict) else {"value": result.result}
+        return JobOut(job_id=job_id, status="complete", result=body)
+    return JobOut(job_id=job_id, status="failed", error=_reason(result.result))
+
+
+def _reason(exc: object) -> str:
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return str(exc)

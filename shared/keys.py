@@ -6,6 +6,7 @@ Redis Cluster: a document's keys and its shard's indexes carry the tag `{s<shard
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from datetime import date
@@ -71,3 +72,12 @@ class Keys:
     def flush_job_id(self, doc_id: str) -> str:
         """Deduplicated arq job id for the immediate flush of one document."""
         return f"{self.prefix}:flush:{doc_id}"
+
+    def save_job_id(self, doc_id: str, version: int, user_id: str) -> str:
+        """A "save now" job: one per document version and user, so a repeated request while the
+        first is pending (or already done at that version) gets the same job."""
+        return f"{self.prefix}:save:{doc_id}:v{version}:{user_id}"
+
+    def snapshot_job_id(self, doc_id: str, version: int, user_id: str, label: str) -> str:
+        digest = hashlib.sha256(label.encode()).hexdigest()[:16]
+        return f"{self.prefix}:snapshot:{doc_id}:v{version}:{user_id}:{digest}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -133,3 +133,36 @@ class ProfilePatch(In):
     language: Language | None = None
     region: Region | None = None
     interests: Annotated[list[Slug], Field(max_length=20)] | None = None
+
+
+# Jobs and snapshots ---------------------------------------------------------------------------
+JobState = Literal["queued", "in_progress", "complete", "failed", "not_found"]
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobState
+
+
+class JobOut(BaseModel):
+    job_id: str
+    status: JobState
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class SnapshotCreate(In):
+    label: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    document_id: str
+    label: str
+    version: int
+    created_by: str | None
+    created_at: datetime
+
+
+class SnapshotDetail(SnapshotOut):
+    content: str

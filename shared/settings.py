@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(60.0, gt=0)
     max_document_bytes: int = Field(1_048_576, ge=1024)
 
+    # Jobs users start (save now, snapshots).
+    job_max_tries: int = Field(5, ge=1)
+    job_result_ttl_s: int = Field(3600, ge=1)
+    # A job running longer is cancelled; a job whose worker died is picked up again this long
+    # (plus 10 s) after it started.
+    job_timeout_s: int = Field(60, ge=1)
+
     # Accounts.
     session_ttl_s: int = Field(14 * 86_400, ge=60)
     login_rate: int = Field(10, ge=1, description="login attempts per login_period_s")

@@ -13,7 +13,7 @@ from services.api import problems
 from services.api.bodylimit import BodyLimit
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
-from services.api.routes import auth, documents, health
+from services.api.routes import auth, documents, health, jobs
 from shared.accounts import Accounts
 from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
@@ -70,4 +70,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(documents.router)
+    app.include_router(jobs.router)
     return app

@@ -11,8 +11,9 @@ from arq import cron
 from arq.worker import Worker, func
 
 from services.flusher.flush import TRANSIENT, Flusher
+from services.flusher.saves import save_document, snapshot_document
 from shared.clients import create_db_pool, redis_client
-from shared.jobs import FLUSH_DOCUMENT, arq_settings
+from shared.jobs import FLUSH_DOCUMENT, SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, arq_settings
 from shared.keys import Keys
 from shared.queries import prepare_flush_connection
 from shared.scripts import Scripts
@@ -119,7 +120,23 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
     settings.require_urls()
     keys = Keys(settings.key_prefix, settings.doc_shards)
     options: dict[str, Any] = dict(
-        functions=[func(flush_document, name=FLUSH_DOCUMENT, keep_result=0, max_tries=1000)],
+        functions=[
+            func(flush_document, name=FLUSH_DOCUMENT, keep_result=0, max_tries=1000),
+            # Users poll these by job id, so their results are kept; retries are bounded so a
+            # job that keeps failing ends `failed` with its reason.
+            func(
+                save_document,
+                name=SAVE_DOCUMENT,
+                keep_result=settings.job_result_ttl_s,
+                max_tries=settings.job_max_tries,
+            ),
+            func(
+                snapshot_document,
+                name=SNAPSHOT_DOCUMENT,
+                keep_result=settings.job_result_ttl_s,
+                max_tries=settings.job_max_tries,
+            ),
+        ],
         cron_jobs=[
             cron(flush_dirty, **_every(settings.flush_interval), keep_result=0, unique=True),
             cron(sweep_presence, **_every(settings.presence_sweep_s), keep_result=0, unique=True),
@@ -131,7 +148,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         ctx={"settings": settings},
         max_jobs=4,
         poll_delay=0.1,
-        job_timeout=max(settings.flush_interval * 4, 60),
+        job_timeout=max(settings.flush_interval * 4, settings.job_timeout_s),
         health_check_key=f"{keys.prefix}:flusher:health",
     )
     options.update(overrides)

@@ -1,0 +1,64 @@
+"""Work that takes longer than a request: save now and snapshots answer 202 with a job id at
+once, the flusher does the work, and `GET /v1/jobs/{id}` tells how it went."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from services.api.deps import Caller, Res, json_body
+from shared import snapshots
+from shared.errors import NotFound
+from shared.jobs import enqueue_save, enqueue_snapshot, job_state
+from shared.models import JobAccepted, JobOut, SnapshotCreate, SnapshotDetail, SnapshotOut
+
+router = APIRouter(tags=["jobs"])
+
+
+def _accepted(job_id: str) -> JSONResponse:
+    # The enqueue has returned, so the job is in Redis: a worker will run it.
+    body = JobAccepted(job_id=job_id, status="queued").model_dump()
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.post("/v1/documents/{doc_id}/save", status_code=202, response_model=JobAccepted)
+async def save(doc_id: UUID, who: Caller, res: Res) -> JSONResponse:
+    current = await res.documents.status(who, str(doc_id))  # 404 unless the caller may open it
+    return _accepted(await enqueue_save(res.queue, res.keys, who, str(doc_id), current.version))
+
+
+@router.post("/v1/documents/{doc_id}/snapshots", status_code=202, response_model=JobAccepted)
+async def snapshot(doc_id: UUID, request: Request, who: Caller, res: Res) -> JSONResponse:
+    body = await json_body(request, SnapshotCreate)
+    current = await res.documents.status(who, str(doc_id))
+    job_id = await enqueue_snapshot(
+        res.queue, res.keys, who, str(doc_id), current.version, body.label
+    )
+    return _accepted(job_id)
+
+
+@router.get("/v1/documents/{doc_id}/snapshots", response_model=list[SnapshotOut])
+async def list_snapshots(
+    doc_id: UUID, who: Caller, res: Res, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> list[SnapshotOut]:
+    await res.documents.status(who, str(doc_id))
+    async with res.pool.acquire() as conn:
+        return await snapshots.newest(conn, str(doc_id), limit)
+
+
+@router.get("/v1/documents/{doc_id}/snapshots/{snapshot_id}", response_model=SnapshotDetail)
+async def read_snapshot(doc_id: UUID, snapshot_id: UUID, who: Caller, res: Res) -> SnapshotDetail:
+    await res.documents.status(who, str(doc_id))
+    async with res.pool.acquire() as conn:
+        found = await snapshots.one(conn, str(doc_id), str(snapshot_id))
+    if found is None:
+        raise NotFound(f"snapshot {snapshot_id} not found")
+    return found
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobOut)
+async def job(job_id: Annotated[str, Path(max_length=300)], who: Caller, res: Res) -> JobOut:
+    return await job_state(res.queue, res.keys, who, job_id)

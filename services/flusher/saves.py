@@ -1,0 +1,88 @@
+"""Jobs a user asks for through the API: save a document now, and store a named snapshot.
+
+Both are idempotent, because arq runs a job at least once (a worker that dies mid-job leaves it
+to be run again): a save flushes whatever is newest, a snapshot is stored once per job id.
+A transient failure (Postgres or Redis away) is retried with backoff; on the last try the real
+error is raised, so the job ends `failed` with a reason the user can read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq.worker import Retry
+
+from services.flusher.flush import TRANSIENT, Flusher
+from shared import snapshots
+from shared.errors import NotFound
+from shared.keys import Keys
+from shared.settings import Settings
+
+log = logging.getLogger("redline.flusher")
+
+Ctx = dict[str, Any]
+
+
+def _retry_or_raise(ctx: Ctx, exc: Exception) -> Retry:
+    settings: Settings = ctx["settings"]
+    job_try: int = ctx.get("job_try", 1)
+    if job_try >= settings.job_max_tries:
+        raise exc
+    log.warning(
+        "job %s try %d failed (%s: %s); retrying",
+        ctx.get("job_id"),
+        job_try,
+        type(exc).__name__,
+        exc,
+    )
+    return Retry(defer=min(0.2 * 2**job_try, settings.flush_retry_max_s))
+
+
+async def _saved_version(ctx: Ctx, doc_id: str) -> int:
+    async with ctx["pool"].acquire() as conn:
+        version = await conn.fetchval("SELECT version FROM documents WHERE id = $1", doc_id)
+    if version is None:
+        raise NotFound(f"document {doc_id} no longer exists")
+    return int(version)
+
+
+async def save_document(ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str) -> dict[str, Any]:
+    flusher: Flusher = ctx["flusher"]
+    try:
+        await flusher.flush_ids([doc_id])
+        saved = await _saved_version(ctx, doc_id)
+    except TRANSIENT as exc:
+        raise _retry_or_raise(ctx, exc) from exc
+    log.info("saved document %s at version %d for %s", doc_id, saved, user_id)
+    return {"document_id": doc_id, "saved_version": saved}
+
+
+async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
+    """The newest content and version: Redis first (it may be ahead of Postgres), then Postgres."""
+    keys: Keys = ctx["keys"]
+    content, version, deleted = await ctx["state"].hmget(keys.doc(doc_id), ["c", "v", "del"])
+    if deleted is not None:
+        raise NotFound(f"document {doc_id} no longer exists")
+    if content is not None and version is not None:
+        return content, int(version)
+    async with ctx["pool"].acquire() as conn:
+        row = await conn.fetchrow("SELECT content, version FROM documents WHERE id = $1", doc_id)
+    if row is None:
+        raise NotFound(f"document {doc_id} no longer exists")
+    return row["content"], int(row["version"])
+
+
+async def snapshot_document(
+    ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str, label: str
+) -> dict[str, Any]:
+    try:
+        content, version = await _current(ctx, doc_id)
+        async with ctx["pool"].acquire() as conn:
+            snapshot_id = await snapshots.insert(
+                conn, doc_id, label, content, version, user_id, ctx["job_id"]
+            )
+    except TRANSIENT as exc:
+        raise _retry_or_raise(ctx, exc) from exc
+    log.info("snapshot %r of document %s at version %d", label, doc_id, version)
+    return {"snapshot_id": snapshot_id, "document_id": doc_id, "version": version, "label": label}
