@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -60,6 +60,12 @@ async def make_user(db: asyncpg.Connection, name: str = "alice") -> str:
     return user
 
 
+async def read(
+    cache: Cache, user: str, loader: Callable[[], Awaitable[Profile | None]]
+) -> Profile | None:
+    return await cache.get(FAMILY, user, loader)
+
+
 class CountingLoader:
     """A real Postgres load (optionally slowed down in Postgres itself) that counts its calls."""
 
@@ -69,7 +75,7 @@ class CountingLoader:
         self.sleep_s = sleep_s
         self.calls = 0
 
-    async def __call__(self) -> Profile | None:
+    async def load(self) -> Profile | None:
         self.calls += 1
         async with self.pool.acquire() as conn:
             if self.sleep_s:
@@ -91,7 +97,7 @@ async def test_200_concurrent_cold_reads_over_four_processes_load_once(
         caches = [a, b, c, d]
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(caches[i % 4].get(FAMILY, user, loader) for i in range(200))
+            *(read(caches[i % 4], user, loader.load) for i in range(200))
         )
         elapsed = time.perf_counter() - started
     assert loader.calls == 1
@@ -116,7 +122,7 @@ async def test_waiters_take_over_when_the_lease_holder_dies(
     assert got.leased
     async with cache_on(settings.cache_url, keys, lease_ms=300) as cache:
         started = time.perf_counter()
-        profile = await cache.get(FAMILY, user, loader)
+        profile = await cache.get(FAMILY, user, loader.load)
         waited = time.perf_counter() - started
         stats = cache.stats.of("profile")
     assert profile is not None and profile.user_id == user
@@ -147,7 +153,7 @@ async def test_invalidation_during_a_load_refuses_the_stale_fill(
         assert reader.stats.of("profile").refused_fills == 1
         assert await redis.get(keys.cache_entry("profile", user)) is None
         fresh = CountingLoader(pool, user)
-        second = await reader.get(FAMILY, user, fresh)
+        second = await reader.get(FAMILY, user, fresh.load)
     assert fresh.calls == 1
     assert second is not None and second.display_name == "new"
 
@@ -203,8 +209,8 @@ async def test_missing_users_are_cached_briefly(
     ghost = str(uuid.uuid4())
     loader = CountingLoader(pool, ghost)
     async with cache_on(settings.cache_url, keys) as cache:
-        assert await cache.get(FAMILY, ghost, loader) is None
-        assert await cache.get(FAMILY, ghost, loader) is None
+        assert await cache.get(FAMILY, ghost, loader.load) is None
+        assert await cache.get(FAMILY, ghost, loader.load) is None
         assert loader.calls == 1
         assert cache.stats.of("profile").negative_hits == 1
         ttl = await redis.pttl(keys.cache_entry("profile", ghost))
@@ -213,7 +219,7 @@ async def test_missing_users_are_cached_briefly(
         assert Entry.parse(raw).payload is None
         # A write (e.g. the user now exists) invalidates the negative entry too.
         await cache.invalidate(FAMILY, ghost)
-        assert await cache.get(FAMILY, ghost, loader) is None
+        assert await cache.get(FAMILY, ghost, loader.load) is None
         assert loader.calls == 2
 
 
@@ -232,9 +238,9 @@ async def test_a_failed_load_wakes_waiters_at_once(
         cache_on(settings.cache_url, keys, lease_ms=10_000) as a,
         cache_on(settings.cache_url, keys, lease_ms=10_000) as b,
     ):
-        holder = asyncio.create_task(a.get(FAMILY, user, failing))
+        holder = asyncio.create_task(read(a, user, failing))
         await asyncio.sleep(0.1)  # a holds the lease
-        waiter = asyncio.create_task(b.get(FAMILY, user, good))
+        waiter = asyncio.create_task(read(b, user, good.load))
         await asyncio.sleep(0.1)
         started = time.perf_counter()
         gate.set()
@@ -257,12 +263,12 @@ async def test_warming_stores_only_what_is_missing(
             return {p.user_id: p for p in await profiles.load_many(conn, ids)}
 
     async with cache_on(settings.cache_url, keys) as cache:
-        await cache.get(FAMILY, users[0], CountingLoader(pool, users[0]))
+        await cache.get(FAMILY, users[0], CountingLoader(pool, users[0]).load)
         assert await cache.warm(FAMILY, users, load_many) == 4
         assert sorted(batches[0]) == sorted(users[1:])
         assert await cache.warm(FAMILY, users, load_many) == 0
         never = CountingLoader(pool, users[3])
-        assert (await cache.get(FAMILY, users[3], never)) is not None
+        assert (await cache.get(FAMILY, users[3], never.load)) is not None
         assert never.calls == 0
 
 
@@ -275,12 +281,12 @@ async def test_a_dead_cache_redis_falls_back_to_postgres(
     try:
         async with cache_on(server.url, keys, retry_s=0.2) as cache:
             loader = CountingLoader(pool, user)
-            assert await cache.get(FAMILY, user, loader) is not None
-            assert await cache.get(FAMILY, user, loader) is not None
+            assert await cache.get(FAMILY, user, loader.load) is not None
+            assert await cache.get(FAMILY, user, loader.load) is not None
             assert loader.calls == 1
             server.stop()
             for _ in range(3):
-                profile = await cache.get(FAMILY, user, loader)
+                profile = await cache.get(FAMILY, user, loader.load)
                 assert profile is not None and profile.user_id == user
             assert loader.calls == 4
             assert cache.stats.of("profile").fallbacks == 3
