@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncpg
 
 from shared import profiles
-from shared.cache import Cache, Family
-from shared.errors import InvalidInput, NotFound
+from shared.cache import CACHE_ERRORS, Cache, Family
+from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.models import Profile, ProfilePatch
 from shared.settings import Settings
 
@@ -38,8 +38,8 @@ class ProfileCache:
 
     async def update(self, user_id: str, patch: ProfilePatch) -> Profile:
         """Commit, then invalidate: a reader after this returns sees the new row. If the cache
-        cannot be invalidated the Redis error propagates (503): the row is saved, and repeating
-        the PATCH, which is idempotent, completes the invalidation."""
+        cannot be invalidated this is Unavailable (503): the row is saved, and repeating the
+        PATCH, which is idempotent, completes the invalidation."""
         changes = patch.model_dump(exclude_unset=True)
         for name, value in changes.items():
             if value is None and name not in NULLABLE:
@@ -52,7 +52,13 @@ class ProfileCache:
             profile = await profiles.load(conn, user_id)
         if profile is None:
             raise NotFound("no such user")
-        await self.cache.invalidate(self.family, user_id)
+        try:
+            await self.cache.invalidate(self.family, user_id)
+        except CACHE_ERRORS as exc:
+            raise Unavailable(
+                "the profile was saved but the cache could not be invalidated; repeat the request",
+                dependency="cache",
+            ) from exc
         return profile
 
     async def warm(self, limit: int) -> int:
