@@ -3,8 +3,6 @@ the status the thresholds give."""
 
 from __future__ import annotations
 
-import httpx
-
 from shared.jobs import enqueue_flush
 from tests.conftest import Servers, make_settings
 from tests.support.apps import api_app, resources
