@@ -98,7 +98,17 @@ def flushes(report: Report) -> str:
 
 def profile_reads(report: Report) -> str:
     p = report.profiles or {}
-    headers = ("phase", "reads/s", "p50 ms", "p99 ms", "errors", "hit rate", "pg queries/read")
+    headers = (
+        "phase",
+        "reads/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "hit rate",
+        "pg queries/read",
+        "pg queries",
+        "first reads",
+    )
     rows = []
     phases = [
         ("document read", p.get("document_read")),
@@ -121,6 +131,8 @@ def profile_reads(report: Report) -> str:
                 str(sum(ph["errors"].values())),
                 _f(ph.get("hit_rate"), 3),
                 _f(ph.get("pg_queries_per_read"), 4),
+                str(ph.get("pg_queries", "-")),
+                str(ph.get("first_reads", "-")),
             )
         )
     return render(headers, rows)
