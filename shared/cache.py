@@ -203,14 +203,21 @@ class Cache:
         if raw is None:
             stats.misses += 1
             return await self._flight(family, item, loader)
-        entry = Entry.parse(raw)
+        try:
+            entry = Entry.parse(raw)
+            value = None if entry.payload is None else family.decode(entry.payload)
+        except ValueError:
+            # Not ours or from an older format: serve from Postgres until it expires or changes.
+            log.warning("unreadable cache entry for %s %s", family.name, item)
+            stats.fallbacks += 1
+            return await loader()
         if entry.payload is None:
             stats.negative_hits += 1
         else:
             stats.hits += 1
         if self._should_refresh(entry):
-            return await self._refresh(family, item, loader, entry)
-        return None if entry.payload is None else family.decode(entry.payload)
+            return await self._refresh(family, item, loader, value)
+        return value
 
     def _should_refresh(self, entry: Entry) -> bool:
         if self.beta <= 0:
@@ -219,10 +226,13 @@ class Cache:
         return -entry.delta_ms * self.beta * math.log(self.rand()) >= left
 
     async def _refresh(
-        self, family: Family[T], item: str, loader: Callable[[], Awaitable[T | None]], old: Entry
+        self,
+        family: Family[T],
+        item: str,
+        loader: Callable[[], Awaitable[T | None]],
+        current: T | None,
     ) -> T | None:
         """XFetch's early recompute by whoever wins the lease; the others keep the old value."""
-        current = None if old.payload is None else family.decode(old.payload)
         token = secrets.token_hex(8)
         try:
             got = await self._scripts.acquire(
@@ -272,7 +282,7 @@ class Cache:
                     self._trip(exc)
                     break
                 if got.entry is not None:
-                    return self._value(family, got.entry)
+                    return await self._value(family, got.entry, loader)
                 if got.leased:
                     return await self._load_and_fill(family, item, loader, token, got.generation)
                 stats.waits += 1
@@ -282,17 +292,23 @@ class Cache:
                     stats.wait_timeouts += 1  # the holder died, or a message was lost
                     continue
                 if text:
-                    return self._value(family, text)
+                    return await self._value(family, text, loader)
                 # An empty message: that load failed or was invalidated; look again.
             finally:
                 self._stop_waiting(channel, ready)
         stats.fallbacks += 1
         return await loader()
 
-    @staticmethod
-    def _value(family: Family[T], text: str) -> T | None:
-        payload = Entry.parse(text).payload
-        return None if payload is None else family.decode(payload)
+    async def _value(
+        self, family: Family[T], text: str, loader: Callable[[], Awaitable[T | None]]
+    ) -> T | None:
+        try:
+            payload = Entry.parse(text).payload
+            return None if payload is None else family.decode(payload)
+        except ValueError:
+            log.warning("unreadable cache entry for %s", family.name)
+            self.stats.of(family.name).fallbacks += 1
+            return await loader()
 
     async def _load_and_fill(
         self,

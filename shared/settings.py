@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     cache_lease_ms: int = Field(2000, ge=50, description="a loader's lease on a missing key")
     cache_xfetch_beta: float = Field(1.0, ge=0, description="XFetch eagerness; 0 disables")
     cache_retry_s: float = Field(1.0, ge=0, description="skip a failing cache Redis this long")
+    cache_timeout_s: float = Field(0.5, gt=0, description="longest wait on the cache Redis")
     profile_write_rate: int = Field(30, ge=1)
     profile_write_period_s: int = Field(60, ge=1)
     match_rate: int = Field(10, ge=1, description="match attempts per match_period_s")

@@ -16,7 +16,7 @@ from services.api.resources import Resources
 from services.api.routes import auth, documents, health, profiles, stats, trending
 from shared.accounts import Accounts
 from shared.cache import Cache
-from shared.clients import create_db_pool, redis_client
+from shared.clients import cache_client, create_db_pool, redis_client
 from shared.documents import Documents
 from shared.jobs import arq_settings
 from shared.keys import Keys
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         scripts = Scripts(state, keys)
         # The cache role gets its own client even when it is the same URL: it may be an LRU
         # instance, and a dead cache must not take sessions or edits down with it.
-        cache_redis = redis_client(settings.cache_url)
+        cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
         cache = Cache(
             cache_redis,
             keys,

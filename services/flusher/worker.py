@@ -13,7 +13,7 @@ from arq.worker import Worker, func
 from services.flusher.flush import TRANSIENT, Flusher
 from services.flusher.warming import warm_profiles
 from shared.cache import Cache
-from shared.clients import create_db_pool, redis_client
+from shared.clients import cache_client, create_db_pool, redis_client
 from shared.jobs import FLUSH_DOCUMENT, arq_settings
 from shared.keys import Keys
 from shared.profile_cache import ProfileCache
@@ -44,7 +44,7 @@ async def startup(ctx: Ctx) -> None:
     )
     ctx["scripts"] = scripts
     # The cache role gets its own client (it may be another, evicting, server).
-    ctx["cache_redis"] = cache_redis = redis_client(settings.cache_url)
+    ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
     cache = Cache(cache_redis, keys, lease_ms=settings.cache_lease_ms)
     ctx["profiles"] = ProfileCache(settings, cache, pool)
     log.info(

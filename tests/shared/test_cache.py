@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from shared import profiles, queries
 from shared.cache import Cache, Entry, Family
-from shared.clients import create_db_pool, redis_client
+from shared.clients import cache_client, create_db_pool
 from shared.embedded import Valkey, free_port
 from shared.keys import Keys
 from shared.models import Profile
@@ -43,7 +43,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @asynccontextmanager
 async def cache_on(url: str, keys: Keys, **options: object) -> AsyncIterator[Cache]:
     """A Cache with its own client, as one api process would have."""
-    client = redis_client(url)
+    client = cache_client(url, 0.5)
     cache = Cache(client, keys, **options)  # type: ignore[arg-type]
     await cache.start()
     try:
@@ -295,3 +295,20 @@ async def test_a_dead_cache_redis_falls_back_to_postgres(
                 await cache.invalidate(FAMILY, user)
     finally:
         server.stop()
+
+
+async def test_an_unreadable_entry_is_served_from_postgres_not_a_500(
+    settings: Settings, keys: Keys, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    user = await make_user(db)
+    await redis.set(keys.cache_entry("profile", user), "not|an|entry", px=60_000)
+    loader = CountingLoader(pool, user)
+    async with cache_on(settings.cache_url, keys) as cache:
+        profile = await cache.get(FAMILY, user, loader.load)
+        assert profile is not None and profile.user_id == user
+        assert cache.stats.of("profile").fallbacks == 1
+        # The write path replaces it with a good entry.
+        await cache.invalidate(FAMILY, user)
+        assert await cache.get(FAMILY, user, loader.load) is not None
+        assert await cache.get(FAMILY, user, loader.load) is not None
+        assert loader.calls == 2
