@@ -18,7 +18,10 @@
   and takes the lease itself; after a few rounds it loads from Postgres uncached.
 - **Invalidation** (after a write commits) deletes the entry and any lease and moves the key's
   generation on; a loader that read the old row stores it only if the generation is still the
-  one it saw, so a stale value can never land after an invalidation.
+  one it saw, so a stale value can never land after an invalidation. Fill messages carry their
+  generation, so a waiter ignores one from before an invalidation (a delayed delivery), and a
+  caller joins a flight of its process only if the flight's value was known current at or after
+  the caller arrived (it may have read Postgres before another process's write).
 - **Misses of missing things** are cached too (negative entries, short TTL).
 - **Cache Redis down**: read from the loader (Postgres), count a fallback, and skip the cache
   for `retry_s` so a dead server does not cost every request a connection attempt. Never raises
@@ -114,6 +117,14 @@ class CacheStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Flight(Generic[T]):
+    """What one fill found: the value, and a monotonic time at which it was known current."""
+
+    value: T | None
+    valid_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """`<delta ms>|<expiry ms>|<payload>`; an empty payload is a negative entry (no such thing)."""
 
@@ -163,7 +174,7 @@ class Cache:
         self._gen_ttl_ms = max(MIN_GEN_TTL_MS, lease_ms * 4)
         self._down_until = 0.0
         self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
-        self._waiters: dict[str, set[asyncio.Future[str]]] = {}
+        self._waiters: dict[str, set[asyncio.Queue[str]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -244,20 +255,32 @@ class Cache:
         if not got.leased:
             return current
         self.stats.of(family.name).early_refreshes += 1
-        return await self._load_and_fill(family, item, loader, token, got.generation)
+        flight = await self._load_and_fill(family, item, loader, token, got.generation)
+        return flight.value
 
     async def _flight(
         self, family: Family[T], item: str, loader: Callable[[], Awaitable[T | None]]
     ) -> T | None:
-        """One fill per key per process; the task outlives a caller that goes away."""
+        """One fill per key per process; the task outlives a caller that goes away.
+
+        A caller may only take a flight's value if it was known current at or after the moment
+        the caller arrived: a caller that joins late (after another process's write and
+        invalidation, say) must not get a value the flight read before that write."""
         key = (family.name, item)
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.create_task(self._fill(family, item, loader))
-            self._flights[key] = task
-            task.add_done_callback(lambda t: self._end_flight(key, t))
-        result: T | None = await asyncio.shield(task)
-        return result
+        arrived = time.monotonic()
+        for _ in range(2):  # a second flight starts after `arrived`, so it always qualifies
+            task = self._flights.get(key)
+            if task is None or task.done():
+                task = asyncio.create_task(self._fill(family, item, loader))
+                self._flights[key] = task
+                task.add_done_callback(lambda t: self._end_flight(key, t))
+            result: Flight[T] = await asyncio.shield(task)
+            if result.valid_at >= arrived:
+                return result.value
+            if self._flights.get(key) is task:
+                del self._flights[key]
+        self.stats.of(family.name).fallbacks += 1
+        return await loader()
 
     def _end_flight(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
         if self._flights.get(key) is task:
@@ -267,13 +290,14 @@ class Cache:
 
     async def _fill(
         self, family: Family[T], item: str, loader: Callable[[], Awaitable[T | None]]
-    ) -> T | None:
+    ) -> Flight[T]:
         stats = self.stats.of(family.name)
         channel = self._keys.cache_ready(family.name, item)
         for _ in range(MAX_ROUNDS):
-            ready = self._wait_for(channel)
+            inbox = self._wait_for(channel)
             try:
                 token = secrets.token_hex(8)
+                sent = time.monotonic()
                 try:
                     got = await self._scripts.acquire(
                         family.name, item, token, self.lease_ms, token, self._gen_ttl_ms
@@ -282,22 +306,40 @@ class Cache:
                     self._trip(exc)
                     break
                 if got.entry is not None:
-                    return await self._value(family, got.entry, loader)
+                    found = await self._value(family, got.entry, loader)
+                    return Flight(found, sent)
                 if got.leased:
                     return await self._load_and_fill(family, item, loader, token, got.generation)
                 stats.waits += 1
-                try:
-                    text = await asyncio.wait_for(ready, self.lease_ms / 1000)
-                except TimeoutError:
+                text = await self._await_fill(inbox, got.generation)
+                if text is None:
                     stats.wait_timeouts += 1  # the holder died, or a message was lost
                     continue
                 if text:
-                    return await self._value(family, text, loader)
+                    # Stored under the generation our acquire saw, so current at `sent`.
+                    filled = await self._value(family, text, loader)
+                    return Flight(filled, sent)
                 # An empty message: that load failed or was invalidated; look again.
             finally:
-                self._stop_waiting(channel, ready)
+                self._stop_waiting(channel, inbox)
         stats.fallbacks += 1
-        return await loader()
+        started = time.monotonic()
+        return Flight(await loader(), started)
+
+    async def _await_fill(self, inbox: asyncio.Queue[str], gen: str) -> str | None:
+        """The entry filled under `gen`, "" to look again, None when the lease ran out.
+        Fills under another generation (a message from before an invalidation) are ignored."""
+        try:
+            async with asyncio.timeout(self.lease_ms / 1000):
+                while True:
+                    message = await inbox.get()
+                    if not message:
+                        return ""
+                    message_gen, _, entry = message.partition("|")
+                    if message_gen == gen:
+                        return entry
+        except TimeoutError:
+            return None
 
     async def _value(
         self, family: Family[T], text: str, loader: Callable[[], Awaitable[T | None]]
@@ -317,9 +359,9 @@ class Cache:
         loader: Callable[[], Awaitable[T | None]],
         token: str,
         gen: str,
-    ) -> T | None:
+    ) -> Flight[T]:
         stats = self.stats.of(family.name)
-        started = self.clock()
+        started, read_after = self.clock(), time.monotonic()
         try:
             value = await loader()
         except BaseException:
@@ -327,8 +369,10 @@ class Cache:
             await self._release(family, item, token, gen)
             raise
         stats.loads += 1
-        await self._store(family, item, value, self.clock() - started, token, gen)
-        return value
+        filling = time.monotonic()
+        stored = await self._store(family, item, value, self.clock() - started, token, gen)
+        # Stored: nothing invalidated it up to the fill. Refused: read after `read_after` only.
+        return Flight(value, filling if stored else read_after)
 
     async def _store(
         self, family: Family[T], item: str, value: T | None, delta_ms: float, token: str, gen: str
@@ -396,23 +440,21 @@ class Cache:
         return stored
 
     # Pub/sub -----------------------------------------------------------------------------
-    def _wait_for(self, channel: str) -> asyncio.Future[str]:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, set()).add(future)
-        return future
+    def _wait_for(self, channel: str) -> asyncio.Queue[str]:
+        inbox: asyncio.Queue[str] = asyncio.Queue()
+        self._waiters.setdefault(channel, set()).add(inbox)
+        return inbox
 
-    def _stop_waiting(self, channel: str, future: asyncio.Future[str]) -> None:
+    def _stop_waiting(self, channel: str, inbox: asyncio.Queue[str]) -> None:
         waiting = self._waiters.get(channel)
         if waiting is not None:
-            waiting.discard(future)
+            waiting.discard(inbox)
             if not waiting:
                 del self._waiters[channel]
-        future.cancel()
 
     def _dispatch(self, channel: str, data: str) -> None:
-        for future in self._waiters.get(channel, ()):
-            if not future.done():
-                future.set_result(data)
+        for inbox in self._waiters.get(channel, ()):
+            inbox.put_nowait(data)
 
     async def _listen(self) -> None:
         delay = 0.1

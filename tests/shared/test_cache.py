@@ -312,3 +312,63 @@ async def test_an_unreadable_entry_is_served_from_postgres_not_a_500(
         assert await cache.get(FAMILY, user, loader.load) is not None
         assert await cache.get(FAMILY, user, loader.load) is not None
         assert loader.calls == 2
+
+
+async def test_a_caller_arriving_after_a_write_never_joins_a_stale_flight(
+    settings: Settings, keys: Keys, pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    user = await make_user(db)
+    loaded, gate = asyncio.Event(), asyncio.Event()
+
+    async def old_then_block() -> Profile | None:
+        async with pool.acquire() as conn:
+            old = await profiles.load(conn, user)
+        loaded.set()
+        await gate.wait()
+        return old
+
+    async with (
+        cache_on(settings.cache_url, keys) as reader,
+        cache_on(settings.cache_url, keys) as writer,
+    ):
+        early = asyncio.create_task(read(reader, user, old_then_block))
+        await loaded.wait()
+        # Another process's PATCH: commit, invalidate, answer the client.
+        await db.execute("INSERT INTO profiles (user_id, display_name) VALUES ($1, 'new')", user)
+        await writer.invalidate(FAMILY, user)
+        fresh = CountingLoader(pool, user)
+        late = asyncio.create_task(read(reader, user, fresh.load))
+        await asyncio.sleep(0.05)  # `late` missed and found the early flight in progress
+        gate.set()
+        early_value, late_value = await early, await late
+    assert early_value is not None and early_value.display_name == ""  # it overlapped the write
+    assert late_value is not None and late_value.display_name == "new"
+    assert fresh.calls == 1
+
+
+async def test_a_waiter_ignores_a_fill_message_from_before_an_invalidation(
+    settings: Settings, keys: Keys, pool: asyncpg.Pool, db: asyncpg.Connection, redis: Redis
+) -> None:
+    user = await make_user(db)
+    holder = CacheScripts(redis, keys)
+    got = await holder.acquire("profile", user, "holder", 10_000, "g-now", 60_000)
+    assert got.leased and got.generation == "g-now"
+    async with pool.acquire() as conn:
+        current = await profiles.load(conn, user)
+    assert current is not None
+    stale = current.model_copy(update={"display_name": "stale"})
+    never = CountingLoader(pool, user)
+    async with cache_on(settings.cache_url, keys, lease_ms=10_000) as cache:
+        waiter = asyncio.create_task(read(cache, user, never.load))
+        await asyncio.sleep(0.1)
+        channel = keys.cache_ready("profile", user)
+        old_entry = Entry(1, 9e15, stale.model_dump_json()).text()
+        # Delayed delivery of a fill made under the previous generation.
+        await redis.publish(channel, f"g-before|{old_entry}")
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        fresh_entry = Entry(1, 9e15, current.model_dump_json()).text()
+        assert await holder.fill("profile", user, fresh_entry, 60_000, "g-now", "holder")
+        value = await asyncio.wait_for(waiter, 2)
+    assert value is not None and value.display_name == current.display_name != "stale"
+    assert never.calls == 0
