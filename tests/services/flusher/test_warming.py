@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 
 from services.flusher import worker
 from services.flusher.warming import warm_profiles
+from shared import queries
 from shared.cache import Entry
+from shared.embedded import free_port
 from shared.keys import Keys
 from shared.models import Profile
 from tests.conftest import Servers, make_settings
@@ -64,3 +66,24 @@ def test_warming_is_a_cron_job_on_its_setting(migrated: Servers) -> None:
     jobs = {job.name: job for job in w.cron_jobs}
     assert "cron:warm_profiles" in jobs
     assert jobs["cron:warm_profiles"].minute == set(range(0, 60, 2))
+
+
+async def test_warming_with_the_cache_redis_down_reports_zero(migrated: Servers) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    context: dict[str, Any] = {"settings": make_settings(migrated, cache_redis_url=dead)}
+    await worker.startup(context)
+    try:
+        await queries.insert_tenant(context["pool"], "00000000-0000-4000-8000-000000000001", "t")
+        await queries.insert_user(
+            context["pool"],
+            "00000000-0000-4000-8000-000000000002",
+            "00000000-0000-4000-8000-000000000001",
+            "alice",
+            "x",
+            "owner",
+        )
+        assert await warm_profiles(context) == 0
+    finally:
+        await context["pool"].close()
+        await context["state"].aclose()
+        await context["cache_redis"].aclose()
