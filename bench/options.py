@@ -13,7 +13,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redline", "naive", "ceiling")
-SCENARIOS = ("open", "closed", "lag", "flush")
+SCENARIOS = ("open", "closed", "lag", "flush", "profiles")
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
 # name: (full default, --quick default)

@@ -139,6 +139,7 @@ class Report:
     loads: list[LoadRun] = field(default_factory=list)
     flushes: list[FlushRun] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
+    profiles: dict[str, Any] | None = None  # bench/profiles.py
 
     def load(self, scenario: str, system: str) -> LoadRun | None:
         return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
@@ -158,6 +159,7 @@ class Report:
             "loads": loads,
             "flushes": [asdict(f) for f in self.flushes],
             "targets": [asdict(t) for t in self.targets],
+            "profiles": self.profiles,
         }
 
 

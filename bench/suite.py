@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import backlog, systems, workload
+from bench import backlog, profiles, systems, workload
 from bench.options import ROOT, Options
 from bench.peers import NAIVE_FILL
 from bench.processes import say
@@ -119,6 +119,12 @@ def run(opts: Options) -> tuple[Report, list[str]]:
                     say(f"{scenario} {system} FAILED:\n{traceback.format_exc()}")
         else:
             run_async(stack.prepare())
+        if "profiles" in opts.scenarios:
+            try:
+                report.profiles = run_async(profiles.run(stack, opts))
+            except Exception as exc:
+                failures.append(f"profiles: {exc!r}")
+                say(f"profiles FAILED:\n{traceback.format_exc()}")
         if "flush" in opts.scenarios:
             report.flushes = run_async(
                 backlog.run(

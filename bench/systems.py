@@ -53,9 +53,12 @@ def _env(stack: Stack, port: int, flush_interval: int) -> dict[str, str]:
     )
 
 
-def start(stack: Stack, system: str, flush_interval: int) -> Running:
+def start(
+    stack: Stack, system: str, flush_interval: int, extra: dict[str, str | int] | None = None
+) -> Running:
     port = free_port()
     env = _env(stack, port, flush_interval)
+    env.update({k: str(v) for k, v in (extra or {}).items()})
     kids = stack.children
     if system == "redline":
         _forget_flusher(stack, flush_interval)

@@ -96,6 +96,48 @@ def flushes(report: Report) -> str:
     return render(headers, rows)
 
 
+def profile_reads(report: Report) -> str:
+    p = report.profiles or {}
+    headers = (
+        "phase",
+        "reads/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "hit rate",
+        "pg queries/read",
+        "pg queries",
+        "first reads",
+    )
+    rows = []
+    phases = [
+        ("document read", p.get("document_read")),
+        ("cached profile", p.get("cached_profile_read")),
+    ]
+    if p.get("cached_profile_open"):
+        phases.append(
+            (f"cached, {p['cached_profile_open']['rate']:,.0f}/s open", p["cached_profile_open"])
+        )
+    phases += [(f"zipf {k} start", v) for k, v in p.get("zipf", {}).items()]
+    for name, ph in phases:
+        if not ph:
+            continue
+        rows.append(
+            (
+                name,
+                _f(ph["reads_per_s"]),
+                _f(ph["p50_ms"], 2),
+                _f(ph["p99_ms"], 2),
+                str(sum(ph["errors"].values())),
+                _f(ph.get("hit_rate"), 3),
+                _f(ph.get("pg_queries_per_read"), 4),
+                str(ph.get("pg_queries", "-")),
+                str(ph.get("first_reads", "-")),
+            )
+        )
+    return render(headers, rows)
+
+
 def targets(report: Report) -> str:
     headers = ("target", "measured", "limit", "result", "note")
     rows = [
@@ -119,6 +161,14 @@ def everything(report: Report) -> str:
     if report.flushes:
         parts += ["", "Flush throughput: one Flusher.flush_dirty() over the dirty backlog"]
         parts += [flushes(report)]
+    if report.profiles:
+        p = report.profiles
+        parts += [
+            "",
+            f"Profile reads: closed loop x{p['connections']}, {p['phase_s']:.0f}s per phase;"
+            f" Zipf s={p['zipf_s']} over {p['users']:,} users from a cold cache",
+            profile_reads(report),
+        ]
     if report.targets:
         parts += ["", "Targets", targets(report)]
     return "\n".join(parts)

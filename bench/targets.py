@@ -109,4 +109,58 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
             else "",
         )
     )
+    out += _profile_targets(report)
     return out
+
+
+PROFILE_VS_DOCUMENT = 0.90  # cached profile reads/s over document reads/s
+PROFILE_P99_MS = 10.0
+ZIPF_HIT_RATE = 0.94
+ZIPF_QUERIES_PER_READ = 0.06
+
+
+def _profile_targets(report: Report) -> list[Target]:
+    p = report.profiles
+    if not p:
+        return []
+    hot = p["cached_profile_read"]
+    overall = p["zipf_overall"]
+    note = f"x{p['connections']} connections, {p['phase_s']:.0f}s phases"
+    return [
+        _check(
+            "cached profile reads/s over document reads/s, >=",
+            p["throughput_vs_document_read"],
+            PROFILE_VS_DOCUMENT,
+            at_least=True,
+            note=note,
+        ),
+        _check(
+            "cached profile read p99 ms (closed loop, saturated), <=",
+            hot["p99_ms"],
+            PROFILE_P99_MS,
+            False,
+            note,
+        ),
+        _check(
+            "cached profile read p99 ms (open loop), <=",
+            p["cached_profile_open"]["p99_ms"],
+            PROFILE_P99_MS,
+            False,
+            f"{p['cached_profile_open']['rate']:,.0f}/s = half the closed-loop capacity",
+        ),
+        _check(
+            "zipf profile hit rate (cold start included), >=",
+            overall["hit_rate"],
+            ZIPF_HIT_RATE,
+            at_least=True,
+            note=f"{overall['reads']:,} reads over {p['users']:,} users; best possible from"
+            f" cold {overall['best_hit_rate'] or 0:.3f}",
+        ),
+        _check(
+            "zipf pg queries per read (cold start included), <=",
+            overall["pg_queries_per_read"],
+            ZIPF_QUERIES_PER_READ,
+            at_least=False,
+            note=f"{overall['pg_queries']:,} queries for {overall['first_reads']:,} first reads",
+        ),
+    ]

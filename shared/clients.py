@@ -26,6 +26,20 @@ def redis_client(url: str) -> Redis:
     return client
 
 
+def cache_client(url: str, timeout_s: float) -> Redis:
+    """The cache role's client: the cache is optional, so a slow or unreachable server must cost
+    a read `timeout_s` at most, then the read goes to Postgres (no retries here)."""
+    client: Redis = Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry_on_timeout=False,
+        health_check_interval=30,
+    )
+    return client
+
+
 async def _no_reset(_conn: asyncpg.Connection) -> None:
     # asyncpg's default reset runs a query on every release. Our code never leaves session state
     # behind (transactions are always context-managed, no LISTEN, no advisory locks held across

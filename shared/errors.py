@@ -45,11 +45,20 @@ class InvalidInput(RedlineError):
 
 
 class RateLimited(RedlineError):
-    def __init__(self, detail: str, *, retry_after_s: int, limit: int, window_s: int) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after_s: int,
+        limit: int,
+        window_s: int,
+        policy: str = "default",
+    ) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
         self.limit = limit
         self.window_s = window_s
+        self.policy = policy  # named in the RateLimit and RateLimit-Policy headers
 
 
 class Unavailable(RedlineError):

@@ -61,6 +61,24 @@ class Keys:
         return f"{self.prefix}:trending:{day.isoformat()}"
 
     # Cache (cache Redis) ----------------------------------------------------------------
+    # A cached entry, its loader lease and its generation share one tag, so the fill and
+    # invalidate scripts touch them in one call; the ready channel wakes waiting readers.
+    def cache_entry(self, family: str, item: str) -> str:
+        return f"{self.prefix}:cache:{{{family}:{item}}}"
+
+    def cache_lease(self, family: str, item: str) -> str:
+        return f"{self.prefix}:cache:{{{family}:{item}}}:lease"
+
+    def cache_gen(self, family: str, item: str) -> str:
+        return f"{self.prefix}:cache:{{{family}:{item}}}:gen"
+
+    def cache_ready(self, family: str, item: str) -> str:
+        return f"{self.prefix}:cache-ready:{family}:{item}"
+
+    @property
+    def cache_ready_pattern(self) -> str:
+        """PSUBSCRIBE pattern of every ready channel (the prefix has no glob characters)."""
+        return f"{self.prefix}:cache-ready:*"
 
     # Matcher (state Redis) --------------------------------------------------------------
 

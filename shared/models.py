@@ -166,3 +166,47 @@ class SnapshotOut(BaseModel):
 
 class SnapshotDetail(SnapshotOut):
     content: str
+
+
+class PublicProfile(BaseModel):
+    """What any signed-in user may read of anyone's profile (no tenant, no login name)."""
+
+    user_id: str
+    display_name: str
+    bio: str
+    language: str
+    region: str | None
+    interests: list[str]
+    updated_at: datetime
+
+
+# Trending and cache stats ---------------------------------------------------------------------
+class TrendingInterest(BaseModel):
+    slug: str
+    score: float
+
+
+class TrendingRank(BaseModel):
+    slug: str
+    score: float
+    rank: int  # 1 = today's most matched interest
+
+
+class CacheRedisStats(BaseModel):
+    up: bool
+    used_memory_bytes: int | None = None
+    maxmemory_bytes: int | None = None
+    connected_clients: int | None = None
+    evicted_keys: int | None = None
+
+
+class CacheStatsOut(BaseModel):
+    status: Literal["healthy", "warning"]
+    warnings: list[str]
+    hit_rate: float | None
+    families: dict[str, dict[str, int]]
+    cache_listener: bool
+    cache_redis: CacheRedisStats
+    dirty_documents: int | None
+    oldest_dirty_age_s: float | None
+    queue_depth: int | None

@@ -38,3 +38,22 @@ async def recently_seen(conn: Conn, limit: int) -> list[str]:
 
 async def touch(conn: Conn, user_id: str) -> None:
     await conn.execute("UPDATE users SET last_seen_at = now() WHERE id = $1", user_id)
+
+
+# The columns a PATCH may set; the statement below is built only from these names.
+PATCHABLE = ("display_name", "bio", "language", "region", "interests")
+
+
+async def save(conn: Conn, user_id: str, changes: dict[str, object]) -> None:
+    """Upsert the given columns of the user's profile (the others keep their values)."""
+    columns = [c for c in PATCHABLE if c in changes]
+    values = [changes[c] for c in columns]
+    names = "".join(f", {c}" for c in columns)
+    params = "".join(f", ${i}" for i in range(2, len(columns) + 2))
+    updates = "".join(f"{c} = EXCLUDED.{c}, " for c in columns)
+    await conn.execute(
+        f"INSERT INTO profiles (user_id{names}) VALUES ($1{params})"
+        f" ON CONFLICT (user_id) DO UPDATE SET {updates}updated_at = now()",
+        user_id,
+        *values,
+    )

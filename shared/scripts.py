@@ -149,3 +149,60 @@ class Scripts:
             "gcra", (key,), (interval_ms, burst, now_ms)
         )
         return RateDecision(bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAcquire:
+    entry: str | None
+    leased: bool
+    generation: str
+
+
+class CacheScripts:
+    """The cache-aside scripts, registered on the cache Redis (not the state Redis)."""
+
+    NAMES = ("cache_acquire", "cache_fill", "cache_invalidate")
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._keys = keys
+        self._s = {
+            name: redis.register_script((LUA_DIR / f"{name}.lua").read_text())
+            for name in self.NAMES
+        }
+
+    def _triple(self, family: str, item: str) -> tuple[str, str, str]:
+        k = self._keys
+        return k.cache_entry(family, item), k.cache_lease(family, item), k.cache_gen(family, item)
+
+    async def acquire(
+        self,
+        family: str,
+        item: str,
+        token: str,
+        lease_ms: int,
+        fresh_gen: str,
+        gen_ttl_ms: int,
+        *,
+        refresh: bool = False,
+    ) -> CacheAcquire:
+        entry, leased, gen = await self._s["cache_acquire"](
+            keys=self._triple(family, item),
+            args=(token, lease_ms, fresh_gen, gen_ttl_ms, "1" if refresh else "0"),
+        )
+        return CacheAcquire(entry, bool(leased), str(gen))
+
+    async def fill(
+        self, family: str, item: str, entry: str, ttl_ms: int, gen: str, token: str
+    ) -> bool:
+        """Store `entry` unless invalidated since `gen` was read ("" only releases the lease)."""
+        stored = await self._s["cache_fill"](
+            keys=self._triple(family, item),
+            args=(entry, ttl_ms, gen, token, self._keys.cache_ready(family, item)),
+        )
+        return bool(stored)
+
+    async def invalidate(self, family: str, item: str, new_gen: str, gen_ttl_ms: int) -> None:
+        await self._s["cache_invalidate"](
+            keys=self._triple(family, item),
+            args=(new_gen, gen_ttl_ms, self._keys.cache_ready(family, item)),
+        )

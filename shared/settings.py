@@ -64,6 +64,26 @@ class Settings(BaseSettings):
     # Comma-separated networks, e.g. "10.0.0.0/8,192.168.0.0/16" (not JSON).
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
 
+    # Profile cache (cache Redis) and per-route rate limits.
+    profile_cache_ttl_s: int = Field(3600, ge=1)
+    cache_negative_ttl_s: int = Field(30, ge=1, description="how long a missing user is cached")
+    cache_lease_ms: int = Field(2000, ge=50, description="a loader's lease on a missing key")
+    cache_xfetch_beta: float = Field(1.0, ge=0, description="XFetch eagerness; 0 disables")
+    cache_retry_s: float = Field(1.0, ge=0, description="skip a failing cache Redis this long")
+    cache_timeout_s: float = Field(0.5, gt=0, description="longest wait on the cache Redis")
+    profile_write_rate: int = Field(30, ge=1)
+    profile_write_period_s: int = Field(60, ge=1)
+    match_rate: int = Field(10, ge=1, description="match attempts per match_period_s")
+    match_period_s: int = Field(60, ge=1)
+    edit_rate: int = Field(1200, ge=1, description="document edits per edit_period_s per user")
+    edit_period_s: int = Field(60, ge=1)
+    warm_interval_s: int = Field(300, description="seconds between profile cache warmings")
+    warm_limit: int = Field(1000, ge=0, description="recently seen users warmed per run")
+    stats_min_hit_rate: float = Field(0.8, ge=0, le=1)
+    stats_max_dirty_age_s: float = Field(120.0, gt=0)
+    stats_max_queue_depth: int = Field(1000, ge=0)
+    stats_max_memory_ratio: float = Field(0.9, gt=0, le=1)
+
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0)
@@ -83,6 +103,13 @@ class Settings(BaseSettings):
                 "flush_interval must divide 60 seconds (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
                 " or 60 minutes (120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800, 3600)"
             )
+        return v
+
+    @field_validator("warm_interval_s")
+    @classmethod
+    def _warm_cron_expressible(cls, v: int) -> int:
+        if v not in _CRON_INTERVALS:
+            raise ValueError("warm_interval_s must divide 60 seconds or 60 minutes")
         return v
 
     @model_validator(mode="after")

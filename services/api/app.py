@@ -13,12 +13,14 @@ from services.api import problems
 from services.api.bodylimit import BodyLimit
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
-from services.api.routes import auth, documents, health, jobs
+from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
 from shared.accounts import Accounts
-from shared.clients import create_db_pool, redis_client
+from shared.cache import Cache
+from shared.clients import cache_client, create_db_pool, redis_client
 from shared.documents import Documents
 from shared.jobs import arq_settings
 from shared.keys import Keys
+from shared.profile_cache import ProfileCache
 from shared.scripts import Scripts
 from shared.settings import Settings
 
@@ -37,6 +39,17 @@ def create_app(settings: Settings) -> FastAPI:
             arq_settings(settings.queue_url), default_queue_name=keys.queue_name
         )
         scripts = Scripts(state, keys)
+        # The cache role gets its own client even when it is the same URL: it may be an LRU
+        # instance, and a dead cache must not take sessions or edits down with it.
+        cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
+        cache = Cache(
+            cache_redis,
+            keys,
+            lease_ms=settings.cache_lease_ms,
+            xfetch_beta=settings.cache_xfetch_beta,
+            retry_s=settings.cache_retry_s,
+        )
+        await cache.start()
         app.state.resources = Resources(
             settings=settings,
             keys=keys,
@@ -46,11 +59,15 @@ def create_app(settings: Settings) -> FastAPI:
             accounts=Accounts(settings, state, pool, keys),
             documents=Documents(settings, state, pool, scripts, keys),
             limiter=RateLimiter(settings, scripts, keys),
+            cache=cache_redis,
+            profiles=ProfileCache(settings, cache, pool),
         )
         log.info("api ready")
         try:
             yield
         finally:
+            await cache.close()
+            await cache_redis.aclose()
             await queue.aclose()
             await pool.close()
             await state.aclose()
@@ -71,4 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(documents.router)
     app.include_router(jobs.router)
+    app.include_router(profiles.router)
+    app.include_router(trending.router)
+    app.include_router(stats.router)
     return app

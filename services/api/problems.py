@@ -65,8 +65,10 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
         extra["limit"] = exc.limit
     elif isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(exc.retry_after_s)
-        headers["RateLimit-Policy"] = f'"default";q={exc.limit};w={exc.window_s}'
-        headers["RateLimit"] = f'"default";r=0;t={exc.retry_after_s}'
+        # draft-ietf-httpapi-ratelimit-headers-10: the policy's quota q per window w seconds,
+        # and what is left of it now, r units, until t seconds from now.
+        headers["RateLimit-Policy"] = f'"{exc.policy}";q={exc.limit};w={exc.window_s}'
+        headers["RateLimit"] = f'"{exc.policy}";r=0;t={exc.retry_after_s}'
     elif isinstance(exc, errors.Unavailable):
         headers["Retry-After"] = "1"
     return problem(status, exc.detail, headers, **extra)

@@ -4,6 +4,7 @@ address (a forwarded address is believed only from a configured proxy)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -33,6 +34,13 @@ class RateLimiter:
         self._keys = keys
         self._trusted = settings.trusted_proxies
         self.login = Policy("login", settings.login_rate, settings.login_period_s)
+        self.profile_write = Policy(
+            "profile-write", settings.profile_write_rate, settings.profile_write_period_s
+        )
+        self.match = Policy("match", settings.match_rate, settings.match_period_s)
+        self.edit = Policy("edit", settings.edit_rate, settings.edit_period_s)
+        # Epoch milliseconds; tests replace it to move time instead of sleeping.
+        self.clock: Callable[[], int] = now_ms
 
     def client_address(self, conn: HTTPConnection) -> str:
         peer = conn.client.host if conn.client else "unknown"
@@ -56,7 +64,7 @@ class RateLimiter:
             self._keys.rate_limit(policy.name, subject),
             policy.interval_ms,
             policy.limit,
-            now_ms(),
+            self.clock(),
         )
         if not decision.allowed:
             raise RateLimited(
@@ -64,4 +72,5 @@ class RateLimiter:
                 retry_after_s=max(1, math.ceil(decision.retry_after_ms / 1000)),
                 limit=policy.limit,
                 window_s=policy.window_s,
+                policy=policy.name,
             )

@@ -12,6 +12,7 @@ from services.api.ratelimit import RateLimiter
 from shared.accounts import Accounts
 from shared.documents import Documents
 from shared.keys import Keys
+from shared.profile_cache import ProfileCache
 from shared.settings import Settings
 
 
@@ -25,3 +26,5 @@ class Resources:
     accounts: Accounts
     documents: Documents
     limiter: RateLimiter
+    cache: Redis
+    profiles: ProfileCache

@@ -20,7 +20,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import queries
+from shared import dirty, queries
 from shared.keys import Keys
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -188,12 +188,4 @@ class Flusher:
 
     async def dirty_count(self) -> tuple[int, float | None]:
         """How many documents are dirty, and the age in seconds of the oldest (None if none)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard in range(self._keys.shards):
-                pipe.zcard(self._keys.dirty(shard))
-                pipe.zrange(self._keys.dirty(shard), 0, 0, withscores=True)
-            replies = await pipe.execute()
-        count = sum(replies[0::2])
-        oldest = [r[0][1] for r in replies[1::2] if r]
-        age = (time.time() * 1000 - min(oldest)) / 1000 if oldest else None
-        return count, age
+        return await dirty.dirty_count(self._redis, self._keys)

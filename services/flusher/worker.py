@@ -12,9 +12,12 @@ from arq.worker import Worker, func
 
 from services.flusher.flush import TRANSIENT, Flusher
 from services.flusher.saves import save_document, snapshot_document
-from shared.clients import create_db_pool, redis_client
+from services.flusher.warming import warm_profiles
+from shared.cache import Cache
+from shared.clients import cache_client, create_db_pool, redis_client
 from shared.jobs import FLUSH_DOCUMENT, SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, arq_settings
 from shared.keys import Keys
+from shared.profile_cache import ProfileCache
 from shared.queries import prepare_flush_connection
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -41,6 +44,10 @@ async def startup(ctx: Ctx) -> None:
         state=state, pool=pool, keys=keys, flusher=Flusher(settings, state, pool, scripts, keys)
     )
     ctx["scripts"] = scripts
+    # The cache role gets its own client (it may be another, evicting, server).
+    ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
+    cache = Cache(cache_redis, keys, lease_ms=settings.cache_lease_ms)
+    ctx["profiles"] = ProfileCache(settings, cache, pool)
     log.info(
         "flusher ready: every %ss, batches of %d, %d shards",
         settings.flush_interval,
@@ -66,6 +73,8 @@ async def shutdown(ctx: Ctx) -> None:
             await ctx["pool"].close()
         if "state" in ctx:
             await ctx["state"].aclose()
+        if "cache_redis" in ctx:
+            await ctx["cache_redis"].aclose()
 
 
 async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
@@ -140,6 +149,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         cron_jobs=[
             cron(flush_dirty, **_every(settings.flush_interval), keep_result=0, unique=True),
             cron(sweep_presence, **_every(settings.presence_sweep_s), keep_result=0, unique=True),
+            cron(warm_profiles, **_every(settings.warm_interval_s), keep_result=0, unique=True),
         ],
         queue_name=keys.queue_name,
         redis_settings=arq_settings(settings.queue_url),

@@ -29,6 +29,7 @@ async def login(request: Request, res: Res) -> SessionOut:
     await limiter.hit(limiter.login, limiter.client_address(request))
     await limiter.hit(limiter.login, f"user:{body.username.lower()}")
     who, token = await res.accounts.login(body.username, body.password)
+    await res.profiles.touch(who.user_id)  # the warming job preloads recently seen users
     return SessionOut(user_id=who.user_id, tenant_id=who.tenant_id, token=token)
 
 

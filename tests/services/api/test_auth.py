@@ -55,8 +55,8 @@ async def test_login_is_rate_limited_per_address_with_retry_after(
     assert r.status_code == 429
     assert r.headers["content-type"] == "application/problem+json"
     assert 1 <= int(r.headers["retry-after"]) <= 20
-    assert r.headers["ratelimit-policy"] == '"default";q=3;w=60'
-    assert r.headers["ratelimit"].startswith('"default";r=0;t=')
+    assert r.headers["ratelimit-policy"] == '"login";q=3;w=60'
+    assert r.headers["ratelimit"].startswith('"login";r=0;t=')
     # A forwarded address from a peer that is not a configured proxy is ignored.
     spoofed = await attempt(api, "user4", **{"X-Forwarded-For": "203.0.113.9"})
     assert spoofed.status_code == 429

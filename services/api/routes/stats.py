@@ -1,0 +1,95 @@
+"""GET /v1/stats/cache: the cache's and the write-behind's health at a glance, with a status.
+
+The cache counters are this process's (every api process keeps its own); the Redis and queue
+numbers are global. Any part that cannot be read is null and makes the status a warning."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+
+from services.api.deps import Caller, Res
+from services.api.resources import Resources
+from shared import dirty
+from shared.cache import CACHE_ERRORS
+from shared.models import CacheRedisStats, CacheStatsOut
+
+router = APIRouter(prefix="/v1/stats", tags=["stats"])
+log = logging.getLogger("redline.api")
+
+# Below this many lookups the hit rate says nothing yet.
+MIN_LOOKUPS = 100
+
+
+async def _cache_redis(res: Resources) -> CacheRedisStats:
+    try:
+        async with asyncio.timeout(2):
+            return CacheRedisStats(up=True, **await res.profiles.cache.info())
+    except CACHE_ERRORS as exc:
+        log.info("stats: cache Redis unreachable: %r", exc)
+        return CacheRedisStats(up=False)
+
+
+async def _dirty(res: Resources) -> tuple[int, float | None] | None:
+    try:
+        async with asyncio.timeout(2):
+            return await dirty.dirty_count(res.state, res.keys)
+    except CACHE_ERRORS as exc:
+        log.info("stats: state Redis unreachable: %r", exc)
+        return None
+
+
+async def _queue_depth(res: Resources) -> int | None:
+    try:
+        async with asyncio.timeout(2):
+            return int(await res.queue.zcard(res.keys.queue_name))
+    except CACHE_ERRORS as exc:
+        log.info("stats: queue Redis unreachable: %r", exc)
+        return None
+
+
+def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> list[str]:
+    s = res.settings
+    warnings = []
+    lookups = sum(f["hits"] + f["negative_hits"] + f["misses"] for f in out["families"].values())
+    rate = out["hit_rate"]
+    if rate is not None and lookups >= MIN_LOOKUPS and rate < s.stats_min_hit_rate:
+        warnings.append(f"cache hit rate {rate:.2f} below {s.stats_min_hit_rate}")
+    if not redis.up:
+        warnings.append("cache Redis unreachable: reads go to Postgres")
+    elif redis.maxmemory_bytes and redis.used_memory_bytes is not None:
+        used = redis.used_memory_bytes / redis.maxmemory_bytes
+        if used > s.stats_max_memory_ratio:
+            warnings.append(f"cache Redis at {used:.0%} of maxmemory")
+    if not out["cache_listener"]:
+        warnings.append("cache listener not subscribed: waiting readers fall back on timeouts")
+    if out["dirty_documents"] is None:
+        warnings.append("state Redis unreachable: dirty documents unknown")
+    elif (out["oldest_dirty_age_s"] or 0) > s.stats_max_dirty_age_s:
+        warnings.append(f"oldest dirty document older than {s.stats_max_dirty_age_s:g}s")
+    if out["queue_depth"] is None:
+        warnings.append("queue Redis unreachable")
+    elif out["queue_depth"] > s.stats_max_queue_depth:
+        warnings.append(f"job queue deeper than {s.stats_max_queue_depth}")
+    return warnings
+
+
+@router.get("/cache", response_model=CacheStatsOut)
+async def cache_stats(_: Caller, res: Res) -> CacheStatsOut:
+    redis, dirt, depth = await asyncio.gather(_cache_redis(res), _dirty(res), _queue_depth(res))
+    cache = res.profiles.cache
+    out: dict[str, Any] = {
+        "hit_rate": cache.stats.hit_rate(),
+        "families": cache.stats.numbers(),
+        "cache_listener": cache.listening,
+        "dirty_documents": None if dirt is None else dirt[0],
+        "oldest_dirty_age_s": None if dirt is None else dirt[1],
+        "queue_depth": depth,
+    }
+    warnings = _warnings(res, out, redis)
+    return CacheStatsOut(
+        status="warning" if warnings else "healthy", warnings=warnings, cache_redis=redis, **out
+    )
