@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from shared.documents import now_ms
 from shared.errors import RateLimited
 from shared.keys import Keys
-from shared.scripts import Scripts
+from shared.scripts import RateDecision, Scripts
 from shared.settings import Settings
 
 
@@ -59,7 +59,9 @@ class RateLimiter:
             return False
         return any(ip in net for net in self._trusted)
 
-    async def hit(self, policy: Policy, subject: str) -> None:
+    async def hit(self, policy: Policy, subject: str) -> RateDecision:
+        """Count one request; raise RateLimited (429) when over. Returns the decision, whose
+        `headers` a route may add to its success response."""
         decision = await self._scripts.gcra(
             self._keys.rate_limit(policy.name, subject),
             policy.interval_ms,
@@ -74,3 +76,13 @@ class RateLimiter:
                 window_s=policy.window_s,
                 policy=policy.name,
             )
+        return decision
+
+    @staticmethod
+    def headers(policy: Policy, decision: RateDecision) -> dict[str, str]:
+        """IETF RateLimit fields for an allowed request: what is left, and when it is all back."""
+        reset_s = math.ceil(decision.reset_after_ms / 1000)
+        return {
+            "RateLimit-Policy": f'"{policy.name}";q={policy.limit};w={policy.window_s}',
+            "RateLimit": f'"{policy.name}";r={decision.remaining};t={reset_s}',
+        }

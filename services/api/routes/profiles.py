@@ -34,9 +34,12 @@ async def read_mine(who: Caller, res: Res) -> Response:
 
 @router.patch("/me/profile", response_model=Profile)
 async def update_mine(request: Request, who: Caller, res: Res) -> Response:
-    await res.limiter.hit(res.limiter.profile_write, who.user_id)
+    limiter = res.limiter
+    decision = await limiter.hit(limiter.profile_write, who.user_id)
     patch = await json_body(request, ProfilePatch)
-    return _view(await res.profiles.update(who.user_id, patch), who)
+    response = _view(await res.profiles.update(who.user_id, patch), who)
+    response.headers.update(limiter.headers(limiter.profile_write, decision))
+    return response
 
 
 @router.get(

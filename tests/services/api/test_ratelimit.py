@@ -40,7 +40,13 @@ async def test_profile_writes_limited_per_user_with_headers_and_gcra_refill(
         resources(app).limiter.clock = clock
         alice = await signup(api, "alice")
         bob = await signup(api, "bob")
-        assert [(await patch(api, alice.auth, f"{i}")).status_code for i in range(5)] == [200] * 5
+        allowed = [await patch(api, alice.auth, f"{i}") for i in range(5)]
+        assert [r.status_code for r in allowed] == [200] * 5
+        # Success answers carry the fields too: what is left, and when the burst is all back.
+        assert [r.headers["ratelimit"] for r in allowed] == [
+            f'"profile-write";r={left};t={12 * (5 - left)}' for left in (4, 3, 2, 1, 0)
+        ]
+        assert allowed[0].headers["ratelimit-policy"] == '"profile-write";q=5;w=60'
         r = await patch(api, alice.auth, "6")
         assert r.status_code == 429
         assert r.headers["retry-after"] == "12"
