@@ -1,11 +1,20 @@
-"""Structured JSON logs, one object a line, for every service."""
+"""Structured JSON logs, one object a line, for every service, stamped with the request id.
+
+The request id lives in a contextvar: the API's request middleware sets it per request, the
+flusher sets it while it runs a job enqueued by that request, and `RequestIdFilter` copies it onto
+every record as it is emitted (a filter, not the formatter: a record may be formatted later, in
+another context, e.g. by pytest's caplog).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -13,6 +22,33 @@ _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "asctime",
     "color_message",
 }
+
+request_id: ContextVar[str | None] = ContextVar("redline_request_id", default=None)
+
+# What we accept from a client's X-Request-ID: bounded, and safe to echo in a header or a log line.
+_WELL_FORMED = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def accept_request_id(raw: bytes | None) -> str:
+    """The client's id if it is well-formed, else a fresh one (never an error: ids are advisory)."""
+    if raw is not None and _WELL_FORMED.fullmatch(raw):
+        return raw.decode("ascii")
+    return new_request_id()
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp the current request id on each record (installed on the handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            rid = request_id.get()
+            if rid is not None:
+                record.request_id = rid
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,13 +66,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", *, access_log: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # uvicorn's access log is one line a request: too much at keystroke rate.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Ours (shared/observer.py) is one compact line with the route and request id; it can be
+    # turned off (REDLINE_ACCESS_LOG=false) where even that is too much.
+    if not access_log:
+        logging.getLogger("redline.access").setLevel(logging.WARNING)
     # arq logs every cron run (a presence sweep every few seconds); our jobs log what matters.
     logging.getLogger("arq.worker").setLevel(logging.WARNING)

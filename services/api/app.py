@@ -17,8 +17,11 @@ from services.api.routes import auth, documents, health
 from shared.accounts import Accounts
 from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
+from shared.health import Observability, health_router
 from shared.jobs import arq_settings
 from shared.keys import Keys
+from shared.metrics import CacheMetrics, HttpMetrics, new_registry
+from shared.observer import RequestObserver
 from shared.scripts import Scripts
 from shared.settings import Settings
 
@@ -27,6 +30,10 @@ log = logging.getLogger("redline.api")
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require_urls()
+    # Built here, not in the lifespan: one registry per app, its metrics registered once.
+    registry = new_registry()
+    obs = Observability(registry, timeout_s=settings.readiness_timeout_s)
+    cache_metrics = CacheMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,7 +53,9 @@ def create_app(settings: Settings) -> FastAPI:
             accounts=Accounts(settings, state, pool, keys),
             documents=Documents(settings, state, pool, scripts, keys),
             limiter=RateLimiter(settings, scripts, keys),
+            cache_metrics=cache_metrics,
         )
+        obs.watch(*health.checks(state, queue, pool))
         log.info("api ready")
         try:
             yield
@@ -67,7 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
     # JSON escaping can double a document's size on the wire; the exact content limit is
     # enforced on the decoded content (shared/documents.py).
     app.add_middleware(BodyLimit, limit=settings.max_document_bytes * 2 + 65_536)
-    app.include_router(health.router)
+    # Outermost of ours: it times, counts and logs every answer, 413s and 503s included.
+    app.add_middleware(RequestObserver, metrics=HttpMetrics(registry))
+    app.include_router(health_router(obs))
     app.include_router(auth.router)
     app.include_router(documents.router)
     return app

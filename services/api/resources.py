@@ -12,6 +12,7 @@ from services.api.ratelimit import RateLimiter
 from shared.accounts import Accounts
 from shared.documents import Documents
 from shared.keys import Keys
+from shared.metrics import CacheObserver
 from shared.settings import Settings
 
 
@@ -25,3 +26,4 @@ class Resources:
     accounts: Accounts
     documents: Documents
     limiter: RateLimiter
+    cache_metrics: CacheObserver  # hit/miss/fallback per key family, for the profile cache

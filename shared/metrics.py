@@ -1,0 +1,237 @@
+"""Prometheus metrics, one `CollectorRegistry` per service instance.
+
+No module-level registry: `create_app` / `create_worker` build one with `new_registry()` and pass
+it down, so several apps can live in one process (the tests make many) without duplicate-series
+errors. Each family group is a small class that registers its metrics on the registry it is given;
+a service builds the groups it exports. Every name starts with `redline_`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# The edit path answers in well under a millisecond, so the buckets start far below
+# prometheus_client's default 5 ms.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# A client chooses the method; anything else is folded into one label value so it cannot
+# create series at will.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh registry with the process, platform and GC collectors every service exports."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition of everything in `registry` (serve it with CONTENT_TYPE)."""
+    return generate_latest(registry)
+
+
+class HttpMetrics:
+    """Request count and latency per method, route template and status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("method", "route", "status")
+        self.requests = Counter(
+            "redline_http_requests", "HTTP requests answered", labels, registry=registry
+        )
+        self.duration = Histogram(
+            "redline_http_request_duration_seconds",
+            "Time from request start to the end of the response",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # labels() takes a lock and builds a key each call; the hot path looks its children up
+        # in a plain dict instead. The key space is bounded by routes x methods x statuses.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            label = method if method in _METHODS else "OTHER"
+            values = (label, route, str(status))
+            children = (self.requests.labels(*values), self.duration.labels(*values))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class CacheObserver(Protocol):
+    """What a cache calls on each lookup; `family` is the key family (e.g. "profile")."""
+
+    def hit(self, family: str) -> None: ...
+
+    def miss(self, family: str) -> None: ...
+
+    def fallback(self, family: str) -> None: ...
+
+
+class CacheMetrics:
+    """Cache-aside outcomes per key family: a hit, a miss (loaded from Postgres), or a fallback
+    (the cache Redis was unavailable and Postgres answered). Implements CacheObserver."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.hits = Counter(
+            "redline_cache_hits",
+            "Cache lookups answered from the cache",
+            ["family"],
+            registry=registry,
+        )
+        self.misses = Counter(
+            "redline_cache_misses",
+            "Cache lookups that missed and loaded from Postgres",
+            ["family"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "redline_cache_fallbacks",
+            "Lookups served from Postgres because the cache Redis was unavailable",
+            ["family"],
+            registry=registry,
+        )
+        # Plain counts as well, so a stats endpoint can report a hit rate without parsing
+        # the registry.
+        self._counts: dict[str, list[int]] = {}
+
+    def _count(self, family: str, index: int) -> None:
+        counts = self._counts.get(family)
+        if counts is None:
+            counts = self._counts[family] = [0, 0, 0]
+        counts[index] += 1
+
+    def hit(self, family: str) -> None:
+        self.hits.labels(family).inc()
+        self._count(family, 0)
+
+    def miss(self, family: str) -> None:
+        self.misses.labels(family).inc()
+        self._count(family, 1)
+
+    def fallback(self, family: str) -> None:
+        self.fallbacks.labels(family).inc()
+        self._count(family, 2)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """{family: {hits, misses, fallbacks}} since this process started."""
+        return {
+            family: {"hits": h, "misses": m, "fallbacks": f}
+            for family, (h, m, f) in self._counts.items()
+        }
+
+
+class FlushMetrics:
+    """The write-behind engine: what each flush wrote and how long it took, labelled by `kind`
+    (cron, document, presence, drain), plus the dirty backlog as gauges."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batches = Counter(
+            "redline_flush_batches", "Batches written to Postgres", ["kind"], registry=registry
+        )
+        self.rows = Counter(
+            "redline_flush_rows",
+            "Document rows written to Postgres (version-guarded updates that changed a row)",
+            ["kind"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "redline_flush_duration_seconds",
+            "Duration of one flush call (a cron pass over every shard, or one job's flush)",
+            ["kind"],
+            buckets=FLUSH_BUCKETS,
+            registry=registry,
+        )
+        self.failures = Counter(
+            "redline_flush_failures",
+            "Failed flush attempts: outcome=retried (retried within the call) or"
+            " gave_up (the call failed; the dirty marks stay for the next one)",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.dirty = Gauge(
+            "redline_dirty_documents",
+            "Documents edited in Redis and not yet written to Postgres (NaN: Redis unreachable)",
+            registry=registry,
+        )
+        self.oldest_dirty_age = Gauge(
+            "redline_oldest_dirty_age_seconds",
+            "Age of the oldest unsaved edit (0 when none is dirty; NaN: Redis unreachable)",
+            registry=registry,
+        )
+
+    def flushed(self, kind: str, *, batches: int, rows: int, retries: int, seconds: float) -> None:
+        self.batches.labels(kind).inc(batches)
+        self.rows.labels(kind).inc(rows)
+        self.duration.labels(kind).observe(seconds)
+        if retries:
+            self.failures.labels(kind, "retried").inc(retries)
+
+    def gave_up(self, kind: str, seconds: float) -> None:
+        self.failures.labels(kind, "gave_up").inc()
+        self.duration.labels(kind).observe(seconds)
+
+    def backlog(self, count: int | None, oldest_age_s: float | None) -> None:
+        """Set the dirty gauges; None for count means unknown (Redis did not answer)."""
+        if count is None:
+            self.dirty.set(math.nan)
+            self.oldest_dirty_age.set(math.nan)
+            return
+        self.dirty.set(count)
+        self.oldest_dirty_age.set(oldest_age_s or 0.0)
+
+
+class JobMetrics:
+    """arq job runs and failures per job name."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter("redline_job_runs", "Jobs run", ["job"], registry=registry)
+        self.failures = Counter(
+            "redline_job_failures",
+            "Jobs that raised, or gave up on a dependency (retried later)",
+            ["job"],
+            registry=registry,
+        )
+
+    def ran(self, job: str) -> None:
+        self.runs.labels(job).inc()
+
+    def failed(self, job: str) -> None:
+        self.failures.labels(job).inc()
