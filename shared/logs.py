@@ -52,10 +52,24 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    # One encoder for every line: json.dumps(default=...) would build a new one each call.
+    _encoder = json.JSONEncoder(default=str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads swap it atomically
+
+    def _ts(self, created: float, msecs: float) -> str:
+        # Lines come many a second (the access log); the formatted second is reused.
+        second, stamp = self._second
+        if int(created) != second:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(created)))
+            self._second = (int(created), stamp)
+        return f"{stamp}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._ts(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -63,7 +77,7 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in record.__dict__.items() if k not in _STD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return self._encoder.encode(out)
 
 
 def configure_logging(level: str = "INFO", *, access_log: bool = True) -> None:

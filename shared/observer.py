@@ -76,19 +76,24 @@ class RequestObserver:
             method = scope["method"]
             self.metrics.observe(method, route, status, seconds)
             if access.isEnabledFor(logging.INFO):
-                access.info(
-                    "%s %s %d %.2fms",
-                    method,
-                    route,
-                    status,
-                    seconds * 1000,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "request_id": rid,
-                    },
-                )
+                _access_line(method, route, scope["path"], status, seconds, rid)
             request_id.reset(token)
+
+
+def _access_line(method: str, route: str, path: str, status: int, seconds: float, rid: str) -> None:
+    # makeRecord + handle is Logger.info minus its stack walk for the caller's file and line,
+    # which the JSON line does not print: a few microseconds a request.
+    ms = round(seconds * 1000, 3)
+    fields = {
+        "method": method,
+        "route": route,
+        "path": path,
+        "status": status,
+        "duration_ms": ms,
+        "request_id": rid,
+    }
+    record = access.makeRecord(
+        access.name, logging.INFO, __file__, 0, "%s %s %d %.2fms",
+        (method, route, status, ms), None, extra=fields,
+    )  # fmt: skip
+    access.handle(record)
