@@ -122,7 +122,7 @@ async def edits(settings: Settings, n: int, rounds: int) -> None:
             "/v1/auth/signup", json={"username": "bench", "password": "bench password"}
         )
         auth = {"Authorization": f"Bearer {r.json()['token']}"}
-        doc = (await clients["plain"].post("/v1/documents", json={"title": "b"}, headers=auth))
+        doc = await clients["plain"].post("/v1/documents", json={"title": "b"}, headers=auth)
         url = f"/v1/documents/{doc.json()['id']}/content"
 
         def loop(client: httpx.AsyncClient) -> Variant:
