@@ -4,10 +4,13 @@ flush job. Job functions and startup/shutdown are called directly, as in test_wo
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from arq.connections import ArqRedis, create_pool
@@ -21,6 +24,7 @@ from shared.metrics import render
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.metrics import closed_port_url, sample
+from tests.support.processes import http_ready, running, settings_env
 from tests.support.users import create_doc, edit, signup
 
 
@@ -189,3 +193,31 @@ async def test_a_taken_metrics_port_does_not_stop_the_flusher(
             assert (await worker.flush_dirty(ctx))["written"] == 1
         finally:
             await worker.shutdown(ctx)
+
+
+async def test_flusher_process_serves_its_port_and_still_drains_on_sigterm(
+    migrated: Servers, api: httpx.AsyncClient, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The port is served on arq's event loop without taking arq's signals: SIGTERM still
+    drains every dirty document before the process exits."""
+    port = free_port()
+    # A long interval: only the drain on exit can save these edits within the test.
+    settings = make_settings(migrated, flusher_metrics_port=port, flush_interval=3600)
+    alice = await signup(api, "alice")
+    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(4)]
+    for doc_id in docs:
+        await edit(api, alice, doc_id, "unsaved at exit")
+    base = f"http://127.0.0.1:{port}"
+    env = settings_env(settings)
+    async with running(
+        "flusher", "services.flusher", env, tmp_path, http_ready(base + "/readyz")
+    ) as flusher:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            text = (await http.get("/metrics")).text
+        assert sample(text, "redline_dirty_documents") == 4
+        flusher.send(signal.SIGTERM)
+        assert await flusher.wait(30) == 0, flusher.tail()
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 1") == 4
+    log = flusher.log()
+    assert "drained: 4 written" in log, flusher.tail()
+    assert '"logger": "redline.health"' in log, "JSON log lines from the probe server"
