@@ -8,6 +8,7 @@ runs, so the worker's log lines carry the same id as the API's.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -54,12 +55,13 @@ def traced(
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
         @functools.wraps(fn)
         async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> T:
-            rid = kwargs.pop(REQUEST_ID, None)
+            # A job no request asked for (a cron tick) is traced by its arq job id instead.
+            rid = kwargs.pop(REQUEST_ID, None) or ctx.get("job_id")
             token = request_id.set(rid if isinstance(rid, str) else None)
             metrics: JobMetrics | None = ctx.get("job_metrics")
             try:
                 return await fn(ctx, *args, **kwargs)
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # cancelled: arq's job timeout
                 if metrics is not None:
                     metrics.failed(name)
                 raise

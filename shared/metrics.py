@@ -84,11 +84,12 @@ class HttpMetrics:
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in _METHODS:
+            method = "OTHER"  # before the lookup too, or the dict would grow with the client
         key = (method, route, status)
         children = self._children.get(key)
         if children is None:
-            label = method if method in _METHODS else "OTHER"
-            values = (label, route, str(status))
+            values = (method, route, str(status))
             children = (self.requests.labels(*values), self.duration.labels(*values))
             self._children[key] = children
         children[0].inc()

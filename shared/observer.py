@@ -68,6 +68,8 @@ class RequestObserver:
             await send(message)
 
         token = request_id.set(rid)
+        # For the server-error handler, which runs outside this middleware, after the reset.
+        scope["request_id"] = rid
         try:
             await self.app(scope, receive, send_with_id)
         finally:

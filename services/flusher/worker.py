@@ -67,6 +67,8 @@ async def _observed(ctx: Ctx, kind: str, flush: Awaitable[FlushStats]) -> FlushS
 async def _start_probes(ctx: Ctx) -> None:
     """Serve /healthz, /readyz and /metrics on the flusher's own port, on this event loop."""
     settings: Settings = ctx["settings"]
+    if settings.flusher_metrics_port == 0:
+        return
     flusher: Flusher = ctx["flusher"]
     metrics: FlushMetrics = ctx["flush_metrics"]
     queue_probe = redis_client(settings.queue_url)
@@ -88,8 +90,6 @@ async def _start_probes(ctx: Ctx) -> None:
             raise
 
     obs.on_scrape(backlog)
-    if settings.flusher_metrics_port == 0:
-        return
     server = ProbeServer(obs, settings.flusher_metrics_host, settings.flusher_metrics_port)
     try:
         await server.start()

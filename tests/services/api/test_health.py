@@ -201,3 +201,29 @@ async def test_access_log_is_skipped_when_info_is_off(
     with caplog.at_level(logging.WARNING, logger="redline.access"):
         await api.get("/healthz")
     assert not [rec for rec in caplog.records if rec.name == "redline.access"]
+
+
+async def test_an_unexpected_error_is_500_with_the_request_id_in_header_and_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)  # a route with a bug, added to the real app
+    async with app.router.lifespan_context(app):
+        # Starlette re-raises after answering, so servers can log it; httpx would re-raise it too.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+            with caplog.at_level(logging.ERROR, logger="redline.api"):
+                r = await api.get("/boom", headers={"X-Request-ID": "bug-42"})
+            text = (await api.get("/metrics")).text
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["x-request-id"] == "bug-42"
+    logged = [rec for rec in caplog.records if rec.getMessage().startswith("unhandled error")]
+    assert len(logged) == 1 and logged[0].__dict__["request_id"] == "bug-42"
+    assert logged[0].exc_info is not None
+    labels = {"method": "GET", "route": "/boom", "status": "500"}
+    assert sample(text, "redline_http_requests_total", **labels) == 1

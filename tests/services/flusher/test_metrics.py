@@ -35,7 +35,6 @@ async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     yield context
     await context["pool"].close()
     await context["state"].aclose()
-    await context["queue_probe"].aclose()
 
 
 @pytest.fixture
