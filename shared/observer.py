@@ -4,8 +4,9 @@ Request object): request id, request metrics, access log.
 - Request id: the client's `X-Request-ID` if well-formed (shared/logs.py), else a new one; echoed
   in the response header and set in the contextvar every log record is stamped from, and that
   `shared/jobs.py` copies into the jobs a request enqueues.
-- Metrics: count and latency per method, route template (`/v1/documents/{doc_id}`, never the raw
-  path; `unmatched` for 404s) and status (shared/metrics.py).
+- Metrics: count and latency per method, route template (`/v1/documents/{doc_id}`, never the
+  raw path; `unmatched` when answered before routing: a 404, BodyLimit's 413) and status
+  (shared/metrics.py).
 - Access log: one INFO line per request on the `redline.access` logger.
 
 It sits on the edit path, so it does the least it can: one scan of the header list, two clock
