@@ -121,8 +121,11 @@ async def test_metrics_port_serves_health_and_metrics(
         doc = await create_doc(api, alice, title=f"d{i}")
         await edit(api, alice, doc["id"], "unsaved")
     ctx: dict[str, Any] = {"settings": settings}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     await worker.startup(ctx)
     try:
+        # The server is a guest on arq's loop: the process's signals stay arq's (here, pytest's).
+        assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
             assert (await http.get("/healthz")).json() == {"status": "ok"}
             ready = await http.get("/readyz")
@@ -220,3 +223,5 @@ async def test_flusher_process_serves_its_port_and_still_drains_on_sigterm(
     log = flusher.log()
     assert "drained: 4 written" in log, flusher.tail()
     assert '"logger": "redline.health"' in log, "JSON log lines from the probe server"
+    # The port stayed up through the drain and closed after it.
+    assert log.index("drained: 4 written") < log.index("Finished server process"), flusher.tail()
