@@ -32,17 +32,21 @@ def arq_settings(url: str) -> RedisSettings:
     return settings
 
 
+async def enqueue(
+    queue: ArqRedis, keys: Keys, function: str, *args: Any, job_id: str | None = None
+) -> bool:
+    """Enqueue `function(*args)` on Redline's queue, carrying the current request id. With a
+    `job_id`, deduplicated: False while a job with that id is queued."""
+    job = await queue.enqueue_job(
+        function, *args, _job_id=job_id, _queue_name=keys.queue_name, request_id=request_id.get()
+    )
+    return job is not None
+
+
 async def enqueue_flush(queue: ArqRedis, keys: Keys, doc_id: str) -> bool:
     """Ask for an immediate flush of one document. Deduplicated: while one such job is queued,
     another is not added (it would write the same newest state). False when deduplicated."""
-    job = await queue.enqueue_job(
-        FLUSH_DOCUMENT,
-        doc_id,
-        _job_id=keys.flush_job_id(doc_id),
-        _queue_name=keys.queue_name,
-        request_id=request_id.get(),
-    )
-    return job is not None
+    return await enqueue(queue, keys, FLUSH_DOCUMENT, doc_id, job_id=keys.flush_job_id(doc_id))
 
 
 def traced(
