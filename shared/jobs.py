@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job
 
 from shared.keys import Keys
 from shared.logs import request_id
@@ -34,19 +35,20 @@ def arq_settings(url: str) -> RedisSettings:
 
 async def enqueue(
     queue: ArqRedis, keys: Keys, function: str, *args: Any, job_id: str | None = None
-) -> bool:
+) -> Job | None:
     """Enqueue `function(*args)` on Redline's queue, carrying the current request id. With a
-    `job_id`, deduplicated: False while a job with that id is queued."""
-    job = await queue.enqueue_job(
+    `job_id`, deduplicated: None while a job with that id is queued."""
+    job: Job | None = await queue.enqueue_job(
         function, *args, _job_id=job_id, _queue_name=keys.queue_name, request_id=request_id.get()
     )
-    return job is not None
+    return job
 
 
 async def enqueue_flush(queue: ArqRedis, keys: Keys, doc_id: str) -> bool:
     """Ask for an immediate flush of one document. Deduplicated: while one such job is queued,
     another is not added (it would write the same newest state). False when deduplicated."""
-    return await enqueue(queue, keys, FLUSH_DOCUMENT, doc_id, job_id=keys.flush_job_id(doc_id))
+    job = await enqueue(queue, keys, FLUSH_DOCUMENT, doc_id, job_id=keys.flush_job_id(doc_id))
+    return job is not None
 
 
 def traced(
