@@ -44,33 +44,44 @@ def _without_observer(app: FastAPI) -> FastAPI:
     return app
 
 
-async def _asgi_loop(app: FastAPI, n: int) -> float:
+async def _asgi_loop(
+    app: FastAPI,
+    n: int,
+    method: str = "GET",
+    path: str = "/healthz",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: bytes = b"",
+) -> float:
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
-        "path": "/healthz",
-        "raw_path": b"/healthz",
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"api"), (b"x-request-id", b"bench-1")],
+        "headers": [(b"host", b"api"), (b"x-request-id", b"bench-1"), *(headers or [])],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
         "state": {},
     }
+    statuses: set[int] = set()
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
-    async def send(_: Any) -> None:
-        return None
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
 
     started = time.perf_counter()
     for _ in range(n):
         await app(dict(scope), receive, send)
-    return (time.perf_counter() - started) / n
+    took = (time.perf_counter() - started) / n
+    assert statuses <= {200, 202}, statuses
+    return took
 
 
 async def _best(variants: dict[str, Variant], n: int, rounds: int) -> dict[str, float]:
@@ -145,7 +156,26 @@ async def edits(settings: Settings, n: int, rounds: int) -> None:
         best = await _best(variants, n, rounds)
         for client in clients.values():
             await client.aclose()
-    _report(f"PUT content (edit) via httpx ASGI, best of {rounds} x {n}", best)
+        _report(f"PUT content (edit) via httpx ASGI, best of {rounds} x {n}", best)
+
+        # The same edit as a bare ASGI call: no HTTP client in the measurement.
+        body = b'{"content": "the same text every time"}'
+        headers = [
+            (b"authorization", auth["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+
+        def bare_edit(app: FastAPI) -> Variant:
+            return lambda k: _asgi_loop(app, k, "PUT", url, headers, body)
+
+        variants = {
+            "without": _with_log(False, bare_edit(plain)),
+            "with, access log off": _with_log(False, bare_edit(observed)),
+            "with, access log on": _with_log(True, bare_edit(observed)),
+        }
+        best = await _best(variants, n, rounds)
+        _report(f"PUT content (edit) as bare ASGI, best of {rounds} x {n}", best)
 
 
 async def main(n: int, rounds: int) -> None:
