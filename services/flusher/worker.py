@@ -3,6 +3,7 @@ drain on shutdown. `create_worker(settings)` builds it; `python -m services.flus
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -85,8 +86,8 @@ async def _start_probes(ctx: Ctx) -> None:
         # so a tick-time reading would hide a growing one; and it costs nothing unscraped.
         try:
             metrics.backlog(*await flusher.dirty_count())
-        except Exception:
-            metrics.backlog(None, None)
+        except (Exception, asyncio.CancelledError):  # cancelled: the scrape's timeout
+            metrics.backlog(None, None)  # unknown, rather than a stale value
             raise
 
     obs.on_scrape(backlog)

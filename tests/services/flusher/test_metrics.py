@@ -4,6 +4,7 @@ flush job. Job functions and startup/shutdown are called directly, as in test_wo
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -225,3 +226,29 @@ async def test_flusher_process_serves_its_port_and_still_drains_on_sigterm(
     assert '"logger": "redline.health"' in log, "JSON log lines from the probe server"
     # The port stayed up through the drain and closed after it.
     assert log.index("drained: 4 written") < log.index("Finished server process"), flusher.tail()
+
+
+async def test_flusher_with_its_redis_unreachable_reports_unknown_backlog_and_503(
+    migrated: Servers,
+) -> None:
+    port = free_port()
+    settings = make_settings(
+        migrated,
+        flusher_metrics_port=port,
+        state_redis_url=closed_port_url(migrated.redis_url),
+        readiness_timeout_s=0.5,
+        shutdown_drain_s=0.5,  # the drain on exit retries the dead Redis until this passes
+    )
+    ctx: dict[str, Any] = {"settings": settings}
+    await worker.startup(ctx)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            ready = await http.get("/readyz")
+            scrape = await http.get("/metrics")
+    finally:
+        await worker.shutdown(ctx)  # its drain fails on the dead Redis, and says so
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"state_redis": "down", "queue_redis": "up", "postgres": "up"}
+    assert scrape.status_code == 200, "a scrape never fails because a gauge could not be read"
+    dirty = sample(scrape.text, "redline_dirty_documents")
+    assert dirty is not None and math.isnan(dirty)
