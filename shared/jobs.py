@@ -1,20 +1,34 @@
-"""Names of the flusher's jobs and how the API enqueues them and reads their state: the contract
-between the two. Jobs receive ids, never objects: the worker loads what it needs."""
+"""Names of the flusher's jobs, how the API enqueues them and reads their state: the contract
+between the two. Jobs receive ids, never objects: the worker loads what it needs.
+
+A job enqueued while serving a request carries that request's id as the `request_id` keyword
+argument (None outside a request), so every job function the API enqueues must be wrapped by
+`traced`: it takes the id out of the arguments and makes it the current request id while the job
+runs, so the worker's log lines carry the same id as the API's.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job, JobStatus
 
 from shared.accounts import Principal
 from shared.keys import Keys
+from shared.logs import request_id
+from shared.metrics import JobMetrics
 from shared.models import JobOut, JobState
 
 FLUSH_DOCUMENT = "flush_document"
 SAVE_DOCUMENT = "save_document"
 SNAPSHOT_DOCUMENT = "snapshot_document"
+REQUEST_ID = "request_id"
+
+T = TypeVar("T")
 
 
 def arq_settings(url: str) -> RedisSettings:
@@ -24,19 +38,38 @@ def arq_settings(url: str) -> RedisSettings:
     return settings
 
 
+async def enqueue(
+    queue: ArqRedis,
+    keys: Keys,
+    function: str,
+    *args: Any,
+    job_id: str | None = None,
+    **kwargs: Any,
+) -> Job | None:
+    """Enqueue `function(*args, **kwargs)` on Redline's queue, carrying the current request id.
+    With a `job_id`, deduplicated: None while a job with that id is queued."""
+    job: Job | None = await queue.enqueue_job(
+        function,
+        *args,
+        _job_id=job_id,
+        _queue_name=keys.queue_name,
+        request_id=request_id.get(),
+        **kwargs,
+    )
+    return job
+
+
 async def enqueue_flush(queue: ArqRedis, keys: Keys, doc_id: str) -> bool:
     """Ask for an immediate flush of one document. Deduplicated: while one such job is queued,
     another is not added (it would write the same newest state). False when deduplicated."""
-    job = await queue.enqueue_job(
-        FLUSH_DOCUMENT, doc_id, _job_id=keys.flush_job_id(doc_id), _queue_name=keys.queue_name
-    )
+    job = await enqueue(queue, keys, FLUSH_DOCUMENT, doc_id, job_id=keys.flush_job_id(doc_id))
     return job is not None
 
 
 async def _enqueue(queue: ArqRedis, keys: Keys, job_id: str, function: str, **kw: Any) -> str:
     # arq refuses a second job with an id whose job or result key exists, so the same request
     # while the first is pending (or done at this version) names the same job: idempotent.
-    await queue.enqueue_job(function, _job_id=job_id, _queue_name=keys.queue_name, **kw)
+    await enqueue(queue, keys, function, job_id=job_id, **kw)
     return job_id
 
 
@@ -109,3 +142,33 @@ def _reason(exc: object) -> str:
     if isinstance(exc, BaseException):
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return str(exc)
+
+
+def traced(
+    name: str,
+) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Coroutine[Any, Any, T]]]:
+    """Wrap an arq job function: take `request_id` out of its keyword arguments and make it the
+    current request id while the job runs, and count its runs and failures in
+    `ctx["job_metrics"]` (a JobMetrics) when the context has one."""
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
+        @functools.wraps(fn)
+        async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> T:
+            # A job no request asked for (a cron tick) is traced by its arq job id instead.
+            rid = kwargs.pop(REQUEST_ID, None) or ctx.get("job_id")
+            token = request_id.set(rid if isinstance(rid, str) else None)
+            metrics: JobMetrics | None = ctx.get("job_metrics")
+            try:
+                return await fn(ctx, *args, **kwargs)
+            except (Exception, asyncio.CancelledError):  # cancelled: arq's job timeout
+                if metrics is not None:
+                    metrics.failed(name)
+                raise
+            finally:
+                if metrics is not None:
+                    metrics.ran(name)
+                request_id.reset(token)
+
+        return run
+
+    return wrap

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     stats_max_queue_depth: int = Field(1000, ge=0)
     stats_max_memory_ratio: float = Field(0.9, gt=0, le=1)
 
+    # Observability (shared/health.py, shared/metrics.py, shared/observer.py).
+    access_log: bool = True
+    readiness_timeout_s: float = Field(1.0, gt=0, le=30)
+    flusher_metrics_host: str = "127.0.0.1"
+    flusher_metrics_port: int = Field(9101, ge=0, le=65535, description="0 disables")
+
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0)

@@ -81,6 +81,8 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         login_rate=1000,
         max_document_bytes=64 * 1024,
         db_pool_min=0,
+        # Tests that want the flusher's metrics port give it a free one.
+        flusher_metrics_port=0,
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from shared.settings import Settings
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, access_log=settings.access_log)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

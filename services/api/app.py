@@ -18,8 +18,11 @@ from shared.accounts import Accounts
 from shared.cache import Cache
 from shared.clients import cache_client, create_db_pool, redis_client
 from shared.documents import Documents
+from shared.health import Observability, health_router
 from shared.jobs import arq_settings
 from shared.keys import Keys
+from shared.metrics import CacheCounters, HttpMetrics, new_registry
+from shared.observer import RequestObserver
 from shared.profile_cache import ProfileCache
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -29,6 +32,9 @@ log = logging.getLogger("redline.api")
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require_urls()
+    # Built here, not in the lifespan: one registry per app, its metrics registered once.
+    registry = new_registry()
+    obs = Observability(registry, timeout_s=settings.readiness_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
             retry_s=settings.cache_retry_s,
         )
         await cache.start()
+        counters = CacheCounters(cache.stats.numbers)
+        registry.register(counters)
         app.state.resources = Resources(
             settings=settings,
             keys=keys,
@@ -62,10 +70,12 @@ def create_app(settings: Settings) -> FastAPI:
             cache=cache_redis,
             profiles=ProfileCache(settings, cache, pool),
         )
+        obs.watch(*health.checks(state, queue, pool, cache_redis))
         log.info("api ready")
         try:
             yield
         finally:
+            registry.unregister(counters)
             await cache.close()
             await cache_redis.aclose()
             await queue.aclose()
@@ -84,7 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
     # JSON escaping can double a document's size on the wire; the exact content limit is
     # enforced on the decoded content (shared/documents.py).
     app.add_middleware(BodyLimit, limit=settings.max_document_bytes * 2 + 65_536)
-    app.include_router(health.router)
+    # Outermost of ours: it times, counts and logs every answer, 413s and 503s included.
+    app.add_middleware(RequestObserver, metrics=HttpMetrics(registry))
+    app.include_router(health_router(obs))
     app.include_router(auth.router)
     app.include_router(documents.router)
     app.include_router(jobs.router)

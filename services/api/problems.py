@@ -103,8 +103,16 @@ async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error in %s %s", request.method, request.url.path)
-    return problem(500, "internal error")
+    # Starlette runs this outside every middleware, so the request id comes from the scope
+    # (shared/observer.py puts it there), not from the contextvar.
+    rid = request.scope.get("request_id")
+    log.exception(
+        "unhandled error in %s %s",
+        request.method,
+        request.url.path,
+        extra={"request_id": rid} if rid else None,
+    )
+    return problem(500, "internal error", {"X-Request-ID": rid} if rid else None)
 
 
 def install(app: FastAPI) -> None:

@@ -7,7 +7,7 @@ from shared.settings import Settings
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, access_log=settings.access_log)
     create_worker(settings).run()
 
 

@@ -16,6 +16,7 @@ from arq.worker import Retry
 from services.flusher.flush import TRANSIENT, Flusher
 from shared import snapshots
 from shared.errors import NotFound
+from shared.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -47,6 +48,7 @@ async def _saved_version(ctx: Ctx, doc_id: str) -> int:
     return int(version)
 
 
+@traced(SAVE_DOCUMENT)
 async def save_document(ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str) -> dict[str, Any]:
     flusher: Flusher = ctx["flusher"]
     try:
@@ -73,6 +75,7 @@ async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
     return row["content"], int(row["version"])
 
 
+@traced(SNAPSHOT_DOCUMENT)
 async def snapshot_document(
     ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str, label: str
 ) -> dict[str, Any]:

@@ -3,20 +3,25 @@ drain on shutdown. `create_worker(settings)` builds it; `python -m services.flus
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from arq import cron
 from arq.worker import Worker, func
 
-from services.flusher.flush import TRANSIENT, Flusher
+from services.flusher.flush import TRANSIENT, Flusher, FlushStats
 from services.flusher.saves import save_document, snapshot_document
 from services.flusher.warming import warm_profiles
 from shared.cache import Cache
 from shared.clients import cache_client, create_db_pool, redis_client
-from shared.jobs import FLUSH_DOCUMENT, SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, arq_settings
+from shared.health import Observability, postgres_check, redis_check
+from shared.jobs import FLUSH_DOCUMENT, SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, arq_settings, traced
 from shared.keys import Keys
+from shared.metrics import FlushMetrics, JobMetrics, new_registry
+from shared.probe_server import ProbeServer
 from shared.profile_cache import ProfileCache
 from shared.queries import prepare_flush_connection
 from shared.scripts import Scripts
@@ -34,8 +39,80 @@ def _every(seconds: int) -> dict[str, Any]:
     return {"minute": set(range(0, 60, seconds // 60)), "second": 0}
 
 
+def _metrics(ctx: Ctx) -> None:
+    """One registry per worker (create_worker builds it; a test calling startup gets its own)."""
+    if "registry" not in ctx:
+        registry = new_registry()
+        ctx.update(
+            registry=registry,
+            flush_metrics=FlushMetrics(registry),
+            job_metrics=JobMetrics(registry),
+        )
+
+
+async def _observed(ctx: Ctx, kind: str, flush: Awaitable[FlushStats]) -> FlushStats:
+    """Await one call into the Flusher, counting what it wrote, how long it took, and failures."""
+    metrics: FlushMetrics = ctx["flush_metrics"]
+    started = time.perf_counter()
+    try:
+        stats = await flush
+    except Exception:
+        metrics.gave_up(kind, time.perf_counter() - started)
+        raise
+    metrics.flushed(
+        kind,
+        batches=stats.batches,
+        rows=stats.written,
+        retries=stats.failures,
+        seconds=time.perf_counter() - started,
+    )
+    return stats
+
+
+async def _start_probes(ctx: Ctx) -> None:
+    """Serve /healthz, /readyz and /metrics on the flusher's own port, on this event loop."""
+    settings: Settings = ctx["settings"]
+    if settings.flusher_metrics_port == 0:
+        return
+    flusher: Flusher = ctx["flusher"]
+    metrics: FlushMetrics = ctx["flush_metrics"]
+    queue_probe = redis_client(settings.queue_url)
+    ctx["queue_probe"] = queue_probe
+    obs = Observability(ctx["registry"], timeout_s=settings.readiness_timeout_s)
+    obs.watch(
+        redis_check("state_redis", ctx["state"]),
+        redis_check("queue_redis", queue_probe),
+        postgres_check("postgres", ctx["pool"]),
+    )
+
+    async def backlog() -> None:
+        # At scrape time, not per flush tick: right after a flush the backlog is at its lowest,
+        # so a tick-time reading would hide a growing one; and it costs nothing unscraped.
+        try:
+            metrics.backlog(*await flusher.dirty_count())
+        except (Exception, asyncio.CancelledError):  # cancelled: the scrape's timeout
+            metrics.backlog(None, None)  # unknown, rather than a stale value
+            raise
+
+    obs.on_scrape(backlog)
+    server = ProbeServer(obs, settings.flusher_metrics_host, settings.flusher_metrics_port)
+    try:
+        await server.start()
+    except OSError as exc:
+        # Flushing matters more than its metrics: keep running, loudly.
+        log.error(
+            "flusher metrics port %s:%d unavailable (%s); running without it",
+            settings.flusher_metrics_host,
+            settings.flusher_metrics_port,
+            exc,
+        )
+        return
+    ctx["probe_server"] = server
+
+
 async def startup(ctx: Ctx) -> None:
     settings: Settings = ctx["settings"]
+    _metrics(ctx)
     keys = Keys(settings.key_prefix, settings.doc_shards)
     state = redis_client(settings.state_url)
     pool = await create_db_pool(settings, init=prepare_flush_connection)
@@ -48,6 +125,7 @@ async def startup(ctx: Ctx) -> None:
     ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
     cache = Cache(cache_redis, keys, lease_ms=settings.cache_lease_ms)
     ctx["profiles"] = ProfileCache(settings, cache, pool)
+    await _start_probes(ctx)
     log.info(
         "flusher ready: every %ss, batches of %d, %d shards",
         settings.flush_interval,
@@ -62,13 +140,20 @@ async def shutdown(ctx: Ctx) -> None:
     try:
         if flusher is not None:
             log.info("draining every dirty document before exit")
-            stats = await flusher.flush_with_retry(None, settings.shutdown_drain_s)
+            stats = await _observed(
+                ctx, "drain", flusher.flush_with_retry(None, settings.shutdown_drain_s)
+            )
             count, _ = await flusher.dirty_count()
             log.info("drained: %d written, %d still dirty", stats.written, count)
     except TRANSIENT as exc:
         # Nothing is lost: the marks stay in Redis and the next flusher to start takes them.
         log.error("drain incomplete (%s); dirty documents stay marked for the next flusher", exc)
     finally:
+        # Health and metrics stay up through the drain; they go just before the clients.
+        if "probe_server" in ctx:
+            await ctx.pop("probe_server").stop()
+        if "queue_probe" in ctx:
+            await ctx.pop("queue_probe").aclose()
         if "pool" in ctx:
             await ctx["pool"].close()
         if "state" in ctx:
@@ -77,17 +162,23 @@ async def shutdown(ctx: Ctx) -> None:
             await ctx["cache_redis"].aclose()
 
 
+@traced("flush_dirty")
 async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
     settings: Settings = ctx["settings"]
     flusher: Flusher = ctx["flusher"]
     started_ms = time.time_ns() // 1_000_000
     # Stop retrying before the next tick, which carries on where this one stopped.
     try:
-        stats = await flusher.flush_with_retry(started_ms, max(settings.flush_interval - 0.5, 0.5))
+        stats = await _observed(
+            ctx,
+            "cron",
+            flusher.flush_with_retry(started_ms, max(settings.flush_interval - 0.5, 0.5)),
+        )
     except TRANSIENT as exc:
         # Already logged per attempt; the marks stay and the next tick retries. No traceback
         # flood while a dependency is down.
         log.warning("flush tick gave up for now: %s: %s", type(exc).__name__, exc)
+        ctx["job_metrics"].failed("flush_dirty")
         return {"read": 0, "written": 0, "batches": 0, "error": str(exc)}
     if stats.read:
         log.info(
@@ -100,11 +191,14 @@ async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
     return {"read": stats.read, "written": stats.written, "batches": stats.batches}
 
 
+@traced(FLUSH_DOCUMENT)
 async def flush_document(ctx: Ctx, doc_id: str) -> dict[str, Any]:
-    stats = await ctx["flusher"].flush_ids([doc_id])
+    stats = await _observed(ctx, "document", ctx["flusher"].flush_ids([doc_id]))
+    log.info("flushed document %s on request (%d rows changed)", doc_id, stats.written)
     return {"read": stats.read, "written": stats.written}
 
 
+@traced("sweep_presence")
 async def sweep_presence(ctx: Ctx) -> int:
     """Drop expired editors; flush each document whose last editor vanished. Returns that count."""
     keys: Keys = ctx["keys"]
@@ -120,7 +214,7 @@ async def sweep_presence(ctx: Ctx) -> int:
         if gone:
             emptied.append(doc_id)
     if emptied:
-        await ctx["flusher"].flush_ids(emptied)
+        await _observed(ctx, "presence", ctx["flusher"].flush_ids(emptied))
         log.info("presence expired on %d documents; flushed them", len(emptied))
     return len(emptied)
 
@@ -128,6 +222,8 @@ async def sweep_presence(ctx: Ctx) -> int:
 def create_worker(settings: Settings, **overrides: Any) -> Worker:
     settings.require_urls()
     keys = Keys(settings.key_prefix, settings.doc_shards)
+    ctx: Ctx = {"settings": settings}
+    _metrics(ctx)
     options: dict[str, Any] = dict(
         functions=[
             func(flush_document, name=FLUSH_DOCUMENT, keep_result=0, max_tries=1000),
@@ -155,7 +251,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         redis_settings=arq_settings(settings.queue_url),
         on_startup=startup,
         on_shutdown=shutdown,
-        ctx={"settings": settings},
+        ctx=ctx,
         max_jobs=4,
         poll_delay=0.1,
         job_timeout=max(settings.flush_interval * 4, settings.job_timeout_s),

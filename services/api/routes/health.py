@@ -1,41 +1,21 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics: the shared routes (shared/health.py) with the API's checks."""
 
 from __future__ import annotations
 
-import asyncio
+import asyncpg
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-
-from services.api.deps import Res
-
-router = APIRouter(tags=["health"])
+from shared.health import Check, postgres_check, redis_check
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@router.get("/readyz")
-async def readyz(res: Res) -> JSONResponse:
-    async def redis_ok() -> bool:
-        try:
-            return bool(await asyncio.wait_for(res.state.ping(), 2))
-        except Exception:
-            return False
-
-    async def postgres_ok() -> bool:
-        try:
-            async with asyncio.timeout(2):
-                async with res.pool.acquire() as conn:
-                    return bool(await conn.fetchval("SELECT 1") == 1)
-        except Exception:
-            return False
-
-    redis_up, pg_up = await asyncio.gather(redis_ok(), postgres_ok())
-    checks = {"redis": "up" if redis_up else "down", "postgres": "up" if pg_up else "down"}
-    ready = redis_up and pg_up
-    return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
-    )
+def checks(state: Redis, queue: ArqRedis, pool: asyncpg.Pool, cache: Redis) -> list[Check]:
+    """What the API needs to serve: the state Redis (documents, sessions), the queue Redis
+    (save-now and leave flushes) and Postgres. The cache Redis is reported but not critical:
+    without it profile reads fall back to Postgres, so the API still serves (`degraded`)."""
+    return [
+        redis_check("state_redis", state),
+        redis_check("queue_redis", queue),
+        postgres_check("postgres", pool),
+        redis_check("cache_redis", cache, critical=False),
+    ]

@@ -187,5 +187,11 @@ async def test_reads_survive_a_stopped_cache_redis(migrated: Servers, tmp_path: 
             s = (await api.get("/v1/stats/cache", headers=bob.auth)).json()
             assert s["status"] == "warning" and s["cache_redis"]["up"] is False
             assert any("cache Redis" in w for w in s["warnings"])
+            # Readiness names the dead cache but stays 200: the API still serves everything.
+            ready = await api.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert "cache_redis" in ready.text
+            metrics = (await api.get("/metrics")).text
+            assert 'redline_cache_fallbacks_total{family="profile"}' in metrics
     finally:
         cache_server.stop()

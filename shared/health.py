@@ -1,0 +1,143 @@
+"""Liveness, readiness and metrics routes that any Redline service mounts.
+
+A service builds an `Observability` in `create_app` (its registry), mounts `health_router(obs)`,
+and once its lifespan has opened its clients, tells it what to check (`obs.watch(...)`) and what
+to refresh before a scrape (`obs.on_scrape(...)`):
+
+    obs = Observability(new_registry(), timeout_s=settings.readiness_timeout_s)
+    app.include_router(health_router(obs))
+    ...  # in the lifespan
+    obs.watch(redis_check("state_redis", state), postgres_check("postgres", pool))
+
+- `GET /healthz`: liveness. Touches no dependency: it answers while the event loop runs.
+- `GET /readyz`: every check at once, each bounded by the timeout; 200, or 503 problem+json
+  naming what is down. A non-critical check (e.g. a cache with a Postgres fallback) is reported
+  but does not make the service unready.
+- `GET /metrics`: Prometheus text exposition of the service's registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from shared.metrics import CONTENT_TYPE, render
+
+log = logging.getLogger("redline.health")
+
+Probe = Callable[[], Awaitable[object]]
+Refresh = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    probe: Probe  # raises, times out or returns False when the dependency is down
+    critical: bool = True
+
+
+def redis_check(name: str, client: Redis, *, critical: bool = True) -> Check:
+    async def ping() -> object:
+        return await client.ping()
+
+    return Check(name, ping, critical)
+
+
+def postgres_check(name: str, pool: asyncpg.Pool, *, critical: bool = True) -> Check:
+    async def select_one() -> object:
+        async with pool.acquire() as conn:
+            return await conn.fetchval("SELECT 1") == 1
+
+    return Check(name, select_one, critical)
+
+
+@dataclass
+class Observability:
+    """What the routes read: the registry, the readiness checks and the scrape-time refreshers."""
+
+    registry: CollectorRegistry
+    timeout_s: float = 1.0
+    checks: list[Check] = field(default_factory=list)
+    refreshers: list[Refresh] = field(default_factory=list)
+
+    def watch(self, *checks: Check) -> None:
+        self.checks.extend(checks)
+
+    def on_scrape(self, refresh: Refresh) -> None:
+        """Run `refresh` (bounded by the timeout) before each /metrics scrape, e.g. to read a
+        gauge's current value from Redis."""
+        self.refreshers.append(refresh)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, {check name: "up" | "down"}), every check run concurrently."""
+        results = await asyncio.gather(*(self._up(check) for check in self.checks))
+        states = {
+            c.name: "up" if up else "down" for c, up in zip(self.checks, results, strict=True)
+        }
+        ready = all(up or not c.critical for c, up in zip(self.checks, results, strict=True))
+        return ready, states
+
+    async def _up(self, check: Check) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return (await check.probe()) is not False
+        except Exception as exc:  # any failure, a timeout included, means "down"
+            log.warning("readiness: %s is down: %s: %s", check.name, type(exc).__name__, exc)
+            return False
+
+    async def scrape(self) -> bytes:
+        for refresh in self.refreshers:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await refresh()
+            except Exception as exc:  # a scrape must never fail because a gauge could not
+                log.warning("metrics refresh failed: %s: %s", type(exc).__name__, exc)
+        return render(self.registry)
+
+
+def health_router(obs: Observability) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready, checks = await obs.readiness()
+        down = [name for name, state in checks.items() if state == "down"]
+        if ready:
+            # A non-critical dependency down (a cache with a fallback): serving, but degraded.
+            return JSONResponse({"status": "degraded" if down else "ready", "checks": checks})
+        body: dict[str, Any] = {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": f"not ready: {', '.join(down)} down",
+            "checks": checks,
+        }
+        return JSONResponse(
+            body, 503, headers={"Retry-After": "1"}, media_type="application/problem+json"
+        )
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(await obs.scrape(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+def probe_app(obs: Observability) -> FastAPI:
+    """A minimal app serving only the health routes (a worker's metrics port)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(health_router(obs))
+    return app
