@@ -96,6 +96,49 @@ def flushes(report: Report) -> str:
     return render(headers, rows)
 
 
+def matcher(report: Report) -> str:
+    headers = ("pooled users", "calls", "matched", "p50 ms", "p99 ms", "max ms", "valkey us/call")
+    rows = [
+        (
+            f"{m.pooled:,}",
+            str(m.calls),
+            str(m.matched),
+            _f(m.p50_ms, 3),
+            _f(m.p99_ms, 3),
+            _f(m.max_ms, 3),
+            _f(m.server_us_per_call, 0),
+        )
+        for m in report.match_latency
+    ]
+    return render(headers, rows)
+
+
+def idle(report: Report) -> str:
+    i = report.idle_sockets
+    assert i is not None
+    headers = (
+        "sockets",
+        "connected",
+        "connects/s",
+        "rss base MB",
+        "rss MB",
+        "KB/socket",
+        "broadcast ms",
+        "errors",
+    )
+    row = (
+        f"{i.sockets:,}",
+        f"{i.connected:,}",
+        _f(i.connects_per_s, 0),
+        _f(i.rss_base_mb),
+        _f(i.rss_mb),
+        _f(i.kb_per_socket),
+        _f(i.broadcast_ms),
+        str(sum(i.errors.values())),
+    )
+    return render(headers, [row])
+
+
 def targets(report: Report) -> str:
     headers = ("target", "measured", "limit", "result", "note")
     rows = [
@@ -119,6 +162,11 @@ def everything(report: Report) -> str:
     if report.flushes:
         parts += ["", "Flush throughput: one Flusher.flush_dirty() over the dirty backlog"]
         parts += [flushes(report)]
+    if report.match_latency:
+        parts += ["", "find_match script latency (one round trip, one language pool)"]
+        parts += [matcher(report)]
+    if report.idle_sockets is not None:
+        parts += ["", "Idle authenticated sockets on one matcher process", idle(report)]
     if report.targets:
         parts += ["", "Targets", targets(report)]
     return "\n".join(parts)

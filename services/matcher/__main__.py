@@ -9,17 +9,20 @@ from shared.logs import configure_logging
 from shared.settings import Settings
 
 
-class _QuietAccepts(logging.Filter):
-    """uvicorn logs one INFO line per accepted WebSocket: too much at 10,000 sockets."""
+class _QuietHandshakes(logging.Filter):
+    """uvicorn logs one INFO line per accepted WebSocket (too much at 10,000 sockets), and its
+    sans-I/O protocol logs an ERROR after every denial response (a refused token or Origin),
+    which is our normal answer to a bad handshake, not a failure."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "[accepted]" not in record.getMessage()
+        text = record.getMessage()
+        return "[accepted]" not in text and "returned without completing handshake" not in text
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    logging.getLogger("uvicorn.error").addFilter(_QuietAccepts())
+    logging.getLogger("uvicorn.error").addFilter(_QuietHandshakes())
     uvicorn.run(
         create_app(settings),
         host=settings.matcher_host,

@@ -16,7 +16,7 @@ import asyncpg
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketState
 
 from services.matcher.connection import IDLE, Connection
 from services.matcher.handshake import bearer, origin_allowed, refuse
@@ -103,6 +103,10 @@ class Matcher:
         except DOWN as exc:
             log.warning("matcher dependency failed", extra={"err": str(exc)})
             conn.close_with = conn.close_with or (1011, "service unavailable; retry")
+        except Exception:
+            # A bug must cost one socket (closed 1011), never the process or a hung client.
+            log.exception("matcher socket failed", extra={"user": conn.user_id})
+            conn.close_with = conn.close_with or (1011, "internal error")
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -163,7 +167,7 @@ class Matcher:
             finally:
                 conn.watch(None)
             if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
+                return
             text = message.get("text")
             if text is None:
                 conn.push(ErrorMsg(detail="send JSON text frames"))
@@ -193,7 +197,7 @@ class Matcher:
             await self._find(conn, msg)
 
     async def _close(self, conn: Connection) -> None:
-        if conn.ws.application_state is not WebSocketState.CONNECTED:
+        if WebSocketState.DISCONNECTED in (conn.ws.client_state, conn.ws.application_state):
             return
         code, reason = conn.close_with or (1000, "")
         with contextlib.suppress(Exception):

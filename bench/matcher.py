@@ -1,0 +1,271 @@
+"""The matcher scenario: find_match script latency by pool size, and idle sockets per process.
+
+1. Script latency: one language pool filled with 1,000 / 10,000 / 100,000 users (5 interests
+   each out of 200, skewed like real interests: a few are very popular), then sequential
+   find_match calls (shared/lua/match.lua through its wrapper, one round trip each) by seekers
+   with 5 interests. The pool is kept at its size: a matched partner is put back and an unmatched
+   seeker removed, outside the timed call. Reported: client round trip p50/p99 and Valkey's own
+   microseconds per script call (INFO commandstats).
+2. Idle sockets: one real matcher process (`python -m services.matcher`), N authenticated
+   sockets opened from this process; the matcher's RSS growth per socket, the connect rate, and
+   the time for one frame published to every user's channel to reach every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import psutil
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.processes import child_env, say
+from bench.results import IdleSockets, PoolLatency, percentile
+from bench.stack import Stack
+from shared.accounts import Principal, token_hash
+from shared.embedded import free_port
+from shared.keys import Keys
+from shared.messages import Delivery, MatchFound
+from shared.pool import Pool
+from shared.scripts import MatchStatus, PoolEntry, Scripts
+from shared.settings import Settings
+
+VOCABULARY = [f"interest-{n}" for n in range(200)]
+# Zipf-like popularity: interest n is chosen with weight 1 / (n + 1).
+WEIGHTS = [1 / (n + 1) for n in range(len(VOCABULARY))]
+INTERESTS_EACH = 5
+FILL_CONCURRENCY = 64
+
+
+def _interests(rng: random.Random) -> tuple[str, ...]:
+    chosen: set[str] = set()
+    while len(chosen) < INTERESTS_EACH:
+        chosen.update(rng.choices(VOCABULARY, WEIGHTS, k=INTERESTS_EACH - len(chosen)))
+    return tuple(sorted(chosen))
+
+
+async def _bounded(coros: list[Any], limit: int) -> None:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> None:
+        async with gate:
+            await coro
+
+    await asyncio.gather(*(one(c) for c in coros))
+
+
+async def _script_usec(redis: Redis) -> tuple[int, float]:
+    stats = await redis.info("commandstats")
+    row = stats.get("cmdstat_evalsha") or {}
+    return int(row.get("calls", 0)), float(row.get("usec", 0))
+
+
+async def pool_latency(
+    redis_url: str, sizes: list[int], calls: int, seed: int
+) -> list[PoolLatency]:
+    settings = Settings(redis_url=redis_url, key_prefix="bench")
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    pool = Pool(settings, Scripts(redis, keys))
+    rng = random.Random(seed)
+    out: list[PoolLatency] = []
+    try:
+        for size in sizes:
+            language = f"z{len(out)}"
+            started = time.perf_counter()
+            members = {f"u{n}": _interests(rng) for n in range(size)}
+            await _bounded(
+                [pool.enter(language, PoolEntry(u, "t", interests=i)) for u, i in members.items()],
+                FILL_CONCURRENCY,
+            )
+            say(f"matcher: pooled {size:,} users in {time.perf_counter() - started:.1f}s")
+            latencies: list[float] = []
+            matched = 0
+            calls0, usec0 = await _script_usec(redis)
+            for n in range(calls):
+                seeker = PoolEntry(f"s{n}", "t", interests=_interests(rng))
+                t0 = time.perf_counter()
+                reply = await pool.find(language, seeker, rejoin=True)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                # Keep the pool at its size, outside the timed call.
+                if reply.status is MatchStatus.MATCHED and reply.partner_id is not None:
+                    matched += 1
+                    partner = reply.partner_id
+                    await pool.enter(language, PoolEntry(partner, "t", interests=members[partner]))
+                else:
+                    await pool.leave(language, seeker.user_id, "t")
+            calls1, usec1 = await _script_usec(redis)
+            # Every call above is one EVALSHA; half of them are the untimed upkeep (enter/leave),
+            # which costs less than a search: the mean over all is a lower bound on a search's.
+            server_us = (usec1 - usec0) / (calls1 - calls0) if calls1 > calls0 else None
+            ordered = sorted(latencies)
+            out.append(
+                PoolLatency(
+                    pooled=size,
+                    calls=calls,
+                    matched=matched,
+                    p50_ms=percentile(ordered, 50),
+                    p99_ms=percentile(ordered, 99),
+                    max_ms=ordered[-1],
+                    server_us_per_call=server_us,
+                )
+            )
+            say(
+                f"matcher: {size:,} pooled: find_match p50 {out[-1].p50_ms:.3f} ms,"
+                f" p99 {out[-1].p99_ms:.3f} ms ({matched}/{calls} matched)"
+            )
+            await _drop_pool(redis, keys, language)
+    finally:
+        await redis.aclose()
+    return out
+
+
+async def _drop_pool(redis: Redis, keys: Keys, language: str) -> None:
+    pattern = keys.pool_members(language).removesuffix("members") + "*"
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        await redis.unlink(key)
+
+
+# Idle sockets ------------------------------------------------------------------------------
+async def _users(stack: Stack, redis: Redis, keys: Keys, n: int, seed: int) -> list[Principal]:
+    """N users with profiles and open sessions, written directly (no password hashing)."""
+    rng = random.Random(seed)
+    tenant = str(uuid.uuid4())
+    users = [Principal(str(uuid.uuid4()), tenant, f"idle{i}", "member") for i in range(n)]
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, 'bench idle')", tenant)
+        await conn.executemany(
+            "INSERT INTO users (id, tenant_id, username, password_hash, role)"
+            " VALUES ($1, $2, $3, 'x', 'member')",
+            [(u.user_id, tenant, f"{u.username}-{tenant[:8]}") for u in users],
+        )
+        await conn.executemany(
+            "INSERT INTO profiles (user_id, language, interests) VALUES ($1, 'en', $2)",
+            [(u.user_id, list(_interests(rng))) for u in users],
+        )
+    finally:
+        await conn.close()
+    pipe = redis.pipeline(transaction=False)
+    for u in users:
+        pipe.set(
+            keys.session(token_hash(u.user_id)),
+            json.dumps(
+                {"user_id": u.user_id, "tenant_id": tenant, "username": u.username, "role": u.role}
+            ),
+            ex=3600,
+        )
+    await pipe.execute()
+    return users  # each user's token is their id (hashed above), for the bench only
+
+
+async def idle_sockets(stack: Stack, n: int, seed: int) -> IdleSockets:
+    port = free_port()
+    settings = Settings(redis_url=stack.redis_url, database_url=stack.database_url)
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    redis = Redis.from_url(stack.redis_url, decode_responses=True)
+    env = child_env(
+        REDLINE_REDIS_URL=stack.redis_url,
+        REDLINE_DATABASE_URL=stack.database_url,
+        REDLINE_MATCHER_PORT=port,
+        REDLINE_LOG_LEVEL="WARNING",
+    )
+    kids = stack.children
+    kids.spawn("matcher", ["-m", "services.matcher"], env)
+    sockets: list[ClientConnection] = []
+    errors: dict[str, int] = {}
+    try:
+        kids.wait_http("matcher", port)
+        proc = psutil.Process(kids.procs["matcher"].pid)
+        users = await _users(stack, redis, keys, n, seed)
+        # One warm socket first (imports, pools), then the baseline.
+        warm = await connect(
+            f"ws://127.0.0.1:{port}/v1/ws/match",
+            additional_headers={"Authorization": f"Bearer {users[0].user_id}"},
+        )
+        await warm.recv()
+        await asyncio.sleep(0.5)
+        base = proc.memory_info().rss
+
+        async def open_one(user: Principal) -> None:
+            try:
+                ws = await connect(
+                    f"ws://127.0.0.1:{port}/v1/ws/match",
+                    additional_headers={"Authorization": f"Bearer {user.user_id}"},
+                    open_timeout=60,
+                    ping_interval=None,
+                    max_queue=4,
+                )
+                await asyncio.wait_for(ws.recv(), 60)  # queued: it is in the pool
+                sockets.append(ws)
+            except Exception as exc:
+                name = type(exc).__name__
+                errors[name] = errors.get(name, 0) + 1
+
+        started = time.perf_counter()
+        await _bounded([open_one(u) for u in users[1:]], 200)
+        connect_s = time.perf_counter() - started
+        await asyncio.sleep(2)
+        rss = proc.memory_info().rss
+        say(f"matcher: {len(sockets):,} idle sockets open in {connect_s:.1f}s")
+        broadcast_ms = await _broadcast(redis, keys, users[1:], sockets)
+        return IdleSockets(
+            sockets=n - 1,
+            connected=len(sockets),
+            connect_s=connect_s,
+            connects_per_s=len(sockets) / connect_s,
+            rss_base_mb=base / 2**20,
+            rss_mb=rss / 2**20,
+            kb_per_socket=(rss - base) / 1024 / max(1, len(sockets)),
+            broadcast_ms=broadcast_ms,
+            errors=errors,
+        )
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        kids.stop("matcher")
+        await redis.aclose()
+
+
+async def _broadcast(
+    redis: Redis, keys: Keys, users: list[Principal], sockets: list[ClientConnection]
+) -> float | None:
+    """One frame published to every connected user's channel: time until all have it."""
+    frame = Delivery(
+        frame=MatchFound(room_id="r", partner_id="p", document_id="d", shared_interests=[])
+    ).model_dump_json()
+    started = time.perf_counter()
+    pipe = redis.pipeline(transaction=False)
+    for u in users:
+        pipe.publish(keys.match_channel(u.user_id), frame)
+    receiving = asyncio.gather(*(asyncio.wait_for(ws.recv(), 30) for ws in sockets))
+    await pipe.execute()
+    try:
+        await receiving
+    except TimeoutError:
+        return None
+    return (time.perf_counter() - started) * 1000
+
+
+async def run(
+    stack: Stack, sizes: list[int], calls: int, sockets: int, seed: int
+) -> tuple[list[PoolLatency], IdleSockets | None]:
+    latencies = await pool_latency(stack.redis_url, sizes, calls, seed)
+    idle = None
+    if sockets > 0:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if sockets * 2 + 200 > soft:
+            say(f"matcher: ulimit -n is {soft}: lowering idle sockets to fit")
+            sockets = max(10, (soft - 200) // 2)
+        idle = await idle_sockets(stack, sockets + 1, seed)
+        say(
+            f"matcher: {idle.connected:,} sockets, {idle.kb_per_socket:.1f} KB RSS each,"
+            f" {idle.connects_per_s:,.0f} connects/s, broadcast {idle.broadcast_ms} ms"
+        )
+    return latencies, idle
