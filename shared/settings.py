@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # without an Origin header is not from a browser and is allowed: its bearer token decides.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     pool_ttl_s: int = Field(120, ge=3, description="a pool entry lives this long unrefreshed")
-    match_scan_limit: int = Field(200, ge=1, description="longest-waiting candidates per interest")
+    match_scan_limit: int = Field(64, ge=1, description="longest-waiting candidates per interest")
     match_inbox_ttl_s: int = Field(60, ge=1)
     ws_max_message_bytes: int = Field(65_536, ge=1024)
     ws_idle_timeout_s: float = Field(300.0, gt=0, description="close after this long silent")

@@ -82,34 +82,52 @@ if scan > 0 then
   end
 end
 -- Most shared interests first; ties go to whoever waited longest, then by id (deterministic).
-table.sort(order, function(a, b)
+local function better(a, b)
   if count[a] ~= count[b] then return count[a] > count[b] end
   if since[a] ~= since[b] then return since[a] < since[b] end
   return a < b
-end)
+end
 
--- 4. The first live candidate whose region suits both sides.
-for _, user in ipairs(order) do
+-- 4. The first live candidate whose region suits both sides. Usually the best one is: one
+-- linear pass finds it; only when it is unsuitable are the rest sorted and tried in order.
+local function try(user)
   local until_ms = tonumber(redis.call('ZSCORE', members, user))
   if until_ms == nil or until_ms < now then
     remove(user)
-  else
-    local raw = redis.call('HGET', entries, user)
-    if not raw then
-      redis.call('ZREM', members, user)
-    else
-      local e = parse(raw)
-      if (wanted == '' or e.region == wanted) and (e.wanted == '' or e.wanted == region) then
-        local theirs = {}
-        for _, slug in ipairs(e.interests) do theirs[slug] = true end
-        local reply = {'matched', user, e.ticket}
-        for i = 13, #ARGV do
-          if theirs[ARGV[i]] then reply[#reply + 1] = ARGV[i] end
-        end
-        remove(user)
-        redis.call('SET', cprefix .. user, e.ticket, 'PX', claim_ttl)
-        return reply
-      end
+    return nil
+  end
+  local raw = redis.call('HGET', entries, user)
+  if not raw then
+    redis.call('ZREM', members, user)
+    return nil
+  end
+  local e = parse(raw)
+  if (wanted ~= '' and e.region ~= wanted) or (e.wanted ~= '' and e.wanted ~= region) then
+    return nil
+  end
+  local theirs = {}
+  for _, slug in ipairs(e.interests) do theirs[slug] = true end
+  local reply = {'matched', user, e.ticket}
+  for i = 13, #ARGV do
+    if theirs[ARGV[i]] then reply[#reply + 1] = ARGV[i] end
+  end
+  remove(user)
+  redis.call('SET', cprefix .. user, e.ticket, 'PX', claim_ttl)
+  return reply
+end
+
+if #order > 0 then
+  local best = order[1]
+  for i = 2, #order do
+    if better(order[i], best) then best = order[i] end
+  end
+  local reply = try(best)
+  if reply then return reply end
+  table.sort(order, better)
+  for _, user in ipairs(order) do
+    if user ~= best then
+      reply = try(user)
+      if reply then return reply end
     end
   end
 end
