@@ -133,6 +133,7 @@ class PoolLatency:
     p99_ms: float | None
     max_ms: float | None
     server_us_per_call: float | None
+    server_p99_ms: float | None = None  # inside Valkey (slow log), without the round trip
 
 
 @dataclass

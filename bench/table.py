@@ -97,7 +97,16 @@ def flushes(report: Report) -> str:
 
 
 def matcher(report: Report) -> str:
-    headers = ("pooled users", "calls", "matched", "p50 ms", "p99 ms", "max ms", "valkey us/call")
+    headers = (
+        "pooled users",
+        "calls",
+        "matched",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "valkey us/call",
+        "valkey p99 ms",
+    )
     rows = [
         (
             f"{m.pooled:,}",
@@ -107,6 +116,7 @@ def matcher(report: Report) -> str:
             _f(m.p99_ms, 3),
             _f(m.max_ms, 3),
             _f(m.server_us_per_call, 0),
+            _f(m.server_p99_ms, 3),
         )
         for m in report.match_latency
     ]

@@ -257,3 +257,23 @@ async def test_a_client_that_stops_reading_is_cut_off(
                     await asyncio.sleep(0.1)
                 assert (await client.get(f"{http}/readyz")).json()["connections"] == "0"
     assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
+
+
+async def test_heartbeat_keeps_a_waiting_socket_in_the_pool(
+    migrated: Servers, api: httpx.AsyncClient, db: asyncpg.Connection, redis: Redis, keys: Keys
+) -> None:
+    # A 3 s TTL refreshed every second: the entry must outlive several TTLs while connected.
+    settings = make_settings(migrated, pool_ttl_s=3)
+    ada = await make_user(api, db, "ada", ["chess"])
+    async with matcher_server(settings) as url, open_socket(url, ada) as a:
+        await recv_type(a, "queued")
+        first = await redis.zscore(keys.pool_members("en"), ada.user_id)
+        assert first is not None
+        await asyncio.sleep(4)
+        later = await redis.zscore(keys.pool_members("en"), ada.user_id)
+        assert later is not None and later > first
+        # An entry lost meanwhile (say, pruned while Redis was unreachable) is put back.
+        await redis.delete(keys.pool_members("en"), keys.pool_entries("en"))
+        await asyncio.sleep(1.5)
+        assert await redis.zscore(keys.pool_members("en"), ada.user_id) is not None
+        assert await redis.zscore(keys.pool_interest("en", "chess"), ada.user_id) is not None
