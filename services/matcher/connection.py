@@ -1,13 +1,18 @@
-"""One matcher WebSocket: who it is, its pool entry, and a bounded queue of frames to send.
+"""One matcher WebSocket: who it is, its pool entry, and a bounded outbox of frames to send.
 
-Everything sent to the socket goes through the queue and one writer task, so replies and
+Everything sent to the socket goes through the outbox and one writer task, so replies and
 deliveries from the pub/sub listener never interleave, and a client that stops reading costs at
-most `ws_send_queue` frames of memory before it is cut off.
+most `ws_send_queue` frames of memory before it is cut off. The writer task exists only while
+there is something to send: an idle socket holds no task of its own (memory per socket is a
+target: 10,000 idle sockets on one process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
@@ -19,10 +24,27 @@ from shared.scripts import PoolEntry
 SLOW_CLIENT = (1008, "too slow: send queue full")
 IDLE = (1000, "idle timeout")
 
+# Called once a frame that was waiting in the user's inbox has been sent: (user id, entry id).
 Sent = Callable[[str, str], Awaitable[None]]
+
+log = logging.getLogger("redline.matcher")
 
 
 class Connection:
+    __slots__ = (
+        "_deadline",
+        "_limit",
+        "_outbox",
+        "_sent",
+        "_writer",
+        "close_with",
+        "entry",
+        "in_pool",
+        "language",
+        "principal",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: WebSocket,
@@ -30,6 +52,7 @@ class Connection:
         language: str,
         entry: PoolEntry,
         queue_size: int,
+        sent: Sent,
     ) -> None:
         self.ws = ws
         self.principal = principal
@@ -37,8 +60,11 @@ class Connection:
         self.entry = entry
         # True while this connection's ticket should own an entry in the pool.
         self.in_pool = False
-        self.queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(queue_size)
         self.close_with: tuple[int, str] | None = None
+        self._limit = queue_size
+        self._outbox: deque[tuple[str, str | None]] = deque()
+        self._sent = sent
+        self._writer: asyncio.Task[None] | None = None
         self._deadline: asyncio.Timeout | None = None
 
     @property
@@ -50,14 +76,15 @@ class Connection:
         return self.entry.ticket
 
     def push(self, message: BaseModel, inbox_id: str | None = None) -> bool:
-        """Queue a frame; a full queue means the client is not reading: cut it off."""
+        """Queue a frame; a full outbox means the client is not reading: cut it off."""
         if self.close_with is not None:
             return False
-        try:
-            self.queue.put_nowait((message.model_dump_json(), inbox_id))
-        except asyncio.QueueFull:
+        if len(self._outbox) >= self._limit:
             self.cut(*SLOW_CLIENT)
             return False
+        self._outbox.append((message.model_dump_json(), inbox_id))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
         return True
 
     def cut(self, code: int, reason: str) -> None:
@@ -71,10 +98,25 @@ class Connection:
         """The receive loop's current deadline (None between receives), for `cut` to expire."""
         self._deadline = deadline
 
-    async def write(self, sent: Sent) -> None:
-        """The writer task: send queued frames in order; `sent` acknowledges inbox entries."""
-        while True:
-            text, inbox_id = await self.queue.get()
-            await self.ws.send_text(text)
-            if inbox_id is not None:
-                await sent(self.user_id, inbox_id)
+    async def _write(self) -> None:
+        try:
+            while self._outbox and self.close_with is None:
+                text, inbox_id = self._outbox[0]
+                await self.ws.send_text(text)
+                self._outbox.popleft()
+                if inbox_id is not None:
+                    await self._sent(self.user_id, inbox_id)
+        except Exception as exc:  # the socket is gone or broken: end the session
+            log.debug("send failed", extra={"user": self.user_id, "err": repr(exc)})
+            self.cut(1011, "send failed")
+        finally:
+            self._writer = None
+
+    async def stop(self) -> None:
+        """Drop what is still queued; used once the session is over."""
+        self._outbox.clear()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer

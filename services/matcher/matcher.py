@@ -93,13 +93,12 @@ class Matcher:
         if opened is None:
             return
         conn = opened
-        writer = asyncio.create_task(conn.write(self._acknowledge))
         try:
             await self.hub.attach(conn)
             waiting = await self._drain_inbox(conn)
             if not waiting:
                 await self._enter(conn, rejoin=True)
-            await self._receive_loop(conn, writer)
+            await self._receive_loop(conn)
         except DOWN as exc:
             log.warning("matcher dependency failed", extra={"err": str(exc)})
             conn.close_with = conn.close_with or (1011, "service unavailable; retry")
@@ -108,9 +107,7 @@ class Matcher:
             log.exception("matcher socket failed", extra={"user": conn.user_id})
             conn.close_with = conn.close_with or (1011, "internal error")
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            await conn.stop()
             await self.hub.detach(conn)
             if conn.in_pool:
                 with contextlib.suppress(*DOWN):
@@ -150,13 +147,18 @@ class Matcher:
             interests=clean_interests(profile.interests),
         )
         return Connection(
-            ws, principal, language_key(profile.language), entry, self.settings.ws_send_queue
+            ws,
+            principal,
+            language_key(profile.language),
+            entry,
+            self.settings.ws_send_queue,
+            self._acknowledge,
         )
 
-    async def _receive_loop(self, conn: Connection, writer: asyncio.Task[None]) -> None:
+    async def _receive_loop(self, conn: Connection) -> None:
         idle = self.settings.ws_idle_timeout_s
         limit = self.settings.ws_max_message_bytes
-        while conn.close_with is None and not writer.done():
+        while conn.close_with is None:
             try:
                 async with asyncio.timeout(idle) as deadline:
                     conn.watch(deadline)
