@@ -6,7 +6,9 @@
    with 5 interests. The pool is kept at its size: a matched partner is put back and an unmatched
    seeker removed, outside the timed call. Reported: client round trip p50/p99 and Valkey's own
    microseconds per script call (INFO commandstats).
-2. Idle sockets: one real matcher process (`python -m services.matcher`), N authenticated
+2. Cross-instance notification: two matcher processes, a waiter on one and a seeker on the
+   other: time from find_match to the waiter's match_found (room creation included).
+3. Idle sockets: one real matcher process (`python -m services.matcher`), N authenticated
    sockets opened from this process; the matcher's RSS growth per socket, the connect rate, and
    the time for one frame published to every user's channel to reach every socket.
 """
@@ -19,6 +21,7 @@ import random
 import resource
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -27,7 +30,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.processes import child_env, say
-from bench.results import IdleSockets, PoolLatency, percentile
+from bench.results import IdleSockets, NotifyLatency, PoolLatency, percentile
 from bench.stack import Stack
 from shared.accounts import Principal, token_hash
 from shared.embedded import free_port
@@ -157,9 +160,17 @@ async def _drop_pool(redis: Redis, keys: Keys, language: str) -> None:
 
 
 # Idle sockets ------------------------------------------------------------------------------
-async def _users(stack: Stack, redis: Redis, keys: Keys, n: int, seed: int) -> list[Principal]:
+async def _users(
+    stack: Stack,
+    redis: Redis,
+    keys: Keys,
+    n: int,
+    seed: int,
+    interests_of: Callable[[int], list[str]] | None = None,
+) -> list[Principal]:
     """N users with profiles and open sessions, written directly (no password hashing)."""
     rng = random.Random(seed)
+    pick = interests_of or (lambda _: list(_interests(rng)))
     tenant = str(uuid.uuid4())
     users = [Principal(str(uuid.uuid4()), tenant, f"idle{i}", "member") for i in range(n)]
     conn = await asyncpg.connect(stack.database_url)
@@ -172,7 +183,7 @@ async def _users(stack: Stack, redis: Redis, keys: Keys, n: int, seed: int) -> l
         )
         await conn.executemany(
             "INSERT INTO profiles (user_id, language, interests) VALUES ($1, 'en', $2)",
-            [(u.user_id, list(_interests(rng))) for u in users],
+            [(u.user_id, pick(i)) for i, u in enumerate(users)],
         )
     finally:
         await conn.close()
@@ -194,14 +205,8 @@ async def idle_sockets(stack: Stack, n: int, seed: int) -> IdleSockets:
     settings = Settings(redis_url=stack.redis_url, database_url=stack.database_url)
     keys = Keys(settings.key_prefix, settings.doc_shards)
     redis = Redis.from_url(stack.redis_url, decode_responses=True)
-    env = child_env(
-        REDLINE_REDIS_URL=stack.redis_url,
-        REDLINE_DATABASE_URL=stack.database_url,
-        REDLINE_MATCHER_PORT=port,
-        REDLINE_LOG_LEVEL="WARNING",
-    )
     kids = stack.children
-    kids.spawn("matcher", ["-m", "services.matcher"], env)
+    kids.spawn("matcher", ["-m", "services.matcher"], _matcher_env(stack, port))
     sockets: list[ClientConnection] = []
     errors: dict[str, int] = {}
     try:
@@ -276,10 +281,84 @@ async def _broadcast(
     return (time.perf_counter() - started) * 1000
 
 
+def _matcher_env(stack: Stack, port: int) -> dict[str, str]:
+    return child_env(
+        REDLINE_REDIS_URL=stack.redis_url,
+        REDLINE_DATABASE_URL=stack.database_url,
+        REDLINE_MATCHER_PORT=port,
+        REDLINE_LOG_LEVEL="WARNING",
+    )
+
+
+# Cross-instance notification -----------------------------------------------------------------
+async def cross_instance(stack: Stack, pairs: int, seed: int) -> NotifyLatency:
+    """Pairs of users, the waiter on one matcher process and the seeker on another (each pair
+    shares one interest nobody else has): time from the seeker's find_match to the waiter's
+    match_found, which includes the claim, the room document in Postgres and the pub/sub hop."""
+    ports = free_port(), free_port()
+    keys = Keys("rl", Settings().doc_shards)
+    redis = Redis.from_url(stack.redis_url, decode_responses=True)
+    kids = stack.children
+    sockets: list[ClientConnection] = []
+    try:
+        for name, port in zip(("matcher-a", "matcher-b"), ports, strict=True):
+            kids.spawn(name, ["-m", "services.matcher"], _matcher_env(stack, port))
+        for name, port in zip(("matcher-a", "matcher-b"), ports, strict=True):
+            kids.wait_http(name, port)
+        users = await _users(
+            stack, redis, keys, 2 * pairs, seed, interests_of=lambda i: [f"pair-{i // 2}"]
+        )
+
+        async def open_on(port: int, user: Principal) -> ClientConnection:
+            ws = await connect(
+                f"ws://127.0.0.1:{port}/v1/ws/match",
+                additional_headers={"Authorization": f"Bearer {user.user_id}"},
+            )
+            sockets.append(ws)
+            assert json.loads(await ws.recv())["type"] == "queued"
+            return ws
+
+        notify: list[float] = []
+        reply: list[float] = []
+        for i in range(pairs):
+            waiter = await open_on(ports[0], users[2 * i])
+            seeker = await open_on(ports[1], users[2 * i + 1])
+            started = time.perf_counter()
+            await seeker.send('{"type": "find_match"}')
+            theirs = json.loads(await asyncio.wait_for(waiter.recv(), 10))
+            notify.append((time.perf_counter() - started) * 1000)
+            mine = json.loads(await asyncio.wait_for(seeker.recv(), 10))
+            reply.append((time.perf_counter() - started) * 1000)
+            assert theirs["type"] == mine["type"] == "match_found", (theirs, mine)
+            assert theirs["partner_id"] == users[2 * i + 1].user_id
+        notify.sort()
+        reply.sort()
+        return NotifyLatency(
+            pairs=pairs,
+            p50_ms=percentile(notify, 50),
+            p99_ms=percentile(notify, 99),
+            max_ms=notify[-1],
+            seeker_p50_ms=percentile(reply, 50),
+            seeker_p99_ms=percentile(reply, 99),
+        )
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        kids.stop("matcher-b")
+        kids.stop("matcher-a")
+        await redis.aclose()
+
+
 async def run(
-    stack: Stack, sizes: list[int], calls: int, sockets: int, seed: int
-) -> tuple[list[PoolLatency], IdleSockets | None]:
+    stack: Stack, sizes: list[int], calls: int, pairs: int, sockets: int, seed: int
+) -> tuple[list[PoolLatency], NotifyLatency | None, IdleSockets | None]:
     latencies = await pool_latency(stack.redis_url, sizes, calls, seed)
+    notify = None
+    if pairs > 0:
+        notify = await cross_instance(stack, pairs, seed)
+        say(
+            f"matcher: partner on another process notified in p50 {notify.p50_ms:.1f} ms,"
+            f" p99 {notify.p99_ms:.1f} ms ({pairs} pairs)"
+        )
     idle = None
     if sockets > 0:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -292,4 +371,4 @@ async def run(
             f"matcher: {idle.connected:,} sockets, {idle.kb_per_socket:.1f} KB RSS each,"
             f" {idle.connects_per_s:,.0f} connects/s, broadcast {idle.broadcast_ms} ms"
         )
-    return latencies, idle
+    return latencies, notify, idle

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "flush_interval": (30, 1),
     "drain_timeout": (10.0, 5.0),
     "match_calls": (2000, 300),
+    "match_pairs": (200, 30),
     "idle_sockets": (2000, 200),
 }
 
@@ -49,6 +50,7 @@ class Options:
     drain_timeout: float
     lag_duration: float
     match_calls: int
+    match_pairs: int
     idle_sockets: int
     match_pools: tuple[int, ...]
     systems: tuple[str, ...]
@@ -112,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
     )
     add("--match-calls", type=int, help="timed find_match calls per pool size (2000; quick 300)")
     add(
+        "--match-pairs",
+        type=int,
+        help="pairs matched across two matcher processes, 0 to skip (200; quick 30)",
+    )
+    add(
         "--match-pools",
         default="1000,10000,100000",
         help="comma list of pool sizes for find_match latency (1000,10000,100000)",
@@ -151,6 +158,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         drain_timeout=float(values["drain_timeout"]),
         lag_duration=float(ns.lag_duration or 2 * values["flush_interval"] + 5),
         match_calls=int(values["match_calls"]),
+        match_pairs=int(values["match_pairs"]),
         idle_sockets=int(values["idle_sockets"]),
         match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
@@ -181,8 +189,11 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
     for flag, value in positive.items():
         if value <= 0:
             p.error(f"{flag} must be positive")
-    if o.match_calls <= 0 or o.idle_sockets < 0 or not o.match_pools:
-        p.error("--match-calls must be positive, --idle-sockets >= 0, --match-pools not empty")
+    if o.match_calls <= 0 or min(o.idle_sockets, o.match_pairs) < 0 or not o.match_pools:
+        p.error(
+            "--match-calls must be positive, --idle-sockets and --match-pairs >= 0,"
+            " --match-pools not empty"
+        )
     if max(o.match_pools) > 1_000_000:
         p.error("--match-pools: at most 1,000,000 users in a pool")
     if max(o.duration, o.lag_duration) > 600:

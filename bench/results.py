@@ -137,6 +137,16 @@ class PoolLatency:
 
 
 @dataclass
+class NotifyLatency:
+    pairs: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    seeker_p50_ms: float | None
+    seeker_p99_ms: float | None
+
+
+@dataclass
 class IdleSockets:
     sockets: int
     connected: int
@@ -166,6 +176,7 @@ class Report:
     targets: list[Target] = field(default_factory=list)
     match_latency: list[PoolLatency] = field(default_factory=list)
     idle_sockets: IdleSockets | None = None
+    match_notify: NotifyLatency | None = None
 
     def load(self, scenario: str, system: str) -> LoadRun | None:
         return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
@@ -187,6 +198,7 @@ class Report:
             "targets": [asdict(t) for t in self.targets],
             "match_latency": [asdict(m) for m in self.match_latency],
             "idle_sockets": None if self.idle_sockets is None else asdict(self.idle_sockets),
+            "match_notify": None if self.match_notify is None else asdict(self.match_notify),
         }
 
 

@@ -133,11 +133,12 @@ def run(opts: Options) -> tuple[Report, list[str]]:
             )
         if "matcher" in opts.scenarios:
             try:
-                report.match_latency, report.idle_sockets = run_async(
+                report.match_latency, report.match_notify, report.idle_sockets = run_async(
                     matcher.run(
                         stack,
                         list(opts.match_pools),
                         opts.match_calls,
+                        opts.match_pairs,
                         opts.idle_sockets,
                         opts.seed,
                     )

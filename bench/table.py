@@ -123,6 +123,28 @@ def matcher(report: Report) -> str:
     return render(headers, rows)
 
 
+def notify(report: Report) -> str:
+    n = report.match_notify
+    assert n is not None
+    headers = (
+        "pairs",
+        "partner p50 ms",
+        "partner p99 ms",
+        "max ms",
+        "seeker p50 ms",
+        "seeker p99 ms",
+    )
+    row = (
+        str(n.pairs),
+        _f(n.p50_ms, 2),
+        _f(n.p99_ms, 2),
+        _f(n.max_ms, 2),
+        _f(n.seeker_p50_ms, 2),
+        _f(n.seeker_p99_ms, 2),
+    )
+    return render(headers, [row])
+
+
 def idle(report: Report) -> str:
     i = report.idle_sockets
     assert i is not None
@@ -175,6 +197,9 @@ def everything(report: Report) -> str:
     if report.match_latency:
         parts += ["", "find_match script latency (one round trip, one language pool)"]
         parts += [matcher(report)]
+    if report.match_notify is not None:
+        parts += ["", "Match across two matcher processes: find_match to each side's match_found"]
+        parts += [notify(report)]
     if report.idle_sockets is not None:
         parts += ["", "Idle authenticated sockets on one matcher process", idle(report)]
     if report.targets:

@@ -16,6 +16,7 @@ GENERATOR_RATE = 1000.0  # the load generator must sustain this open loop
 MATCH_P99_MS = 5.0  # find_match p99 with 10,000 users in one language pool
 MATCH_P99_GROWTH = 2.0  # p99 at the largest pool over p99 at the smallest
 KB_PER_SOCKET = 40.0  # matcher RSS per idle authenticated socket
+NOTIFY_P99_MS = 20.0  # match notification to a partner on another matcher process
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -125,6 +126,7 @@ def _matcher(report: Report) -> list[Target]:
     if smallest and largest and smallest is not largest and smallest.p99_ms and largest.p99_ms:
         growth = largest.p99_ms / smallest.p99_ms
     idle = report.idle_sockets
+    notify = report.match_notify
     return [
         _check(
             "find_match p99 ms, 10,000 pooled, <=",
@@ -140,6 +142,13 @@ def _matcher(report: Report) -> list[Target]:
             note=f"{smallest.pooled:,} -> {largest.pooled:,}"
             if growth and smallest and largest
             else "",
+        ),
+        _check(
+            "match notification p99 ms, partner on another process, <=",
+            notify.p99_ms if notify else None,
+            NOTIFY_P99_MS,
+            at_least=False,
+            note=f"{notify.pairs} pairs, room document included" if notify else "",
         ),
         _check(
             "matcher RSS KB per idle socket, <=",

@@ -264,10 +264,6 @@ class Matcher:
             await self._enter(conn, rejoin=True)
             conn.push(ErrorMsg(detail="could not open a room; you are back in the pool"))
             return
-        try:
-            await trending.bump(self.state, self.keys, shared)
-        except DOWN as exc:  # a lost trending count is not worth failing a match for
-            log.warning("trending bump failed", extra={"err": str(exc)})
         theirs = MatchFound(
             room_id=doc.id, partner_id=conn.user_id, document_id=doc.id, shared_interests=shared
         )
@@ -277,6 +273,11 @@ class Matcher:
                 room_id=doc.id, partner_id=partner, document_id=doc.id, shared_interests=shared
             )
         )
+        # After both results: the count is not on the path of either partner's match_found.
+        try:
+            await trending.bump(self.state, self.keys, shared)
+        except DOWN as exc:  # a lost trending count is not worth failing a match for
+            log.warning("trending bump failed", extra={"err": str(exc)})
 
     # Delivery ------------------------------------------------------------------------------
     async def _publish(self, user_id: str, delivery: Delivery, inbox: bool = False) -> None:
@@ -284,13 +285,10 @@ class Matcher:
         inbox too, for a client that is reconnecting right now."""
         if inbox:
             key = self.keys.inbox(user_id)
-            inbox_id = await self.state.xadd(
-                key,
-                {"d": delivery.model_dump_json()},
-                maxlen=INBOX_MAXLEN,
-                approximate=True,
-            )
-            await self.state.pexpire(key, self.settings.match_inbox_ttl_s * 1000)
+            pipe = self.state.pipeline(transaction=False)
+            pipe.xadd(key, {"d": delivery.model_dump_json()}, maxlen=INBOX_MAXLEN, approximate=True)
+            pipe.pexpire(key, self.settings.match_inbox_ttl_s * 1000)
+            inbox_id, _ = await pipe.execute()
             delivery = delivery.model_copy(update={"inbox_id": str(inbox_id)})
         await self.state.publish(self.keys.match_channel(user_id), delivery.model_dump_json())
 

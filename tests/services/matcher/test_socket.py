@@ -48,8 +48,13 @@ async def test_two_users_are_matched_and_both_get_the_room(
     for user, status in ((ada, 200), (bob, 200), (eve, 404)):
         r = await api.get(f"/v1/documents/{doc}", headers=user.auth)
         assert r.status_code == status, (user, r.text)
-    # Today's trending counts each shared interest once for this match.
+    # Today's trending counts each shared interest once for this match (counted just after the
+    # results are sent, so give it a moment).
     day = datetime.now(UTC).date()
+    for _ in range(40):
+        if await redis.zscore(keys.trending(day), "go") is not None:
+            break
+        await asyncio.sleep(0.05)
     assert await redis.zscore(keys.trending(day), "jazz") == 1
     assert await redis.zscore(keys.trending(day), "go") == 1
     assert await redis.zscore(keys.trending(day), "chess") is None
@@ -277,3 +282,35 @@ async def test_heartbeat_keeps_a_waiting_socket_in_the_pool(
         await asyncio.sleep(1.5)
         assert await redis.zscore(keys.pool_members("en"), ada.user_id) is not None
         assert await redis.zscore(keys.pool_interest("en", "chess"), ada.user_id) is not None
+
+
+async def test_a_failed_room_puts_the_seeker_back_in_the_pool(
+    matcher_url: str,
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    redis: Redis,
+    keys: Keys,
+    pool: Pool,
+) -> None:
+    ada = await make_user(api, db, "ada", ["chess"])
+    # A pool entry of a user who no longer exists in Postgres: the room cannot list them.
+    deleted = "00000000-0000-4000-8000-000000000000"
+    await pool.enter("en", PoolEntry(deleted, "their-socket", interests=("chess",)))
+    async with redis.pubsub() as ps:
+        await ps.subscribe(keys.match_channel(deleted))
+        async with open_socket(matcher_url, ada) as a:
+            await recv_type(a, "queued")
+            await send(a, type="find_match")
+            # The claim happened, the room failed: the seeker hears so and waits in the pool again.
+            assert (await recv_type(a, "queued"))["interests"] == ["chess"]
+            assert "back in the pool" in (await recv_type(a, "error"))["detail"]
+            assert await redis.zscore(keys.pool_members("en"), ada.user_id) is not None
+            # The claimed partner's sockets are told to re-enter the pool, not left out of it.
+            for _ in range(20):
+                message = await ps.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None:
+                    break
+            assert message is not None
+            delivery = Delivery.model_validate_json(message["data"])
+            assert delivery.requeue and delivery.ticket == "their-socket" and delivery.frame is None
+    assert await db.fetchval("SELECT count(*) FROM documents") == 0
