@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -23,11 +24,14 @@ from shared.messages import Delivery
 log = logging.getLogger("redline.matcher.hub")
 
 OnDelivery = Callable[[Connection, Delivery], Awaitable[None] | None]
+OnReconnect = Callable[[], Coroutine[Any, Any, None]]
 SUBSCRIBE_WAIT_S = 2.0
 
 
 class Hub:
-    def __init__(self, url: str, keys: Keys, on_delivery: OnDelivery) -> None:
+    def __init__(
+        self, url: str, keys: Keys, on_delivery: OnDelivery, on_reconnect: OnReconnect
+    ) -> None:
         # Its own client with no read timeout: a pub/sub connection is idle most of the time.
         self._redis: Redis = Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=2, health_check_interval=15
@@ -35,6 +39,8 @@ class Hub:
         self._pubsub = self._redis.pubsub()
         self._keys = keys
         self._on_delivery = on_delivery
+        self._on_reconnect = on_reconnect
+        self._recovery: asyncio.Task[None] | None = None
         self._local: dict[str, set[Connection]] = {}
         self._user_of: dict[str, str] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
@@ -95,6 +101,7 @@ class Hub:
             await self._pubsub.unsubscribe(channel)
 
     async def _listen(self) -> None:
+        broken = False
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=5.0)
@@ -103,8 +110,15 @@ class Hub:
             except (RedisError, OSError) as exc:
                 # redis-py reconnects and re-subscribes every channel on the next read.
                 log.warning("pub/sub read failed; retrying", extra={"err": str(exc)})
+                broken = True
                 await asyncio.sleep(0.5)
                 continue
+            if broken:
+                # Back: whatever was published meanwhile is lost to pub/sub, but results also
+                # wait in the inboxes; have them delivered (off this loop, which must keep up).
+                broken = False
+                log.info("pub/sub reconnected; delivering from inboxes")
+                self._recovery = asyncio.create_task(self._on_reconnect())
             if message is not None:
                 await self._dispatch(message)
 

@@ -72,7 +72,7 @@ class Matcher:
         self.accounts = accounts
         self.documents = documents
         self.pool = Pool(settings, scripts)
-        self.hub = Hub(settings.state_url, keys, self._delivered)
+        self.hub = Hub(settings.state_url, keys, self._delivered, self._redeliver)
         self._interval_ms = max(1, settings.match_period_s * 1000 // settings.match_rate)
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -318,6 +318,29 @@ class Matcher:
                 matched = True
                 conn.push(delivery.frame, inbox_id)
         return matched
+
+    async def _redeliver(self) -> None:
+        """After a pub/sub outage: send every local socket the results still in its inbox
+        (delivered ones were deleted; one in flight right now may arrive twice)."""
+        conns = list(self.hub.connections())
+        oldest = f"{wall_ms() - self.settings.match_inbox_ttl_s * 1000}-0"
+        for i in range(0, len(conns), REFRESH_BATCH):
+            batch = conns[i : i + REFRESH_BATCH]
+            try:
+                async with self.state.pipeline(transaction=False) as pipe:
+                    for conn in batch:
+                        pipe.xrange(self.keys.inbox(conn.user_id), min=oldest)
+                    inboxes = await pipe.execute()
+            except DOWN as exc:
+                log.warning("inbox redelivery failed", extra={"err": str(exc)})
+                return
+            for conn, entries in zip(batch, inboxes, strict=True):
+                for inbox_id, fields in entries:
+                    try:
+                        delivery = Delivery.model_validate_json(fields.get("d", ""))
+                    except ValidationError:
+                        continue
+                    await self._delivered(conn, delivery.model_copy(update={"inbox_id": inbox_id}))
 
     async def _acknowledge(self, user_id: str, inbox_id: str) -> None:
         """A result reached a socket: it need not wait in the inbox any more."""

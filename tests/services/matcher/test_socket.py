@@ -314,3 +314,29 @@ async def test_a_failed_room_puts_the_seeker_back_in_the_pool(
             delivery = Delivery.model_validate_json(message["data"])
             assert delivery.requeue and delivery.ticket == "their-socket" and delivery.frame is None
     assert await db.fetchval("SELECT count(*) FROM documents") == 0
+
+
+async def test_results_published_during_a_pubsub_outage_still_arrive(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    redis: Redis,
+) -> None:
+    ada = await make_user(api, db, "ada", ["chess"])
+    bob = await make_user(api, db, "bob", ["chess"])
+    async with (
+        matcher_server(settings) as url_a,
+        matcher_server(settings) as url_b,
+        open_socket(url_a, ada) as a,
+        open_socket(url_b, bob) as b,
+    ):
+        await recv_type(a, "queued")
+        await recv_type(b, "queued")
+        # Every matcher's pub/sub connection drops; the match is published while ada's process
+        # is reconnecting, so pub/sub alone would lose it.
+        assert await redis.client_kill_filter(_type="pubsub") >= 2
+        await send(b, type="find_match")
+        mine = await recv_type(b, "match_found")
+        theirs = await recv_type(a, "match_found", within=10)
+        assert theirs["document_id"] == mine["document_id"]
+        assert theirs["partner_id"] == bob.user_id
