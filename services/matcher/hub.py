@@ -52,10 +52,11 @@ class Hub:
         self._task = asyncio.create_task(self._listen(), name="matcher-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._pubsub.aclose()
         await self._redis.aclose()
 
