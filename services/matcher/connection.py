@@ -42,6 +42,7 @@ class Connection:
         "in_pool",
         "language",
         "principal",
+        "session",
         "ws",
     )
 
@@ -53,9 +54,12 @@ class Connection:
         entry: PoolEntry,
         queue_size: int,
         sent: Sent,
+        session: str,
     ) -> None:
         self.ws = ws
         self.principal = principal
+        # The session's Redis key: a socket lives no longer than the session it opened with.
+        self.session = session
         self.language = language
         self.entry = entry
         # True while this connection's ticket should own an entry in the pool.

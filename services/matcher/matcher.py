@@ -22,7 +22,7 @@ from services.matcher.connection import IDLE, Connection
 from services.matcher.handshake import bearer, origin_allowed, refuse
 from services.matcher.hub import Hub
 from shared import profiles, trending
-from shared.accounts import Accounts, Principal
+from shared.accounts import Accounts, Principal, token_hash
 from shared.documents import Documents
 from shared.errors import RedlineError, Unauthenticated
 from shared.keys import Keys
@@ -125,6 +125,7 @@ class Matcher:
             return None
         try:
             principal = await self.accounts.resolve(token)
+            session = self.keys.session(token_hash(token))
             async with self.db.acquire() as db:
                 profile = await profiles.load(db, principal.user_id)
         except Unauthenticated as exc:
@@ -137,9 +138,11 @@ class Matcher:
             await refuse(ws, 401, "the session's user no longer exists")
             return None
         await ws.accept(subprotocol=subprotocol)
-        return self._connection(ws, principal, profile)
+        return self._connection(ws, principal, profile, session)
 
-    def _connection(self, ws: WebSocket, principal: Principal, profile: Profile) -> Connection:
+    def _connection(
+        self, ws: WebSocket, principal: Principal, profile: Profile, session: str
+    ) -> Connection:
         entry = PoolEntry(
             user_id=principal.user_id,
             ticket=secrets.token_hex(8),
@@ -153,6 +156,7 @@ class Matcher:
             entry,
             self.settings.ws_send_queue,
             self._acknowledge,
+            session,
         )
 
     async def _receive_loop(self, conn: Connection) -> None:
@@ -355,6 +359,7 @@ class Matcher:
             started = time.perf_counter()
             try:
                 await self.refresh()
+                await self.end_logged_out()
             except DOWN as exc:
                 log.warning("pool heartbeat failed", extra={"err": str(exc)})
             log.debug("pool heartbeat", extra={"s": round(time.perf_counter() - started, 3)})
@@ -374,3 +379,16 @@ class Matcher:
                 for conn in batch:
                     if conn.user_id in lost and conn.in_pool:
                         await self._enter(conn, rejoin=False)
+
+    async def end_logged_out(self) -> None:
+        """Close the sockets whose session ended (logout, expiry) since they connected."""
+        conns = list(self.hub.connections())
+        for i in range(0, len(conns), REFRESH_BATCH):
+            batch = conns[i : i + REFRESH_BATCH]
+            async with self.state.pipeline(transaction=False) as pipe:
+                for conn in batch:
+                    pipe.exists(conn.session)
+                alive = await pipe.execute()
+            for conn, exists in zip(batch, alive, strict=True):
+                if not exists:
+                    conn.cut(1008, "session ended")

@@ -340,3 +340,19 @@ async def test_results_published_during_a_pubsub_outage_still_arrive(
         theirs = await recv_type(a, "match_found", within=10)
         assert theirs["document_id"] == mine["document_id"]
         assert theirs["partner_id"] == bob.user_id
+
+
+async def test_logging_out_ends_the_socket(
+    migrated: Servers, api: httpx.AsyncClient, db: asyncpg.Connection, redis: Redis, keys: Keys
+) -> None:
+    settings = make_settings(migrated, pool_ttl_s=3)  # sessions checked every second
+    ada = await make_user(api, db, "ada", ["chess"])
+    async with matcher_server(settings) as url, open_socket(url, ada) as a:
+        await recv_type(a, "queued")
+        r = await api.post("/v1/auth/logout", headers=ada.auth)
+        assert r.status_code == 204
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(a, within=5)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "session ended")
+    assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
