@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from shared.embedded import free_port
 from shared.keys import Keys
 from shared.messages import Delivery, MatchFound
 from shared.pool import Pool
@@ -356,3 +357,17 @@ async def test_logging_out_ends_the_socket(
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "session ended")
     assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
+
+
+async def test_a_down_database_refuses_the_handshake_with_503(
+    migrated: Servers, api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ada = await make_user(api, db, "ada", ["chess"])
+    # Nothing listens there: the session resolves (Redis), the profile cannot be read.
+    dead = f"postgresql://redline@127.0.0.1:{free_port()}/redline"
+    settings = make_settings(migrated, database_url=dead, db_pool_min=0)
+    async with matcher_server(settings) as url:
+        with pytest.raises(InvalidStatus) as refused:
+            async with open_socket(url, ada):
+                pass
+    assert refused.value.response.status_code == 503
