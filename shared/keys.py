@@ -95,7 +95,8 @@ class Keys:
         return f"{self.prefix}:match:user:{user_id}"
 
     def inbox(self, user_id: str) -> str:
-        """Capped stream of results waiting for a user who may be reconnecting."""
+        """Capped stream of results waiting for a user who may be reconnecting (60 s): each
+        entry's field `d` is a `shared.messages.Delivery` in JSON; deleted once delivered."""
         return f"{self.prefix}:inbox:{user_id}"
 
     # Queue (queue Redis, arq) -----------------------------------------------------------

@@ -74,9 +74,14 @@ class Hub:
         """Hear the user's channel before they enter the pool, so no result can be missed."""
         conns = self._local.setdefault(conn.user_id, set())
         conns.add(conn)
-        if len(conns) > 1:
-            return
         channel = self._keys.match_channel(conn.user_id)
+        if len(conns) > 1:
+            # Another socket of the user subscribed already, or is subscribing: wait for that.
+            pending = self._confirmed.get(channel)
+            if pending is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending.wait(), SUBSCRIBE_WAIT_S)
+            return
         self._user_of[channel] = conn.user_id
         confirmed = self._confirmed[channel] = asyncio.Event()
         try:
