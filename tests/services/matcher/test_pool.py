@@ -179,3 +179,20 @@ async def test_200_concurrent_seekers_over_1000_never_double_match(
         indexed = set(await redis.zrange(keys.pool_interest("en", slug), 0, -1))
         assert not indexed & matched
         assert indexed == {u for u in left if slug in interests[u]}
+
+
+def test_a_pools_keys_share_one_hash_tag_and_every_name_the_prefix() -> None:
+    keys = Keys("tenantA", 4)
+    pool_keys = [
+        keys.pool_members("fr"),
+        keys.pool_entries("fr"),
+        keys.pool_interest("fr", "rock-climbing"),
+        keys.pool_interest_prefix("fr") + "x",
+        keys.pool_claimed("fr", "u1"),
+        keys.pool_claimed_prefix("fr") + "u2",
+    ]
+    assert {k.split("{", 1)[1].split("}", 1)[0] for k in pool_keys} == {"pool:fr"}
+    assert keys.pool_interest("fr", "go") == keys.pool_interest_prefix("fr") + "go"
+    names = [*pool_keys, keys.match_channel("u1"), keys.inbox("u1")]
+    assert all(n.startswith("tenantA:") for n in names)
+    assert len(set(names)) == len(names)
