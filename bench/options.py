@@ -13,7 +13,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redline", "naive", "ceiling")
-SCENARIOS = ("open", "closed", "lag", "flush", "profiles")
+SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher")
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
 # name: (full default, --quick default)
@@ -29,6 +29,9 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "flush_reps": (3, 1),
     "flush_interval": (30, 1),
     "drain_timeout": (10.0, 5.0),
+    "match_calls": (2000, 300),
+    "match_pairs": (200, 30),
+    "idle_sockets": (2000, 200),
 }
 
 
@@ -46,6 +49,10 @@ class Options:
     flush_interval: int
     drain_timeout: float
     lag_duration: float
+    match_calls: int
+    match_pairs: int
+    idle_sockets: int
+    match_pools: tuple[int, ...]
     systems: tuple[str, ...]
     scenarios: tuple[str, ...]
     quick: bool
@@ -105,6 +112,22 @@ def parser() -> argparse.ArgumentParser:
         help="s of the flush-lag scenario: Redline alone at --rate for two flush intervals"
         " (2 x flush interval + 5)",
     )
+    add("--match-calls", type=int, help="timed find_match calls per pool size (2000; quick 300)")
+    add(
+        "--match-pairs",
+        type=int,
+        help="pairs matched across two matcher processes, 0 to skip (200; quick 30)",
+    )
+    add(
+        "--match-pools",
+        default="1000,10000,100000",
+        help="comma list of pool sizes for find_match latency (1000,10000,100000)",
+    )
+    add(
+        "--idle-sockets",
+        type=int,
+        help="idle authenticated sockets on one matcher process, 0 to skip (2000; quick 200)",
+    )
     add("--systems", action=_names(SYSTEMS), default=SYSTEMS, help="comma list (all)")
     add("--scenarios", action=_names(SCENARIOS), default=SCENARIOS, help="comma list (all)")
     add("--seed", type=int, default=1, help="seed of the generated content")
@@ -134,6 +157,10 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         flush_interval=int(values["flush_interval"]),
         drain_timeout=float(values["drain_timeout"]),
         lag_duration=float(ns.lag_duration or 2 * values["flush_interval"] + 5),
+        match_calls=int(values["match_calls"]),
+        match_pairs=int(values["match_pairs"]),
+        idle_sockets=int(values["idle_sockets"]),
+        match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
         scenarios=tuple(ns.scenarios),
         quick=bool(ns.quick),
@@ -162,6 +189,13 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
     for flag, value in positive.items():
         if value <= 0:
             p.error(f"{flag} must be positive")
+    if o.match_calls <= 0 or min(o.idle_sockets, o.match_pairs) < 0 or not o.match_pools:
+        p.error(
+            "--match-calls must be positive, --idle-sockets and --match-pairs >= 0,"
+            " --match-pools not empty"
+        )
+    if max(o.match_pools) > 1_000_000:
+        p.error("--match-pools: at most 1,000,000 users in a pool")
     if max(o.duration, o.lag_duration) > 600:
         p.error("--duration and --lag-duration are capped at 600 s: every run is bounded")
     if not 16 <= o.content_bytes <= 512 * 1024:

@@ -125,6 +125,41 @@ class FlushRun:
 
 
 @dataclass
+class PoolLatency:
+    pooled: int
+    calls: int
+    matched: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    server_us_per_call: float | None
+    server_p99_ms: float | None = None  # inside Valkey (slow log), without the round trip
+
+
+@dataclass
+class NotifyLatency:
+    pairs: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    seeker_p50_ms: float | None
+    seeker_p99_ms: float | None
+
+
+@dataclass
+class IdleSockets:
+    sockets: int
+    connected: int
+    connect_s: float
+    connects_per_s: float
+    rss_base_mb: float
+    rss_mb: float
+    kb_per_socket: float
+    broadcast_ms: float | None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Target:
     name: str
     value: float | None
@@ -140,6 +175,10 @@ class Report:
     flushes: list[FlushRun] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     profiles: dict[str, Any] | None = None  # bench/profiles.py
+
+    match_latency: list[PoolLatency] = field(default_factory=list)
+    idle_sockets: IdleSockets | None = None
+    match_notify: NotifyLatency | None = None
 
     def load(self, scenario: str, system: str) -> LoadRun | None:
         return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
@@ -160,6 +199,9 @@ class Report:
             "flushes": [asdict(f) for f in self.flushes],
             "targets": [asdict(t) for t in self.targets],
             "profiles": self.profiles,
+            "match_latency": [asdict(m) for m in self.match_latency],
+            "idle_sockets": None if self.idle_sockets is None else asdict(self.idle_sockets),
+            "match_notify": None if self.match_notify is None else asdict(self.match_notify),
         }
 
 

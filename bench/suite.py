@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import backlog, profiles, systems, workload
+from bench import backlog, matcher, profiles, systems, workload
 from bench.options import ROOT, Options
 from bench.peers import NAIVE_FILL
 from bench.processes import say
@@ -137,6 +137,21 @@ def run(opts: Options) -> tuple[Report, list[str]]:
                 ),
                 fast=False,
             )
+        if "matcher" in opts.scenarios:
+            try:
+                report.match_latency, report.match_notify, report.idle_sockets = run_async(
+                    matcher.run(
+                        stack,
+                        list(opts.match_pools),
+                        opts.match_calls,
+                        opts.match_pairs,
+                        opts.idle_sockets,
+                        opts.seed,
+                    )
+                )
+            except Exception as exc:
+                failures.append(f"matcher: {exc!r}")
+                say(f"matcher FAILED:\n{traceback.format_exc()}")
     finally:
         say("stopping every process started")
         with signals_ignored():

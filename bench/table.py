@@ -138,6 +138,81 @@ def profile_reads(report: Report) -> str:
     return render(headers, rows)
 
 
+def matcher(report: Report) -> str:
+    headers = (
+        "pooled users",
+        "calls",
+        "matched",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "valkey us/call",
+        "valkey p99 ms",
+    )
+    rows = [
+        (
+            f"{m.pooled:,}",
+            str(m.calls),
+            str(m.matched),
+            _f(m.p50_ms, 3),
+            _f(m.p99_ms, 3),
+            _f(m.max_ms, 3),
+            _f(m.server_us_per_call, 0),
+            _f(m.server_p99_ms, 3),
+        )
+        for m in report.match_latency
+    ]
+    return render(headers, rows)
+
+
+def notify(report: Report) -> str:
+    n = report.match_notify
+    assert n is not None
+    headers = (
+        "pairs",
+        "partner p50 ms",
+        "partner p99 ms",
+        "max ms",
+        "seeker p50 ms",
+        "seeker p99 ms",
+    )
+    row = (
+        str(n.pairs),
+        _f(n.p50_ms, 2),
+        _f(n.p99_ms, 2),
+        _f(n.max_ms, 2),
+        _f(n.seeker_p50_ms, 2),
+        _f(n.seeker_p99_ms, 2),
+    )
+    return render(headers, [row])
+
+
+def idle(report: Report) -> str:
+    i = report.idle_sockets
+    assert i is not None
+    headers = (
+        "sockets",
+        "connected",
+        "connects/s",
+        "rss base MB",
+        "rss MB",
+        "KB/socket",
+        "broadcast ms",
+        "errors",
+    )
+    row = (
+        f"{i.sockets:,}",
+        f"{i.connected:,}",
+        _f(i.connects_per_s, 0),
+        _f(i.rss_base_mb),
+        _f(i.rss_mb),
+        _f(i.kb_per_socket),
+        _f(i.broadcast_ms),
+        str(sum(i.errors.values())),
+    )
+    return render(headers, [row])
+
+
 def targets(report: Report) -> str:
     headers = ("target", "measured", "limit", "result", "note")
     rows = [
@@ -169,6 +244,15 @@ def everything(report: Report) -> str:
             f" Zipf s={p['zipf_s']} over {p['users']:,} users from a cold cache",
             profile_reads(report),
         ]
+
+    if report.match_latency:
+        parts += ["", "find_match script latency (one round trip, one language pool)"]
+        parts += [matcher(report)]
+    if report.match_notify is not None:
+        parts += ["", "Match across two matcher processes: find_match to each side's match_found"]
+        parts += [notify(report)]
+    if report.idle_sockets is not None:
+        parts += ["", "Idle authenticated sockets on one matcher process", idle(report)]
     if report.targets:
         parts += ["", "Targets", targets(report)]
     return "\n".join(parts)

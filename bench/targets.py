@@ -13,6 +13,10 @@ WRITES_PER_EDIT = 0.01  # Postgres row writes per edit, default 30 s flush inter
 DIRTY_AGE_SLACK_S = 2.0  # oldest dirty age <= flush_interval + this
 FLUSH_DOCS_PER_S = 20_000.0
 GENERATOR_RATE = 1000.0  # the load generator must sustain this open loop
+MATCH_P99_MS = 5.0  # find_match p99 with 10,000 users in one language pool
+MATCH_P99_GROWTH = 2.0  # p99 at the largest pool over p99 at the smallest
+KB_PER_SOCKET = 40.0  # matcher RSS per idle authenticated socket
+NOTIFY_P99_MS = 20.0  # match notification to a partner on another matcher process
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -110,6 +114,7 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
         )
     )
     out += _profile_targets(report)
+    out += _matcher(report)
     return out
 
 
@@ -162,5 +167,48 @@ def _profile_targets(report: Report) -> list[Target]:
             ZIPF_QUERIES_PER_READ,
             at_least=False,
             note=f"{overall['pg_queries']:,} queries for {overall['first_reads']:,} first reads",
+        ),
+    ]
+
+
+def _matcher(report: Report) -> list[Target]:
+    runs = {m.pooled: m for m in report.match_latency}
+    at_10k = runs.get(10_000)
+    smallest = min(runs.values(), key=lambda m: m.pooled) if runs else None
+    largest = max(runs.values(), key=lambda m: m.pooled) if runs else None
+    growth = None
+    if smallest and largest and smallest is not largest and smallest.p99_ms and largest.p99_ms:
+        growth = largest.p99_ms / smallest.p99_ms
+    idle = report.idle_sockets
+    notify = report.match_notify
+    return [
+        _check(
+            "find_match p99 ms, 10,000 pooled, <=",
+            at_10k.p99_ms if at_10k else None,
+            MATCH_P99_MS,
+            at_least=False,
+        ),
+        _check(
+            "find_match p99 growth, largest/smallest pool, <=",
+            growth,
+            MATCH_P99_GROWTH,
+            at_least=False,
+            note=f"{smallest.pooled:,} -> {largest.pooled:,}"
+            if growth and smallest and largest
+            else "",
+        ),
+        _check(
+            "match notification p99 ms, partner on another process, <=",
+            notify.p99_ms if notify else None,
+            NOTIFY_P99_MS,
+            at_least=False,
+            note=f"{notify.pairs} pairs, room document included" if notify else "",
+        ),
+        _check(
+            "matcher RSS KB per idle socket, <=",
+            idle.kb_per_socket if idle else None,
+            KB_PER_SOCKET,
+            at_least=False,
+            note=f"{idle.connected:,} sockets" if idle else "",
         ),
     ]

@@ -1,8 +1,9 @@
 """`make run`: everything on one machine.
 
 Starts an embedded Valkey and PostgreSQL under .data/ when no URLs are configured, applies the
-migrations, then runs the api and the flusher as child processes. Ctrl-C (or SIGTERM) stops the
-api, lets the flusher drain every dirty document into Postgres, then stops the servers.
+migrations, then runs the api, the matcher and the flusher as child processes. Ctrl-C (or SIGTERM)
+stops the api and the matcher, lets the flusher drain every dirty document into Postgres, then
+stops the servers.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def main() -> int:
 
         children["flusher"] = spawn("flusher", "services.flusher", env)
         children["api"] = spawn("api", "services.api", env)
+        children["matcher"] = spawn("matcher", "services.matcher", env)
         say(f"api      http://{settings.api_host}:{settings.api_port}/v1/docs")
+        say(f"matcher  ws://{settings.matcher_host}:{settings.matcher_port}/v1/ws/match")
         say(f"redis    {env.get('REDLINE_REDIS_URL') or settings.state_redis_url}")
         say(f"postgres {env.get('REDLINE_DATABASE_URL')}")
         say("Ctrl-C stops everything (the flusher saves every dirty document first)")
@@ -100,8 +103,9 @@ def main() -> int:
 
 
 def _shutdown(children: dict[str, subprocess.Popen[bytes]], settings: Settings) -> int:
-    # The api first, so no edit arrives after the drain has started; then the flusher drains.
-    for name in ("api", "flusher"):
+    # The api and the matcher first, so no edit or room arrives after the drain has started;
+    # then the flusher drains.
+    for name in ("api", "matcher", "flusher"):
         proc = children.get(name)
         if proc is None or proc.poll() is not None:
             continue

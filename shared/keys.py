@@ -81,6 +81,42 @@ class Keys:
         return f"{self.prefix}:cache-ready:*"
 
     # Matcher (state Redis) --------------------------------------------------------------
+    # Every key of one language's pool carries the tag `{pool:<lang>}`: the match script
+    # touches them together on one node.
+    def _pool(self, language: str) -> str:
+        return f"{self.prefix}:{{pool:{language}}}"
+
+    def pool_members(self, language: str) -> str:
+        """Sorted set of the pool's users, scored by when their entry expires (ms)."""
+        return f"{self._pool(language)}:members"
+
+    def pool_entries(self, language: str) -> str:
+        """Hash of user -> entry (ticket, joined ms, region, wanted region, interests)."""
+        return f"{self._pool(language)}:entries"
+
+    def pool_interest_prefix(self, language: str) -> str:
+        """Prefix of the per-interest indexes; the match script appends an interest slug."""
+        return f"{self._pool(language)}:interest:"
+
+    def pool_interest(self, language: str, slug: str) -> str:
+        """Sorted set of the pool's users who share `slug`, scored by when they joined (ms)."""
+        return self.pool_interest_prefix(language) + slug
+
+    def pool_claimed_prefix(self, language: str) -> str:
+        """Prefix of the short-lived markers naming the ticket a match claimed."""
+        return f"{self._pool(language)}:claimed:"
+
+    def pool_claimed(self, language: str, user_id: str) -> str:
+        return self.pool_claimed_prefix(language) + user_id
+
+    def match_channel(self, user_id: str) -> str:
+        """Pub/sub channel of one user's match results, heard by whichever process holds them."""
+        return f"{self.prefix}:match:user:{user_id}"
+
+    def inbox(self, user_id: str) -> str:
+        """Capped stream of results waiting for a user who may be reconnecting (60 s): each
+        entry's field `d` is a `shared.messages.Delivery` in JSON; deleted once delivered."""
+        return f"{self.prefix}:inbox:{user_id}"
 
     # Queue (queue Redis, arq) -----------------------------------------------------------
     @property

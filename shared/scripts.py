@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ NAMES = (
     "presence_join",
     "presence_leave",
     "gcra",
+    "match",
+    "pool_refresh",
+    "pool_leave",
 )
 
 
@@ -48,6 +51,32 @@ class RateDecision:
     remaining: int
     retry_after_ms: int
     reset_after_ms: int
+
+
+class MatchStatus(StrEnum):
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    MATCHED = "matched"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchReply:
+    status: MatchStatus
+    partner_id: str | None = None
+    partner_ticket: str | None = None
+    shared: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEntry:
+    """What a user brings to a pool: one ticket per connection, so a stale connection of the
+    same user can neither refresh nor remove a newer one's entry."""
+
+    user_id: str
+    ticket: str
+    region: str = ""
+    wanted_region: str = ""
+    interests: tuple[str, ...] = ()
 
 
 class Scripts:
@@ -149,6 +178,72 @@ class Scripts:
             "gcra", (key,), (interval_ms, burst, now_ms)
         )
         return RateDecision(bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
+
+    # Matcher pool: every key of a call is in one language's pool (one hash tag). ------------
+    async def match(
+        self,
+        language: str,
+        entry: PoolEntry,
+        *,
+        now_ms: int,
+        ttl_ms: int,
+        scan_limit: int,
+        rejoin: bool,
+        prune_limit: int = 32,
+        claim_ttl_ms: int = 60_000,
+    ) -> MatchReply:
+        """Enter the pool and (scan_limit > 0) claim the best partner, atomically."""
+        k = self._keys
+        reply = await self._call(
+            "match",
+            (
+                k.pool_members(language),
+                k.pool_entries(language),
+                *(k.pool_interest(language, slug) for slug in entry.interests),
+            ),
+            (
+                now_ms,
+                now_ms + ttl_ms,
+                entry.user_id,
+                entry.ticket,
+                entry.region,
+                entry.wanted_region,
+                scan_limit,
+                prune_limit,
+                k.pool_interest_prefix(language),
+                k.pool_claimed_prefix(language),
+                claim_ttl_ms,
+                1 if rejoin else 0,
+                *entry.interests,
+            ),
+        )
+        status = MatchStatus(reply[0])
+        if status is not MatchStatus.MATCHED:
+            return MatchReply(status)
+        return MatchReply(status, reply[1], reply[2], tuple(reply[3:]))
+
+    async def pool_refresh(
+        self, language: str, owners: Sequence[tuple[str, str]], expiry_ms: int
+    ) -> list[str]:
+        """Extend the entries still owned by these (user, ticket) pairs; the lost users back."""
+        k = self._keys
+        args: list[str | int] = [expiry_ms, k.pool_claimed_prefix(language)]
+        for user_id, ticket in owners:
+            args += (user_id, ticket)
+        lost: list[str] = await self._call(
+            "pool_refresh", (k.pool_members(language), k.pool_entries(language)), args
+        )
+        return lost
+
+    async def pool_leave(self, language: str, user_id: str, ticket: str) -> bool:
+        k = self._keys
+        return bool(
+            await self._call(
+                "pool_leave",
+                (k.pool_members(language), k.pool_entries(language)),
+                (user_id, ticket, k.pool_interest_prefix(language)),
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)

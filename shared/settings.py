@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
@@ -90,6 +91,19 @@ class Settings(BaseSettings):
     flusher_metrics_host: str = "127.0.0.1"
     flusher_metrics_port: int = Field(9101, ge=0, le=65535, description="0 disables")
 
+    # Matcher (WebSocket pool and matching).
+    # Comma-separated browser origins allowed to open a WebSocket ("*" allows any). A request
+    # without an Origin header is not from a browser and is allowed: its bearer token decides.
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    pool_ttl_s: int = Field(120, ge=3, description="a pool entry lives this long unrefreshed")
+    match_scan_limit: int = Field(64, ge=1, description="longest-waiting candidates per interest")
+    match_inbox_ttl_s: int = Field(60, ge=1)
+    ws_max_message_bytes: int = Field(65_536, ge=1024)
+    ws_idle_timeout_s: float = Field(300.0, gt=0, description="close after this long silent")
+    ws_ping_interval_s: float = Field(20.0, gt=0)
+    ws_ping_timeout_s: float = Field(20.0, gt=0)
+    ws_send_queue: int = Field(64, ge=1, description="frames queued per socket before it is cut")
+
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0)
@@ -99,6 +113,15 @@ class Settings(BaseSettings):
     def _split_proxies(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(ip_network(p.strip()) for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.startswith("["):
+                return tuple(json.loads(v))
+            return tuple(o.strip().rstrip("/") for o in v.split(",") if o.strip())
         return v
 
     @field_validator("flush_interval")

@@ -1,0 +1,96 @@
+"""The matcher's WebSocket protocol: JSON text frames with a `type` field, one pydantic model per
+message, parsed through discriminated unions (an unknown `type` or field is an error frame)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.models import Region, Slug
+
+
+class _Client(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FindMatch(_Client):
+    """Look for a partner now. `interests` replaces the profile's for this search and the pool
+    entry; `region` accepts only partners from that region."""
+
+    type: Literal["find_match"]
+    interests: Annotated[list[Slug], Field(max_length=20)] | None = None
+    region: Region | None = None
+
+
+class Cancel(_Client):
+    """Leave the pool (stay connected); the next find_match enters it again."""
+
+    type: Literal["cancel"]
+
+
+class Ping(_Client):
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[FindMatch | Cancel | Ping, Field(discriminator="type")]
+client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+class Queued(BaseModel):
+    """The user is in the pool and can be found by others."""
+
+    type: Literal["queued"] = "queued"
+    language: str
+    interests: list[str]
+
+
+class MatchFound(BaseModel):
+    type: Literal["match_found"] = "match_found"
+    room_id: str
+    partner_id: str
+    document_id: str
+    shared_interests: list[str]
+
+
+class NoMatchFound(BaseModel):
+    """Nobody suitable right now; the seeker stays in the pool and may still be found."""
+
+    type: Literal["no_match_found"] = "no_match_found"
+
+
+class Cancelled(BaseModel):
+    type: Literal["cancelled"] = "cancelled"
+
+
+class RateLimitedMsg(BaseModel):
+    type: Literal["rate_limited"] = "rate_limited"
+    retry_after: int = Field(description="seconds until the next find_match is allowed")
+
+
+class ErrorMsg(BaseModel):
+    type: Literal["error"] = "error"
+    detail: str
+
+
+class Pong(BaseModel):
+    type: Literal["pong"] = "pong"
+
+
+ServerMessage = Annotated[
+    Queued | MatchFound | NoMatchFound | Cancelled | RateLimitedMsg | ErrorMsg | Pong,
+    Field(discriminator="type"),
+]
+server_message: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+class Delivery(BaseModel):
+    """What one matcher process publishes to a user's channel for the process holding them.
+    `requeue` tells the partner's connection to enter the pool again (the match failed after
+    the claim); `ticket` names the pool entry (connection) the match claimed; `inbox_id` is the
+    stream entry to delete once the frame is sent."""
+
+    frame: MatchFound | None = None
+    ticket: str | None = None
+    requeue: bool = False
+    inbox_id: str | None = None

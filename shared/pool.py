@@ -1,0 +1,78 @@
+"""The live interest pool, one per language, in the state Redis. Each call is one Lua script on the
+language's hash tag (shared/lua/match.lua, pool_refresh.lua, pool_leave.lua); this module adds the
+settings, the clock and the language and interest normalisation."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from shared.scripts import MatchReply, PoolEntry, Scripts
+from shared.settings import Settings
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+_SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+MAX_INTERESTS = 20
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def language_key(language: str | None) -> str:
+    """The pool a profile language maps to. Anything odd goes to `und` (undetermined, as in
+    BCP 47), never into a key name: a brace in it would break the hash tag."""
+    lang = (language or "").strip().lower()
+    return lang if _LANGUAGE.match(lang) else "und"
+
+
+def clean_interests(slugs: Iterable[str]) -> tuple[str, ...]:
+    """Unique valid slugs in their given order, at most MAX_INTERESTS (a slug goes into a key name
+    and into the entry's `,`-separated list, so nothing else may get through)."""
+    seen: dict[str, None] = {}
+    for slug in slugs:
+        if _SLUG.match(slug) and len(slug) <= 40:
+            seen.setdefault(slug, None)
+    return tuple(seen)[:MAX_INTERESTS]
+
+
+class Pool:
+    def __init__(
+        self, settings: Settings, scripts: Scripts, clock: Callable[[], int] = wall_ms
+    ) -> None:
+        self._scripts = scripts
+        self._clock = clock
+        self._ttl_ms = settings.pool_ttl_s * 1000
+        self._scan = settings.match_scan_limit
+        self._claim_ttl_ms = settings.match_inbox_ttl_s * 1000
+
+    async def enter(self, language: str, entry: PoolEntry, *, rejoin: bool = True) -> MatchReply:
+        """Be findable. Without `rejoin`, only if no match has claimed this ticket meanwhile."""
+        return await self._scripts.match(
+            language,
+            entry,
+            now_ms=self._clock(),
+            ttl_ms=self._ttl_ms,
+            scan_limit=0,
+            rejoin=rejoin,
+            claim_ttl_ms=self._claim_ttl_ms,
+        )
+
+    async def find(self, language: str, entry: PoolEntry, *, rejoin: bool) -> MatchReply:
+        """Claim the best partner for `entry`, or leave it waiting in the pool."""
+        return await self._scripts.match(
+            language,
+            entry,
+            now_ms=self._clock(),
+            ttl_ms=self._ttl_ms,
+            scan_limit=self._scan,
+            rejoin=rejoin,
+            claim_ttl_ms=self._claim_ttl_ms,
+        )
+
+    async def refresh(self, language: str, owners: Sequence[tuple[str, str]]) -> list[str]:
+        return await self._scripts.pool_refresh(language, owners, self._clock() + self._ttl_ms)
+
+    async def leave(self, language: str, user_id: str, ticket: str) -> bool:
+        return await self._scripts.pool_leave(language, user_id, ticket)

@@ -1,0 +1,131 @@
+"""Matcher fixtures: a real uvicorn server in the test's event loop on a free port, users with
+profiles, and WebSocket clients (the `websockets` library uvicorn[standard] brings)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
+
+from services.matcher.app import create_app
+from shared.embedded import free_port
+from shared.keys import Keys
+from shared.pool import Pool
+from shared.scripts import Scripts
+from shared.settings import Settings
+from tests.support.users import User, signup
+
+Serve = Callable[..., Any]
+
+
+@asynccontextmanager
+async def matcher_server(settings: Settings) -> AsyncIterator[str]:
+    """The matcher app under uvicorn, configured as services/matcher/__main__.py runs it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the matcher stopped while starting")
+            await asyncio.sleep(0.02)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def matcher_url(settings: Settings) -> AsyncIterator[str]:
+    async with matcher_server(settings) as url:
+        yield url
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix, settings.doc_shards)
+
+
+@pytest.fixture
+def scripts(redis: Redis, keys: Keys) -> Scripts:
+    return Scripts(redis, keys)
+
+
+@pytest.fixture
+def pool(settings: Settings, scripts: Scripts) -> Pool:
+    return Pool(settings, scripts)
+
+
+async def set_profile(
+    db: asyncpg.Connection,
+    user: User,
+    interests: Sequence[str],
+    language: str = "en",
+    region: str | None = None,
+) -> None:
+    await db.execute(
+        "INSERT INTO profiles (user_id, language, region, interests) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (user_id) DO UPDATE SET language = $2, region = $3, interests = $4",
+        user.user_id,
+        language,
+        region,
+        list(interests),
+    )
+
+
+async def make_user(
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    name: str,
+    interests: Sequence[str],
+    language: str = "en",
+    region: str | None = None,
+) -> User:
+    user = await signup(api, name)
+    await set_profile(db, user, interests, language, region)
+    return user
+
+
+def open_socket(url: str, user: User | None, *, origin: str | None = None, **kwargs: Any) -> Any:
+    headers = {} if user is None else {"Authorization": f"Bearer {user.token}"}
+    if origin is not None:
+        headers["Origin"] = origin
+    return connect(f"{url}/v1/ws/match", additional_headers=headers, **kwargs)
+
+
+async def recv(ws: ClientConnection, within: float = 5.0) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), within))
+    return frame
+
+
+async def recv_type(ws: ClientConnection, kind: str, within: float = 5.0) -> dict[str, Any]:
+    """The next frame, which must be of this type."""
+    frame = await recv(ws, within)
+    assert frame["type"] == kind, frame
+    return frame
+
+
+async def send(ws: ClientConnection, **message: Any) -> None:
+    await ws.send(json.dumps(message))
