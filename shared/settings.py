@@ -45,9 +45,15 @@ class Settings(BaseSettings):
     presence_sweep_s: int = Field(5, ge=1)
     shutdown_drain_s: float = Field(60.0, gt=0)
     max_document_bytes: int = Field(1_048_576, ge=1024)
+    # Autosave edits per user per document per edit_period_s (GCRA, checked inside the edit script).
+    edit_rate: int = Field(50, ge=1)
+    edit_period_s: int = Field(1, ge=1)
 
     # Accounts.
     session_ttl_s: int = Field(14 * 86_400, ge=60)
+    # How long an API process may reuse a session it looked up (0: never). A logout reaches every
+    # process at once by pub/sub; without a live subscription the cache is not used at all.
+    session_cache_s: float = Field(5.0, ge=0)
     login_rate: int = Field(10, ge=1, description="login attempts per login_period_s")
     login_period_s: int = Field(60, ge=1)
     # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
