@@ -24,6 +24,7 @@ NAMES = (
     "presence_join",
     "presence_leave",
     "gcra",
+    "read_docs",
 )
 
 
@@ -53,6 +54,7 @@ class RateDecision:
 
 class Scripts:
     def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
         self._keys = keys
         self._s = {
             name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES
@@ -118,6 +120,42 @@ class Scripts:
             args += (doc_id, version)
         keys = (k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written))
         return int(await self._call("mark_clean", keys, args))
+
+    async def mark_clean_shards(
+        self,
+        shards: Sequence[tuple[int, Sequence[tuple[str, int]]]],
+        ttl_ms: int,
+        read_ms: int,
+    ) -> int:
+        """mark_clean for several shards: one call each, all in one round trip."""
+        k = self._keys
+        script = self._s["mark_clean"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard, written in shards:
+                args: list[str | int] = [ttl_ms, read_ms]
+                for doc_id, version in written:
+                    args += (doc_id, version)
+                keys = (k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written))
+                await script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        return sum(int(r) for r in replies)
+
+    async def read_docs(
+        self, groups: Sequence[Sequence[str]]
+    ) -> list[tuple[str | None, str | None, str | None, str | None, str | None]]:
+        """Each document's (v, c, by, at, del), for groups of ids that each lie in one shard:
+        one call a group, all in one round trip. Results in the order of the ids."""
+        k = self._keys
+        script = self._s["read_docs"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for ids in groups:
+                await script(keys=[k.doc(d) for d in ids], args=(), client=pipe)
+            replies = await pipe.execute()
+        out: list[tuple[str | None, str | None, str | None, str | None, str | None]] = []
+        for flat in replies:
+            it = iter(flat)
+            out.extend(zip(it, it, it, it, it, strict=True))
+        return out
 
     async def delete(self, doc_id: str, tombstone_ttl_ms: int) -> None:
         k = self._keys
