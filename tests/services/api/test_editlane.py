@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from services.api.app import create_app
+from shared.embedded import Valkey, free_port
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.users import User, create_doc, edit, signup
@@ -112,3 +114,24 @@ async def test_concurrent_edits_on_the_lane_each_get_their_own_version(
     doc_id = (await create_doc(api, alice))["id"]
     replies = await asyncio.gather(*(edit(api, alice, doc_id, f"c{n}") for n in range(20)))
     assert sorted(r.json()["version"] for r in replies) == list(range(1, 21))
+
+
+async def test_redis_down_is_503_on_the_lane(migrated: Servers, tmp_path: Path) -> None:
+    valkey = Valkey(tmp_path / "valkey", free_port(), aof=False)
+    valkey.start()
+    try:
+        settings = make_settings(migrated, redis_url=valkey.url)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+                alice = await signup(api, "alice")
+                doc_id = (await create_doc(api, alice))["id"]
+                assert (await edit(api, alice, doc_id, "before")).status_code == 202
+                valkey.stop()
+                r = await edit(api, alice, doc_id, "while down")
+                assert r.status_code == 503
+                assert r.headers["retry-after"] == "1"
+                assert r.headers["content-type"] == "application/problem+json"
+    finally:
+        valkey.stop()
