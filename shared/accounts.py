@@ -99,7 +99,8 @@ class Accounts:
         self._pool = pool
         self._keys = keys
         self._session_ttl_ms = settings.session_ttl_s * 1000
-        self.sessions = SessionCache(settings.session_cache_s)
+        # Never long enough to outlive the session itself in Redis.
+        self.sessions = SessionCache(min(settings.session_cache_s, settings.session_ttl_s / 2))
         self._hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,
