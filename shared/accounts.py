@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -14,13 +16,16 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import queries
+from shared.clients import cancel_requested
 from shared.errors import Conflict, Unauthenticated
 from shared.keys import Keys
 from shared.settings import Settings
 
 Role = Literal["owner", "member"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +45,63 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class SessionCache:
+    """Sessions this process resolved in the last `ttl_s` seconds, so that a burst of requests
+    (autosave) costs one Redis lookup, not one each.
+
+    Revocation stays immediate: a logout is published to every process (`Accounts.listen`), and
+    the cache is consulted only while that subscription is live; it is emptied whenever the
+    subscription drops. `epoch` counts revocations, so a lookup that raced one is not cached.
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self.live = False
+        self.epoch = 0
+
+    def get(self, key: str) -> Principal | None:
+        if not self.live:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, principal: Principal, epoch: int) -> None:
+        if not self.live or epoch != self.epoch or self._ttl_s <= 0:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries = {k: e for k, e in self._entries.items() if e[0] >= now}
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[key] = (now + self._ttl_s, principal)
+
+    def revoke(self, key: str) -> None:
+        self.epoch += 1
+        self._entries.pop(key, None)
+
+    def set_live(self, live: bool) -> None:
+        # Either way, what was cached may have missed revocations: start empty.
+        self.epoch += 1
+        self._entries.clear()
+        self.live = live
+
+
 class Accounts:
     def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool, keys: Keys) -> None:
         self._redis = redis
         self._pool = pool
         self._keys = keys
         self._session_ttl_ms = settings.session_ttl_s * 1000
+        # Never long enough to outlive the session itself in Redis.
+        self.sessions = SessionCache(min(settings.session_cache_s, settings.session_ttl_s / 2))
         self._hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,
@@ -110,13 +166,50 @@ class Accounts:
         return token
 
     async def resolve(self, token: str) -> Principal:
-        """The session's user; each use slides the expiry forward (one round trip: GETEX)."""
-        raw = await self._redis.getex(
-            self._keys.session(token_hash(token)), px=self._session_ttl_ms
-        )
+        """The session's user; a lookup slides the expiry forward (one round trip: GETEX).
+        A session resolved in the last `session_cache_s` is answered from memory."""
+        hashed = token_hash(token)
+        cached = self.sessions.get(hashed)
+        if cached is not None:
+            return cached
+        epoch = self.sessions.epoch
+        raw = await self._redis.getex(self._keys.session(hashed), px=self._session_ttl_ms)
         if raw is None:
             raise Unauthenticated("unknown or expired token")
-        return Principal(**json.loads(raw))
+        principal = Principal(**json.loads(raw))
+        self.sessions.put(hashed, principal, epoch)
+        return principal
 
     async def close_session(self, token: str) -> None:
-        await self._redis.delete(self._keys.session(token_hash(token)))
+        hashed = token_hash(token)
+        self.sessions.revoke(hashed)
+        await self._redis.delete(self._keys.session(hashed))
+        # After the delete: a process that looks the session up again now finds it gone.
+        await self._redis.publish(self._keys.sessions_revoked, hashed)
+
+    async def listen(self, retry_s: float = 1.0) -> None:
+        """Drop revoked sessions from this process's cache as they are published; run as a task
+        for the life of the process. The cache is used only while subscribed."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._keys.sessions_revoked)
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if cancel_requested():
+                            raise asyncio.CancelledError
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":
+                            self.sessions.set_live(True)
+                        elif message["type"] == "message":
+                            self.sessions.revoke(message["data"])
+            except (RedisError, OSError) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
+                if self.sessions.live:
+                    log.warning("session revocations unavailable (%r); cache off", exc)
+                self.sessions.set_live(False)
+                await asyncio.sleep(retry_s)
+            finally:
+                self.sessions.set_live(False)

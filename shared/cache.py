@@ -45,6 +45,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.clients import cancel_requested
 from shared.keys import Keys
 from shared.scripts import CacheScripts
 
@@ -467,10 +468,14 @@ class Cache:
                 while True:
                     # A blocking read with a timeout, so health checks run; not a poll of Redis.
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if cancel_requested():
+                        raise asyncio.CancelledError
                     if msg is not None and msg["type"] == "pmessage":
                         self._dispatch(msg["channel"], msg["data"])
             except Exception as exc:  # whatever it was, the listener must come back
                 self._subscribed.clear()
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
                 log.warning("cache listener lost the cache Redis (%r); reconnecting", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -5,6 +5,7 @@ but its mirror in lua/edit.lua (kept there so an edit stays one round trip)."""
 from __future__ import annotations
 
 import base64
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 
 from shared import queries
 from shared.accounts import Principal
-from shared.errors import Conflict, InvalidInput, NotFound, TooLarge
+from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, TooLarge
 from shared.keys import Keys
 from shared.models import (
     DocState,
@@ -72,6 +73,12 @@ class Documents:
         self._clean_ttl_ms = settings.clean_ttl_s * 1000
         self._tombstone_ttl_ms = settings.tombstone_ttl_s * 1000
         self._presence_ttl_ms = settings.presence_ttl_s * 1000
+        # GCRA per author per document: `edit_rate` edits at once, then one per interval.
+        self._edit_rate = (
+            max(1, settings.edit_period_s * 1000 // settings.edit_rate),
+            settings.edit_rate,
+        )
+        self._edit_period_s = settings.edit_period_s
 
     def _check_size(self, content: str) -> None:
         # Cheap bound first: UTF-8 needs at most 4 bytes a character.
@@ -158,7 +165,7 @@ class Documents:
         self._check_size(content)
         for _ in range(3):
             reply = await self._scripts.edit(
-                doc_id, content, base_version, who.user_id, now_ms(), who.grants
+                doc_id, content, base_version, who.user_id, now_ms(), who.grants, self._edit_rate
             )
             if reply.status is EditStatus.APPLIED:
                 return EditOut(
@@ -172,6 +179,13 @@ class Documents:
                     f"base_version {base_version} is stale: the document is at version"
                     f" {reply.version}",
                     current_version=reply.version,
+                )
+            if reply.status is EditStatus.RATE_LIMITED:
+                raise RateLimited(
+                    "too many edits of this document; retry later",
+                    retry_after_s=max(1, math.ceil(reply.version / 1000)),
+                    limit=self._edit_rate[1],
+                    window_s=self._edit_period_s,
                 )
             if reply.status is not EditStatus.NOT_LOADED:
                 break

@@ -42,6 +42,11 @@ class Keys:
     def flush_lease(self, shard: int) -> str:
         return f"{self._tag(shard)}:flushing"
 
+    def edit_rate(self, doc_id: str, user_id: str) -> str:
+        """GCRA state of one user's edits to one document (in the document's slot: the edit
+        script checks it in the same call)."""
+        return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:rate:{user_id}"
+
     def doc_dirty(self, doc_id: str) -> str:
         return self.dirty(self.shard_of(doc_id))
 
@@ -51,6 +56,11 @@ class Keys:
     # Accounts ---------------------------------------------------------------------------
     def session(self, token_hash: str) -> str:
         return f"{self.prefix}:session:{token_hash}"
+
+    @property
+    def sessions_revoked(self) -> str:
+        """Pub/sub channel: the hash of each ended session, so API processes drop cached ones."""
+        return f"{self.prefix}:sessions:revoked"
 
     def rate_limit(self, policy: str, subject: str) -> str:
         return f"{self.prefix}:ratelimit:{policy}:{subject}"

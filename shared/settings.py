@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     presence_sweep_s: int = Field(5, ge=1)
     shutdown_drain_s: float = Field(60.0, gt=0)
     max_document_bytes: int = Field(1_048_576, ge=1024)
+    # Autosave edits per user per document per edit_period_s (GCRA, checked inside the edit script).
+    edit_rate: int = Field(50, ge=1)
+    edit_period_s: int = Field(1, ge=1)
 
     # Jobs users start (save now, snapshots).
     job_max_tries: int = Field(5, ge=1)
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
 
     # Accounts.
     session_ttl_s: int = Field(14 * 86_400, ge=60)
+    # How long an API process may reuse a session it looked up (0: never). A logout reaches every
+    # process at once by pub/sub; without a live subscription the cache is not used at all.
+    session_cache_s: float = Field(5.0, ge=0)
     login_rate: int = Field(10, ge=1, description="login attempts per login_period_s")
     login_period_s: int = Field(60, ge=1)
     # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
@@ -76,8 +82,6 @@ class Settings(BaseSettings):
     profile_write_period_s: int = Field(60, ge=1)
     match_rate: int = Field(10, ge=1, description="match attempts per match_period_s")
     match_period_s: int = Field(60, ge=1)
-    edit_rate: int = Field(1200, ge=1, description="document edits per edit_period_s per user")
-    edit_period_s: int = Field(60, ge=1)
     warm_interval_s: int = Field(300, description="seconds between profile cache warmings")
     warm_limit: int = Field(1000, ge=0, description="recently seen users warmed per run")
     stats_min_hit_rate: float = Field(0.8, ge=0, le=1)

@@ -79,6 +79,7 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         argon2_memory_kib=64,
         argon2_parallelism=1,
         login_rate=1000,
+        edit_rate=100_000,  # load and fault tests type fast; test_editlane.py tests the limit
         max_document_bytes=64 * 1024,
         db_pool_min=0,
         # Tests that want the flusher's metrics port give it a free one.

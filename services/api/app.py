@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from services.api import problems
 from services.api.bodylimit import BodyLimit
+from services.api.editlane import EditLane
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
 from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
@@ -71,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
             profiles=ProfileCache(settings, cache, pool),
         )
         obs.watch(*health.checks(state, queue, pool, cache_redis))
+        accounts = app.state.resources.accounts
+        revocations = asyncio.create_task(accounts.listen(), name="session revocations")
         log.info("api ready")
         try:
             yield
@@ -78,6 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
             registry.unregister(counters)
             await cache.close()
             await cache_redis.aclose()
+            revocations.cancel()
+            await asyncio.gather(revocations, return_exceptions=True)
             await queue.aclose()
             await pool.close()
             await state.aclose()
@@ -91,6 +97,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     problems.install(app)
+    # Added before BodyLimit, so it runs inside it: the edit lane's bodies are capped the same way.
+    app.add_middleware(EditLane, api=app)
     # JSON escaping can double a document's size on the wire; the exact content limit is
     # enforced on the decoded content (shared/documents.py).
     app.add_middleware(BodyLimit, limit=settings.max_document_bytes * 2 + 65_536)

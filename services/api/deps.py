@@ -25,12 +25,16 @@ async def resources(request: Request) -> Resources:
 Res = Annotated[Resources, Depends(resources)]
 
 
-async def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+def bearer(header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header value."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send Authorization: Bearer <token>")
     return token.strip()
+
+
+async def bearer_token(request: Request) -> str:
+    return bearer(request.headers.get("authorization", ""))
 
 
 Token = Annotated[str, Depends(bearer_token)]

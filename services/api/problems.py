@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -115,13 +116,34 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal error", {"X-Request-ID": rid} if rid else None)
 
 
-def install(app: FastAPI) -> None:
-    app.add_exception_handler(errors.RedlineError, _domain)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(HTTPException, _http)
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def handlers() -> dict[type[Exception], Handler]:
+    table: dict[type[Exception], Handler] = {
+        errors.RedlineError: _domain,
+        RequestValidationError: _validation,
+        HTTPException: _http,
+    }
     # Registered class by class so Starlette answers them in its exception middleware, as it
     # does for the domain errors, instead of treating them as crashes.
     for cls, _ in DEPENDENCY_ERRORS:
-        app.add_exception_handler(cast(type[Exception], cls), _dependency)
-    app.add_exception_handler(ClientDisconnect, _disconnected)
-    app.add_exception_handler(Exception, _unexpected)
+        table[cast(type[Exception], cls)] = _dependency
+    table[ClientDisconnect] = _disconnected
+    table[Exception] = _unexpected
+    return table
+
+
+HANDLERS = handlers()
+
+
+async def answer(request: Request, exc: Exception) -> JSONResponse:
+    """The answer the app gives `exc`, for ASGI code in front of the router (services/api/
+    editlane.py); like Starlette, the handler of the nearest class in the exception's MRO."""
+    handler = next(HANDLERS[c] for c in type(exc).__mro__ if c in HANDLERS)
+    return await handler(request, exc)
+
+
+def install(app: FastAPI) -> None:
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)

@@ -37,8 +37,8 @@ class RateLimiter:
         self.profile_write = Policy(
             "profile-write", settings.profile_write_rate, settings.profile_write_period_s
         )
-        self.match = Policy("match", settings.match_rate, settings.match_period_s)
-        self.edit = Policy("edit", settings.edit_rate, settings.edit_period_s)
+        # Edits are limited inside lua/edit.lua (no extra round trip); match attempts by the
+        # matcher service itself.
         # Epoch milliseconds; tests replace it to move time instead of sleeping.
         self.clock: Callable[[], int] = now_ms
 

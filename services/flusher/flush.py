@@ -27,6 +27,11 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Batches in flight at once, each on its own Postgres connection; and batches claimed per round.
+# Two is enough to overlap Redis and Python work with Postgres's; more only queue on 2 cores.
+PARALLEL = 2
+ROUND = 4
+
 # What a retry may outlive: Postgres or Redis down, restarting, or a deadlock between flushers.
 TRANSIENT = (
     OSError,
@@ -64,6 +69,19 @@ class _Batch:
         self.by_shard.setdefault(shard, []).extend(ids)
         self.size += len(ids)
 
+    def split(self, size: int) -> list[_Batch]:
+        """Disjoint batches of at most `size` documents, in shard order."""
+        out = [_Batch()]
+        for shard, ids in self.by_shard.items():
+            start = 0
+            while start < len(ids):
+                if out[-1].size >= size:
+                    out.append(_Batch())
+                take = ids[start : start + size - out[-1].size]
+                out[-1].add(shard, take)
+                start += len(take)
+        return [b for b in out if b.size]
+
 
 def _ms_to_dt(ms: str | None) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else datetime.now(UTC)
@@ -92,10 +110,14 @@ class Flusher:
         claimed: list[int] = []
         try:
             while pending:
-                batch, pending = await self._claim(pending, until_ms)
+                # A round: claim several batches' worth, then flush them PARALLEL at a time, so
+                # one batch's Redis read and Python work overlap another's Postgres write. The
+                # batches of a round are disjoint, and the next claim waits for the round, so
+                # no document is in two batches at once.
+                batch, pending = await self._claim(pending, until_ms, self._batch_size * ROUND)
                 claimed.extend(s for s in batch.by_shard if s not in claimed)
                 if batch.size:
-                    stats.add(await self._flush(batch))
+                    stats.add(await self._flush_round(batch.split(self._batch_size)))
         finally:
             await self._release(claimed)
         stats.seconds = time.perf_counter() - started  # the whole pass, claims included
@@ -133,12 +155,15 @@ class Flusher:
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, self._retry_max_s)
 
-    async def _claim(self, shards: list[int], until_ms: int | None) -> tuple[_Batch, list[int]]:
-        """Claim up to one batch across shards; return it and the shards that may hold more."""
+    async def _claim(
+        self, shards: list[int], until_ms: int | None, limit: int
+    ) -> tuple[_Batch, list[int]]:
+        """Claim up to `limit` documents across shards; return them and the shards that may
+        hold more."""
         batch = _Batch()
         more: list[int] = []
         for i, shard in enumerate(shards):
-            want = self._batch_size - batch.size
+            want = limit - batch.size
             if want <= 0:
                 more.extend(shards[i:])
                 break
@@ -156,20 +181,36 @@ class Flusher:
         except RedisError:
             log.warning("could not release flush leases; they expire in %d ms", self._lease_ms)
 
+    async def _flush_round(self, batches: list[_Batch]) -> FlushStats:
+        stats = FlushStats()
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(batch: _Batch) -> FlushStats:
+            async with gate:
+                return await self._flush(batch)
+
+        # Every batch runs to its end (no cancelling a sibling between its commit and its
+        # mark_clean: harmless, but wasted work); then the first failure, if any, is raised.
+        results = await asyncio.gather(*(one(b) for b in batches), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            stats.add(result)
+        return stats
+
     async def _flush(self, batch: _Batch) -> FlushStats:
         stats = FlushStats(batches=1)
         started = time.perf_counter()
         ids = [doc_id for shard_ids in batch.by_shard.values() for doc_id in shard_ids]
         read_ms = time.time_ns() // 1_000_000
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for doc_id in ids:
-                pipe.hmget(self._keys.doc(doc_id), ["v", "c", "by", "at", "del"])
-            docs = await pipe.execute()
+        docs = await self._scripts.read_docs(list(batch.by_shard.values()))
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []
         for doc_id, (v, content, by, at, deleted) in zip(ids, docs, strict=True):
-            if v is None or deleted:
-                versions[doc_id] = 0  # gone: mark_clean drops it from the dirty index
+            if v is None or deleted or content is None:
+                # Gone: mark_clean drops it from the dirty index. (A hash with a version but no
+                # content is never written; version 0 keeps it dirty rather than lose it.)
+                versions[doc_id] = 0
                 continue
             versions[doc_id] = int(v)
             rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at)))
@@ -178,10 +219,14 @@ class Flusher:
             async with self._pool.acquire() as conn:
                 stats.written = await queries.write_documents(conn, rows)
         # Only now, after the commit, may a dirty mark go; and only if no edit came since.
-        for shard, shard_ids in batch.by_shard.items():
-            stats.cleaned += await self._scripts.mark_clean(
-                shard, [(d, versions[d]) for d in shard_ids], self._clean_ttl_ms, read_ms
-            )
+        stats.cleaned = await self._scripts.mark_clean_shards(
+            [
+                (shard, [(d, versions[d]) for d in shard_ids])
+                for shard, shard_ids in batch.by_shard.items()
+            ],
+            self._clean_ttl_ms,
+            read_ms,
+        )
         stats.seconds = time.perf_counter() - started
         log.debug("flushed batch: %s", stats)
         return stats

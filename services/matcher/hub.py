@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
+from shared.clients import cancel_requested
 from shared.keys import Keys
 from shared.messages import Delivery
 
@@ -111,9 +112,13 @@ class Hub:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=5.0)
+                if cancel_requested():
+                    raise asyncio.CancelledError
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
                 # redis-py reconnects and re-subscribes every channel on the next read.
                 log.warning("pub/sub read failed; retrying", extra={"err": str(exc)})
                 broken = True

@@ -1,11 +1,16 @@
 -- Apply one autosave edit: bump the version, store content and author, mark the document dirty.
 -- KEYS[1] document hash          KEYS[2] the shard's dirty index (zset, score = first-dirty ms)
+-- KEYS[3] the author's edit-rate key for this document (GCRA theoretical arrival time, ms)
 -- ARGV[1] document id            ARGV[2] content
 -- ARGV[3] base version or ""     ARGV[4] author user id
--- ARGV[5] now (ms)               ARGV[6..] the caller's grants ("t:<tenant>", "u:<user>")
--- Reply: {status, version, saved_version}
+-- ARGV[5] now (ms)               ARGV[6] rate: emission interval (ms per edit; 0: no limit)
+-- ARGV[7] rate: burst (edits allowed at once)
+-- ARGV[8..] the caller's grants ("t:<tenant>", "u:<user>")
+-- Reply: {status, version, saved_version}; for status -4, {-4, retry_after_ms, 0}
 --   status 1 applied; 0 not in Redis (seed it from Postgres, then retry); -1 stale base version;
---   -2 deleted; -3 no access (the caller answers 404 for both, never 403).
+--   -2 deleted; -3 no access (the caller answers 404 for both, never 403); -4 rate limited.
+-- The rate check lives here, not in a call of its own, so an edit stays one round trip and a
+-- refused edit is never applied; its key shares the document's hash tag (Redis Cluster).
 local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then
   return {0, 0, 0}
@@ -16,7 +21,7 @@ if f[4] then
 end
 local allowed = false
 local acl = ' ' .. (f[3] or '') .. ' '
-for i = 6, #ARGV do
+for i = 8, #ARGV do
   if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
     allowed = true
     break
@@ -24,6 +29,19 @@ for i = 6, #ARGV do
 end
 if not allowed then
   return {-3, 0, 0}
+end
+-- GCRA, as in gcra.lua: a refused edit does not move the arrival time.
+local interval = tonumber(ARGV[6])
+if interval > 0 then
+  local now = tonumber(ARGV[5])
+  local tat = tonumber(redis.call('GET', KEYS[3]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local early = new_tat - tonumber(ARGV[7]) * interval - now
+  if early > 0 then
+    return {-4, early, 0}
+  end
+  redis.call('SET', KEYS[3], new_tat, 'PX', new_tat - now)
 end
 local v = tonumber(f[1])
 local sv = tonumber(f[2])

@@ -5,13 +5,7 @@ login and by peer address before it, where a forwarded address from an untrusted
 from __future__ import annotations
 
 import httpx
-import pytest
-from redis.asyncio import Redis
 
-from services.api.ratelimit import RateLimiter
-from shared.errors import RateLimited
-from shared.keys import Keys
-from shared.scripts import Scripts
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.apps import api_app, resources
@@ -101,21 +95,3 @@ async def test_forwarded_for_is_used_only_from_a_trusted_proxy(migrated: Servers
         body = {"username": "somebody", "password": "wrong password"}
         headers = {"X-Forwarded-For": "203.0.113.3"}
         assert (await api.post("/v1/auth/login", json=body, headers=headers)).status_code == 401
-
-
-async def test_match_and_edit_policies_come_from_their_settings(
-    migrated: Servers, redis: Redis
-) -> None:
-    settings = make_settings(migrated, match_rate=2, match_period_s=60, edit_rate=3)
-    keys = Keys(settings.key_prefix, settings.doc_shards)
-    limiter = RateLimiter(settings, Scripts(redis, keys), keys)
-    limiter.clock = Clock()
-    assert (limiter.match.limit, limiter.match.window_s) == (2, 60)
-    assert (limiter.edit.limit, limiter.edit.window_s) == (3, settings.edit_period_s)
-    for _ in range(2):
-        await limiter.hit(limiter.match, "u1")
-    with pytest.raises(RateLimited) as denied:
-        await limiter.hit(limiter.match, "u1")
-    assert (denied.value.policy, denied.value.limit, denied.value.retry_after_s) == ("match", 2, 30)
-    await limiter.hit(limiter.match, "u2")  # per subject
-    assert Settings.model_fields["match_rate"].default == 10

@@ -215,3 +215,43 @@ async def test_until_cutoff_leaves_later_edits_for_the_next_run(
     stats = await flusher.flush_dirty(until_ms=cutoff)
     assert stats.read == 1
     assert await redis.zscore(keys.doc_dirty(late), late) is not None
+
+
+async def test_parallel_batches_keep_every_racing_edit_dirty(
+    api: httpx.AsyncClient,
+    flusher: Flusher,
+    settings: Settings,
+    db: asyncpg.Connection,
+    keys: Keys,
+    redis: Redis,
+) -> None:
+    """A round's batches run side by side: one parked on a row lock does not hold the others
+    back, and an edit racing any of them, before or after its commit, stays dirty."""
+    alice = await signup(api, "alice")
+    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(250)]
+    for doc_id in docs:
+        assert (await edit(api, alice, doc_id, "one")).status_code == 202
+
+    async def dirty() -> int:
+        return sum([await redis.zcard(keys.dirty(s)) for s in range(keys.shards)])
+
+    async with row_locked(settings, docs[0]):
+        flush = await blocked_on_lock(settings, flusher.flush_dirty())
+        # Batches of 100: the parked one holds at most 100; its siblings finish meanwhile.
+        for _ in range(250):
+            if await dirty() <= 100:
+                break
+            await asyncio.sleep(0.02)
+        assert await dirty() <= 100
+        assert not flush.done()
+        for doc_id in docs:
+            assert (await edit(api, alice, doc_id, "two")).json()["version"] == 2
+    stats = await flush
+    # Each document read once (no document in two batches), each written at version 1.
+    assert (stats.read, stats.written, stats.batches) == (250, 250, 3)
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 1") == 250
+    assert await dirty() == 250, "every edit made during the flush is still dirty"
+    stats = await flusher.flush_dirty()
+    assert (stats.read, stats.written, stats.cleaned) == (250, 250, 250)
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 2") == 250
+    assert await dirty() == 0
