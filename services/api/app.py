@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = Keys(settings.key_prefix, settings.doc_shards)
-        state = redis_client(settings.state_url)
+        state = redis_client(settings.state_url, cluster=settings.redis_cluster)
         pool = await create_db_pool(settings)
         queue = await create_pool(
             arq_settings(settings.queue_url), default_queue_name=keys.queue_name

@@ -33,7 +33,7 @@ def _every(seconds: int) -> dict[str, Any]:
 async def startup(ctx: Ctx) -> None:
     settings: Settings = ctx["settings"]
     keys = Keys(settings.key_prefix, settings.doc_shards)
-    state = redis_client(settings.state_url)
+    state = redis_client(settings.state_url, cluster=settings.redis_cluster)
     pool = await create_db_pool(settings, init=prepare_flush_connection)
     scripts = Scripts(state, keys)
     ctx.update(
@@ -132,7 +132,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         max_jobs=4,
         poll_delay=0.1,
         job_timeout=max(settings.flush_interval * 4, 60),
-        health_check_key=f"{keys.prefix}:flusher:health",
+        health_check_key=keys.flusher_health,
     )
     options.update(overrides)
     return Worker(**options)
