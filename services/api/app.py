@@ -19,6 +19,7 @@ from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
 from shared.jobs import arq_settings
 from shared.keys import Keys
+from shared.permissions import check_redis_users, service_urls
 from shared.scripts import Scripts
 from shared.settings import Settings
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await check_redis_users(settings, "api", service_urls(settings))
         keys = Keys(settings.key_prefix, settings.doc_shards)
         state = redis_client(settings.state_url, cluster=settings.redis_cluster)
         pool = await create_db_pool(settings)

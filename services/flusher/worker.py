@@ -14,6 +14,7 @@ from services.flusher.flush import TRANSIENT, Flusher
 from shared.clients import create_db_pool, redis_client
 from shared.jobs import FLUSH_DOCUMENT, arq_settings
 from shared.keys import Keys
+from shared.permissions import check_redis_users, service_urls
 from shared.queries import prepare_flush_connection
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -32,6 +33,7 @@ def _every(seconds: int) -> dict[str, Any]:
 
 async def startup(ctx: Ctx) -> None:
     settings: Settings = ctx["settings"]
+    await check_redis_users(settings, "flusher", service_urls(settings))
     keys = Keys(settings.key_prefix, settings.doc_shards)
     state = redis_client(settings.state_url, cluster=settings.redis_cluster)
     pool = await create_db_pool(settings, init=prepare_flush_connection)
