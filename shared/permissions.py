@@ -40,7 +40,7 @@ async def _queued(url: str) -> bool | None:
     pool = ConnectionPool.from_url(
         url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
     )
-    conn = await pool.get_connection("MULTI")
+    conn = await pool.get_connection()
     try:
         await conn.send_command("MULTI")
         await conn.read_response()
