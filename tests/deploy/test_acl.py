@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,11 @@ def acl_port() -> Iterator[int]:
     data = ROOT / ".data" / f"test-{os.getpid()}-acl"
     # DEBUG enabled on the server, so that the ACL alone is what keeps the services from it.
     args = ("--aclfile", str(ACL_FILE), "--enable-debug-command", "yes")
-    with valkey_server(Path(data), *args) as port:
-        yield port
+    try:
+        with valkey_server(Path(data), *args) as port:
+            yield port
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def user_url(port: int, user: str) -> str:
