@@ -272,6 +272,14 @@ def test_dockerfile_caches_dependencies_runs_as_non_root_and_copies_real_files()
     assert cmd is not None and module_exists(str(python_module(json.loads(cmd.group(1)))))
 
 
+def test_dockerfile_env_sets_only_real_settings() -> None:
+    names = re.findall(r"\b(REDLINE_[A-Z0-9_]+)=", DOCKERFILE.read_text())
+    assert names, "the image sets production defaults"
+    assert [
+        n for n in names if n.removeprefix("REDLINE_").lower() not in Settings.model_fields
+    ] == []
+
+
 def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in (".git", ".venv", ".data", ".env", "tests"):
