@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.synced
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean up down
 
 install: $(STAMP)
 
@@ -35,6 +35,21 @@ format: install
 
 bench: install
 	@$(BIN)/python -m bench
+
+# Containers (compose.yaml + deploy/): needs Docker with the compose plugin; not used by tests.
+COMPOSE := docker compose
+define need_compose
+	@$(COMPOSE) version >/dev/null 2>&1 || { echo "make $@: needs 'docker compose' (Docker Engine with the Compose plugin); see docs/deploy.md" >&2; exit 1; }
+endef
+
+up:
+	$(need_compose)
+	$(COMPOSE) up --build -d
+	@echo 'api on http://127.0.0.1:8000/v1/docs; "docker compose ps" shows health, "docker compose logs -f" the logs'
+
+down:
+	$(need_compose)
+	$(COMPOSE) down
 
 clean:
 	rm -rf .data/test-* .pytest_cache .mypy_cache .ruff_cache

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from shared.settings import Settings
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(url: str, *, cluster: bool = False) -> Redis:
+    """A client for one role. With `cluster`, a Redis Cluster client that finds every node from
+    the one in `url`; every Lua script and multi-key call shares a hash tag, so each runs on one
+    node (shared/keys.py). Typed as Redis: the two classes share the command API we use."""
     # Short timeouts: a dead Redis must turn into a quick 503, never a hung request.
-    client: Redis = Redis.from_url(
-        url,
+    options: dict[str, Any] = dict(
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         health_check_interval=30,
     )
+    if cluster:
+        return cast(Redis, RedisCluster.from_url(url, **options))
+    client: Redis = Redis.from_url(url, **options)
     return client
 
 

@@ -133,6 +133,11 @@ class Keys:
     def queue_name(self) -> str:
         return f"{self.prefix}:queue"
 
+    @property
+    def flusher_health(self) -> str:
+        """arq's health-check key of the flusher workers (read by deploy/healthcheck.py)."""
+        return f"{self.prefix}:flusher:health"
+
     def flush_job_id(self, doc_id: str) -> str:
         """Deduplicated arq job id for the immediate flush of one document."""
         return f"{self.prefix}:flush:{doc_id}"

@@ -3,6 +3,7 @@ once per client (EVALSHA, reloaded by redis-py if the server lost it) and called
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from shared.keys import Keys
 
@@ -163,16 +165,28 @@ class Scripts:
     ) -> int:
         """mark_clean for several shards: one call each, all in one round trip."""
         k = self._keys
-        script = self._s["mark_clean"]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard, written in shards:
-                args: list[str | int] = [ttl_ms, read_ms]
-                for doc_id, version in written:
-                    args += (doc_id, version)
-                keys = (k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written))
-                await script(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+        for shard, written in shards:
+            args: list[str | int] = [ttl_ms, read_ms]
+            for doc_id, version in written:
+                args += (doc_id, version)
+            calls.append(((k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written)), args))
+        replies = await self._many("mark_clean", calls)
         return sum(int(r) for r in replies)
+
+    async def _many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Several calls of one script in one round trip (a pipeline). Redis Cluster refuses
+        scripts in a pipeline, so there they go concurrently instead, one per call; each call's
+        keys share one hash tag either way."""
+        script = self._s[name]
+        if isinstance(self._redis, RedisCluster):
+            return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls)))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
 
     async def read_docs(
         self, groups: Sequence[Sequence[str]]
@@ -180,14 +194,12 @@ class Scripts:
         """Each document's (v, c, by, at, del), for groups of ids that each lie in one shard:
         one call a group, all in one round trip. Results in the order of the ids."""
         k = self._keys
-        script = self._s["read_docs"]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for ids in groups:
-                # In slices: a script blocks Redis while it runs, and documents may be large.
-                for start in range(0, len(ids), READ_SLICE):
-                    keys = [k.doc(d) for d in ids[start : start + READ_SLICE]]
-                    await script(keys=keys, args=(), client=pipe)
-            replies = await pipe.execute()
+        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+        for ids in groups:
+            # In slices: a script blocks Redis while it runs, and documents may be large.
+            for start in range(0, len(ids), READ_SLICE):
+                calls.append(([k.doc(d) for d in ids[start : start + READ_SLICE]], ()))
+        replies = await self._many("read_docs", calls)
         out: list[tuple[str | None, str | None, str | None, str | None, str | None]] = []
         for flat in replies:
             it = iter(flat)

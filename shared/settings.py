@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     queue_redis_url: str | None = None
     database_url: str | None = None
     key_prefix: str = Field("rl", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    # State and cache roles on Redis Cluster (the URL names any one node). The queue stays on a
+    # plain Redis: arq's job scripts and MULTI blocks touch keys in many slots.
+    redis_cluster: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -151,6 +154,15 @@ class Settings(BaseSettings):
         for role in ("state_redis_url", "cache_redis_url", "queue_redis_url"):
             if getattr(self, role) is None:
                 object.__setattr__(self, role, self.redis_url)
+        if (
+            self.redis_cluster
+            and self.queue_redis_url is not None
+            and self.queue_redis_url == self.state_redis_url
+        ):
+            raise ValueError(
+                "with REDLINE_REDIS_CLUSTER=true, set REDLINE_QUEUE_REDIS_URL to a non-cluster"
+                " Redis: arq's queue does not work on Redis Cluster"
+            )
         return self
 
     def require_urls(self) -> None:

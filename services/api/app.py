@@ -25,6 +25,7 @@ from shared.jobs import arq_settings
 from shared.keys import Keys
 from shared.metrics import CacheCounters, HttpMetrics, new_registry
 from shared.observer import RequestObserver
+from shared.permissions import check_redis_users, service_urls
 from shared.profile_cache import ProfileCache
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -40,8 +41,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await check_redis_users(settings, "api", service_urls(settings))
         keys = Keys(settings.key_prefix, settings.doc_shards)
-        state = redis_client(settings.state_url)
+        state = redis_client(settings.state_url, cluster=settings.redis_cluster)
         pool = await create_db_pool(settings)
         queue = await create_pool(
             arq_settings(settings.queue_url), default_queue_name=keys.queue_name

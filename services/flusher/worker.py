@@ -21,6 +21,7 @@ from shared.health import Observability, postgres_check, redis_check
 from shared.jobs import FLUSH_DOCUMENT, SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, arq_settings, traced
 from shared.keys import Keys
 from shared.metrics import FlushMetrics, JobMetrics, new_registry
+from shared.permissions import check_redis_users, service_urls
 from shared.probe_server import ProbeServer
 from shared.profile_cache import ProfileCache
 from shared.queries import prepare_flush_connection
@@ -113,8 +114,9 @@ async def _start_probes(ctx: Ctx) -> None:
 async def startup(ctx: Ctx) -> None:
     settings: Settings = ctx["settings"]
     _metrics(ctx)
+    await check_redis_users(settings, "flusher", service_urls(settings))
     keys = Keys(settings.key_prefix, settings.doc_shards)
-    state = redis_client(settings.state_url)
+    state = redis_client(settings.state_url, cluster=settings.redis_cluster)
     pool = await create_db_pool(settings, init=prepare_flush_connection)
     scripts = Scripts(state, keys)
     ctx.update(
@@ -255,7 +257,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         max_jobs=4,
         poll_delay=0.1,
         job_timeout=max(settings.flush_interval * 4, settings.job_timeout_s),
-        health_check_key=f"{keys.prefix}:flusher:health",
+        health_check_key=keys.flusher_health,
     )
     options.update(overrides)
     return Worker(**options)

@@ -1,0 +1,244 @@
+"""deploy/redis/users.acl on a real Valkey: each service does its real work as its own user, and
+none of them can wipe, list or reconfigure the server.
+
+The api and the flusher run here with REDLINE_ENV=production, so their start-up permission check
+(shared/permissions.py) must accept their users. The matcher's user is checked for what it must
+NOT do; its positive scenarios wait for services/matcher (built on another branch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
+
+from services.api.app import create_app
+from services.flusher import worker
+from shared.keys import Keys
+from shared.permissions import _dryrun, _queued, can_flushall
+from shared.settings import Settings
+from tests.conftest import ROOT, Servers, make_settings
+from tests.support.users import create_doc, edit, signup
+from tests.support.valkeys import valkey_server
+
+ACL_FILE = ROOT / "deploy" / "redis" / "users.acl"
+SERVICES = ("api", "flusher", "matcher")
+
+
+def passwords() -> dict[str, str]:
+    """user -> the plain `>password` deploy/redis/users.acl gives it."""
+    found = {}
+    for line in ACL_FILE.read_text().splitlines():
+        match = re.match(r"user (\S+) on .*?>(\S+)", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+@pytest.fixture(scope="module")
+def acl_port() -> Iterator[int]:
+    data = ROOT / ".data" / f"test-{os.getpid()}-acl"
+    # DEBUG enabled on the server, so that the ACL alone is what keeps the services from it.
+    args = ("--aclfile", str(ACL_FILE), "--enable-debug-command", "yes")
+    try:
+        with valkey_server(Path(data), *args) as port:
+            yield port
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def user_url(port: int, user: str) -> str:
+    return f"redis://{user}:{passwords()[user]}@127.0.0.1:{port}/0"
+
+
+def service_url(port: int, service: str) -> str:
+    return user_url(port, f"redline-{service}")
+
+
+@pytest.fixture(autouse=True)
+async def empty(acl_port: int) -> None:
+    admin = Redis.from_url(user_url(acl_port, "redline-admin"))
+    await admin.flushall()
+    await admin.aclose()
+
+
+def acl_settings(servers: Servers, port: int, service: str) -> Settings:
+    # The ACL's key patterns are for the default prefix.
+    return make_settings(
+        servers, redis_url=service_url(port, service), key_prefix="rl", env="production"
+    )
+
+
+async def test_the_default_user_is_disabled(acl_port: int) -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{acl_port}/0")
+    with pytest.raises(RedisError, match=r"NOAUTH|[Aa]uthentication"):
+        await client.ping()
+    await client.aclose()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("FLUSHALL",),
+        ("FLUSHDB",),
+        ("KEYS", "*"),
+        ("CONFIG", "GET", "*"),
+        ("CONFIG", "SET", "maxmemory-policy", "allkeys-lru"),
+        ("DEBUG", "OBJECT", "rl:x"),
+        ("ACL", "SETUSER", "mallory", "on", "+@all"),
+        ("SCRIPT", "FLUSH"),
+        ("SWAPDB", "0", "1"),
+    ],
+)
+async def test_service_users_cannot_wipe_list_or_reconfigure(
+    acl_port: int, service: str, command: tuple[str, ...]
+) -> None:
+    client = Redis.from_url(service_url(acl_port, service))
+    try:
+        assert await client.ping()
+        with pytest.raises(NoPermissionError):
+            await client.execute_command(*command)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_service_users_reach_only_redline_keys_and_channels(
+    acl_port: int, service: str
+) -> None:
+    client = Redis.from_url(service_url(acl_port, service), decode_responses=True)
+    try:
+        await client.set("rl:{s1}:doc:probe", "ok")
+        await client.set("arq:job:probe", "ok")
+        assert await client.publish("rl:events:probe", "hi") == 0
+        with pytest.raises(NoPermissionError):
+            await client.set("other-app:key", "x")
+        with pytest.raises(NoPermissionError):
+            await client.publish("other-app:events", "x")
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_the_startup_check_finds_no_flushall_for_service_users(
+    acl_port: int, service: str
+) -> None:
+    url = service_url(acl_port, service)
+    assert await _dryrun(url) is None, "a service user may not even ask ACL DRYRUN"
+    assert await _queued(url) is False
+    assert await can_flushall(url) is False
+
+
+async def test_the_startup_check_finds_flushall_for_the_admin_and_runs_nothing(
+    acl_port: int,
+) -> None:
+    url = user_url(acl_port, "redline-admin")
+    admin = Redis.from_url(url)
+    await admin.set("rl:keep", "1")
+    assert await _dryrun(url) is True
+    assert await _queued(url) is True
+    assert await admin.get("rl:keep") == b"1", "the probe queued FLUSHALL but never ran it"
+    await admin.aclose()
+
+
+@pytest.fixture
+async def api_as_its_user(migrated: Servers, acl_port: int) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(acl_settings(migrated, acl_port, "api"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+async def test_api_and_flusher_do_their_whole_job_as_their_users_in_production(
+    api_as_its_user: httpx.AsyncClient,
+    migrated: Servers,
+    acl_port: int,
+    db: asyncpg.Connection,
+) -> None:
+    api = api_as_its_user
+    # api: sessions, rate limits, documents, presence, the edit script, enqueueing a flush job.
+    alice = await signup(api, "alice")
+    assert (await api.get("/v1/auth/me", headers=alice.auth)).status_code == 200
+    doc = (await create_doc(api, alice, content="v0"))["id"]
+    other = (await create_doc(api, alice, title="doomed"))["id"]
+    presence = f"/v1/documents/{doc}/presence"
+    assert (await api.post(presence, headers=alice.auth)).status_code == 200
+    assert (await edit(api, alice, doc, "typed as redline-api")).status_code == 202
+    assert (await edit(api, alice, other, "never saved")).status_code == 202
+    got = (await api.get(f"/v1/documents/{doc}", headers=alice.auth)).json()
+    assert got["content"] == "typed as redline-api"
+    assert (await api.get(f"/v1/documents/{doc}/status", headers=alice.auth)).status_code == 200
+    assert (await api.get("/v1/documents", headers=alice.auth)).status_code == 200
+    assert (await api.delete(f"/v1/documents/{other}", headers=alice.auth)).status_code == 204
+    assert (await api.delete(presence, headers=alice.auth)).json() == {"editors": []}
+    assert (await api.get("/readyz")).status_code == 200
+    # profiles (cache scripts on the cache role), trending, and the save/snapshot jobs.
+    patched = await api.patch(
+        "/v1/users/me/profile", json={"interests": ["chess"]}, headers=alice.auth
+    )
+    assert patched.status_code == 200, patched.text
+    profile = await api.get(f"/v1/users/{alice.user_id}/profile", headers=alice.auth)
+    assert profile.json()["interests"] == ["chess"]
+    assert (await api.get("/v1/trending/interests", headers=alice.auth)).status_code == 200
+    save = await api.post(f"/v1/documents/{doc}/save", headers=alice.auth)
+    assert save.status_code == 202, save.text
+    # Its pub/sub listeners subscribed as redline-api: session revocations and cache wake-ups.
+    admin_keys = Keys("rl", 64)
+    watcher = Redis.from_url(user_url(acl_port, "redline-admin"), decode_responses=True)
+    try:
+        for _ in range(50):
+            subs = dict(await watcher.pubsub_numsub(admin_keys.sessions_revoked))
+            patterns = await watcher.pubsub_numpat()
+            if subs[admin_keys.sessions_revoked] >= 1 and patterns >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert subs[admin_keys.sessions_revoked] >= 1 and patterns >= 1, (subs, patterns)
+    finally:
+        await watcher.aclose()
+
+    # flusher: the real arq worker in burst mode runs the queued flush job (polling, in-progress
+    # markers, health key, INFO at start), then the cron job, the presence sweep and the drain.
+    settings = acl_settings(migrated, acl_port, "flusher")
+    arq_worker = worker.create_worker(
+        settings, burst=True, max_burst_jobs=1, cron_jobs=[], handle_signals=False, poll_delay=0.05
+    )
+    keys = Keys("rl", settings.doc_shards)
+    admin = Redis.from_url(user_url(acl_port, "redline-admin"))
+    try:
+        await asyncio.wait_for(arq_worker.main(), 20)
+        # The worker's health key (deploy/healthcheck.py reads it; close() removes it).
+        assert await admin.exists(keys.flusher_health) == 1
+    finally:
+        await arq_worker.close()
+        await admin.aclose()
+    assert arq_worker.jobs_complete >= 1 and arq_worker.jobs_failed == 0
+    assert await db.fetchval("SELECT content FROM documents WHERE id = $1", doc) == (
+        "typed as redline-api"
+    )
+    ctx: dict[str, Any] = {"settings": settings}
+    await worker.startup(ctx)
+    assert (await edit(api, alice, doc, "second")).status_code == 202
+    assert (await worker.flush_dirty(ctx))["written"] == 1
+    assert await worker.sweep_presence(ctx) == 0
+    await worker.shutdown(ctx)
+    assert await db.fetchval("SELECT version FROM documents WHERE id = $1", doc) == 2
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE id = $1", other) == 0
+
+
+async def test_a_service_refuses_a_url_without_its_password(acl_port: int) -> None:
+    client = Redis.from_url(f"redis://redline-api:wrong@127.0.0.1:{acl_port}/0")
+    with pytest.raises((RedisError, ResponseError)):
+        await client.ping()
+    await client.aclose()
