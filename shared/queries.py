@@ -134,10 +134,15 @@ async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
     (see the flush benchmark). The version guard makes the write idempotent and safe to run
     concurrently: Postgres never goes backwards, and a deleted row is never recreated.
     """
+    # In id order: the UPDATE below probes `documents` row by row in the buffer's order, so every
+    # writer (flusher batches, per-document flushes, other flushers) locks shared rows in one
+    # order and none can hold one row while waiting for another's (a deadlock, seen between two
+    # flushers and reproduced in tests/services/flusher/test_flush.py).
+    ordered = sorted(rows, key=lambda row: row[0])
     async with conn.transaction():
         await conn.copy_records_to_table(
             "flush_buffer",
-            records=rows,
+            records=ordered,
             columns=("id", "content", "version", "updated_by", "updated_at"),
         )
         # The buffer has no statistics, and the planner guesses it from its size: for 2 KB rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
@@ -13,6 +14,7 @@ import httpx
 from redis.asyncio import Redis
 
 from services.flusher.flush import Flusher
+from shared import queries
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.support.users import User, create_doc, edit, signup
@@ -255,3 +257,33 @@ async def test_parallel_batches_keep_every_racing_edit_dirty(
     assert (stats.read, stats.written, stats.cleaned) == (250, 250, 250)
     assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 2") == 250
     assert await dirty() == 0
+
+
+async def test_batches_sharing_rows_take_their_locks_in_one_order(
+    api: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+) -> None:
+    # Two writers of the same two rows, given them in opposite orders: if each locked in its
+    # own order, the one holding B would wait for A while the other waited for B (a deadlock,
+    # seen between two flushers). A test-held lock on A lines them up deterministically.
+    alice = await signup(api, "alice")
+    a, b = sorted([(await create_doc(api, alice))["id"] for _ in range(2)])
+    now = datetime.now(UTC)
+    first = [(a, "a1", 5, None, now), (b, "b1", 5, None, now)]
+    second = [(b, "b2", 6, None, now), (a, "a2", 6, None, now)]
+    conns = [await asyncpg.connect(settings.dsn) for _ in range(2)]
+    try:
+        for conn in conns:
+            await queries.prepare_flush_connection(conn)
+        async with row_locked(settings, a):
+            one = await blocked_on_lock(settings, queries.write_documents(conns[0], first))
+            two = asyncio.ensure_future(queries.write_documents(conns[1], second))
+            await asyncio.sleep(0.3)  # let the second writer take whatever it takes first
+        written = await asyncio.wait_for(asyncio.gather(one, two), 10)
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert written == [2, 2]
+    rows = await db.fetch(
+        "SELECT id::text, content FROM documents WHERE id = any($1::uuid[])", [a, b]
+    )
+    assert {r["id"]: r["content"] for r in rows} == {a: "a2", b: "b2"}
