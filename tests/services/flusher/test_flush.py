@@ -282,7 +282,7 @@ async def test_batches_sharing_rows_take_their_locks_in_one_order(
     finally:
         for conn in conns:
             await conn.close()
-    assert written == [2, 2]
+    assert list(written) == [2, 2]
     rows = await db.fetch(
         "SELECT id::text, content FROM documents WHERE id = any($1::uuid[])", [a, b]
     )
