@@ -118,7 +118,7 @@ def profile_reads(report: Report) -> str:
         phases.append(
             (f"cached, {p['cached_profile_open']['rate']:,.0f}/s open", p["cached_profile_open"])
         )
-    phases += [(f"zipf {k} start", v) for k, v in p.get("zipf", {}).items()]
+    phases += [(f"zipf {k}", v) for k, v in p.get("zipf", {}).items()]
     for name, ph in phases:
         if not ph:
             continue

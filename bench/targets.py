@@ -130,6 +130,7 @@ def _profile_targets(report: Report) -> list[Target]:
         return []
     hot = p["cached_profile_read"]
     overall = p["zipf_overall"]
+    steady = p["zipf"].get("steady", {})
     note = f"x{p['connections']} connections, {p['phase_s']:.0f}s phases"
     return [
         _check(
@@ -154,19 +155,19 @@ def _profile_targets(report: Report) -> list[Target]:
             f"{p['cached_profile_open']['rate']:,.0f}/s = half the closed-loop capacity",
         ),
         _check(
-            "zipf profile hit rate (cold start included), >=",
-            overall["hit_rate"],
+            "zipf profile hit rate, steady state (third phase), >=",
+            steady.get("hit_rate"),
             ZIPF_HIT_RATE,
             at_least=True,
-            note=f"{overall['reads']:,} reads over {p['users']:,} users; best possible from"
-            f" cold {overall['best_hit_rate'] or 0:.3f}",
+            note=f"from cold, all phases: {overall['hit_rate'] or 0:.3f} (best possible"
+            f" {overall['best_hit_rate'] or 0:.3f})",
         ),
         _check(
-            "zipf pg queries per read (cold start included), <=",
-            overall["pg_queries_per_read"],
+            "zipf pg queries per read, steady state (third phase), <=",
+            steady.get("pg_queries_per_read"),
             ZIPF_QUERIES_PER_READ,
             at_least=False,
-            note=f"{overall['pg_queries']:,} queries for {overall['first_reads']:,} first reads",
+            note=f"from cold, all phases: {overall['pg_queries_per_read'] or 0:.4f}",
         ),
     ]
 
