@@ -33,6 +33,20 @@ def redis_client(url: str, *, cluster: bool = False) -> Redis:
     return client
 
 
+def pubsub_client(settings: Settings) -> Redis:
+    """A plain client for the state role's pub/sub, also in cluster mode: redis-py's asyncio
+    RedisCluster has no pubsub(). Classic SUBSCRIBE/PUBLISH is broadcast over the whole cluster,
+    so one connection to the node in the URL hears what any node publishes (PUBLISH itself may go
+    through the cluster client). No read timeout: a subscriber is idle most of the time."""
+    client: Redis = Redis.from_url(
+        settings.state_url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+    )
+    return client
+
+
 def cache_client(url: str, timeout_s: float) -> Redis:
     """The cache role's client: the cache is optional, so a slow or unreachable server must cost
     a read `timeout_s` at most, then the read goes to Postgres (no retries here)."""
