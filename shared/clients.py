@@ -15,6 +15,16 @@ from redis.backoff import ExponentialBackoff
 from shared.settings import Settings
 
 
+class _Cluster(RedisCluster):
+    """redis-py's asyncio RedisCluster has no publish() (nor pubsub(): see pubsub_client)."""
+
+    async def publish(self, channel: str, message: str) -> int:
+        # Classic PUBLISH is propagated over the cluster bus to every node's subscribers, so one
+        # node will do: the one in the URL. The reply counts that node's subscribers only.
+        node = self.get_default_node()
+        return int(await self.execute_command("PUBLISH", channel, message, target_nodes=node))
+
+
 def redis_client(url: str, *, cluster: bool = False) -> Redis:
     """A client for one role. With `cluster`, a Redis Cluster client that finds every node from
     the one in `url`; every Lua script and multi-key call shares a hash tag, so each runs on one
@@ -28,7 +38,7 @@ def redis_client(url: str, *, cluster: bool = False) -> Redis:
         health_check_interval=30,
     )
     if cluster:
-        return cast(Redis, RedisCluster.from_url(url, **options))
+        return cast(Redis, _Cluster.from_url(url, **options))
     client: Redis = Redis.from_url(url, **options)
     return client
 
