@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from websockets.exceptions import ConnectionClosed
 
 from services.api.app import create_app
 from shared.accounts import Accounts, token_hash
 from shared.keys import Keys
 from shared.settings import Settings
-from tests.services.matcher.conftest import matcher_url, pool, scripts  # noqa: F401
+from tests.services.matcher.conftest import (  # noqa: F401
+    make_user,
+    matcher_server,
+    matcher_url,
+    open_socket,
+    pool,
+    recv,
+    recv_type,
+    scripts,
+)
 from tests.services.matcher.test_instances import (  # noqa: F401  (collected here, in cluster mode)
     test_partner_on_another_process_is_notified,
 )
@@ -90,3 +101,31 @@ async def test_session_revocations_are_heard_in_cluster_mode(settings: Settings)
                 await asyncio.sleep(0.02)
             assert accounts.sessions.get(hashed) is None, "the revocation reached process two"
             assert (await second.get("/v1/auth/me", headers=alice.auth)).status_code == 401
+
+
+async def test_heartbeat_and_logout_on_the_cluster(
+    settings: Settings, api: httpx.AsyncClient, db: asyncpg.Connection, redis: Redis, keys: Keys
+) -> None:
+    """The heartbeat's cross-slot pipelines (pool refresh per language, session EXISTS per socket)
+    on the cluster client: entries are extended, and a logout ends the socket."""
+    fast = settings.model_copy(update={"pool_ttl_s": 3})  # the heartbeat runs every second
+    ada = await make_user(api, db, "ada", ["chess"])
+    bob = await make_user(api, db, "bob", ["chess"], language="fr")
+    async with (
+        matcher_server(fast) as url,
+        open_socket(url, ada) as a,
+        open_socket(url, bob) as b,
+    ):
+        await recv_type(a, "queued")
+        await recv_type(b, "queued")
+        before = await redis.zscore(keys.pool_members("en"), ada.user_id)
+        await asyncio.sleep(2.2)
+        after = await redis.zscore(keys.pool_members("en"), ada.user_id)
+        assert before is not None and after is not None and after > before
+        assert await redis.zscore(keys.pool_members("fr"), bob.user_id) is not None
+        assert (await api.post("/v1/auth/logout", headers=ada.auth)).status_code == 204
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(a, within=5)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "session ended")
+    assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
