@@ -20,9 +20,10 @@ class _Cluster(RedisCluster):
 
     async def publish(self, channel: str, message: str) -> int:
         # Classic PUBLISH is propagated over the cluster bus to every node's subscribers, so one
-        # node will do: the one in the URL. The reply counts that node's subscribers only.
-        node = self.get_default_node()
-        return int(await self.execute_command("PUBLISH", channel, message, target_nodes=node))
+        # node will do: the client's default node (a primary from the slot map, replaced if it
+        # fails; resolved after the client initializes). The reply counts that node's only.
+        flag = RedisCluster.DEFAULT_NODE
+        return int(await self.execute_command("PUBLISH", channel, message, target_nodes=flag))
 
 
 def redis_client(url: str, *, cluster: bool = False) -> Redis:

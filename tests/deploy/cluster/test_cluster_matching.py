@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from services.api.app import create_app
 from shared.accounts import Accounts, token_hash
+from shared.clients import redis_client
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.services.matcher.conftest import (  # noqa: F401
@@ -129,3 +130,32 @@ async def test_heartbeat_and_logout_on_the_cluster(
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "session ended")
     assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
+
+
+async def test_a_fresh_cluster_client_publishes_to_every_nodes_subscribers(
+    settings: Settings, redis: Redis
+) -> None:
+    """PUBLISH as a new cluster client's first command (before it knows the slot map), heard by a
+    plain subscriber on each of the three primaries: classic pub/sub is cluster-wide."""
+    assert isinstance(redis, RedisCluster)
+    await redis.initialize()
+    subscribers = [
+        Redis(host=node.host, port=node.port, decode_responses=True)
+        for node in redis.get_primaries()
+    ]
+    assert len(subscribers) == 3
+    pubsubs = [s.pubsub() for s in subscribers]
+    publisher = redis_client(settings.state_url, cluster=True)
+    try:
+        for pubsub in pubsubs:
+            await pubsub.subscribe("rl:match:user:probe")
+            assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+        await publisher.publish("rl:match:user:probe", "hello")
+        for pubsub in pubsubs:
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None and message["data"] == "hello"
+    finally:
+        for pubsub in pubsubs:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        for client in (*subscribers, publisher):
+            await client.aclose()
