@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import queries
-from shared.clients import cancel_requested
+from shared.clients import cancel_requested, pubsub_client
 from shared.errors import Conflict, Unauthenticated
 from shared.keys import Keys
 from shared.settings import Settings
@@ -97,6 +97,9 @@ class SessionCache:
 class Accounts:
     def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool, keys: Keys) -> None:
         self._redis = redis
+        # Where revocations are heard: a cluster client has no pubsub() (shared/clients.py).
+        # Created lazily by redis-py: no connection until listen() subscribes.
+        self._subscriber = pubsub_client(settings) if settings.redis_cluster else redis
         self._pool = pool
         self._keys = keys
         self._session_ttl_ms = settings.session_ttl_s * 1000
@@ -192,7 +195,7 @@ class Accounts:
         for the life of the process. The cache is used only while subscribed."""
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self._subscriber.pubsub() as pubsub:
                     await pubsub.subscribe(self._keys.sessions_revoked)
                     while True:
                         message = await pubsub.get_message(timeout=1.0)

@@ -15,6 +15,17 @@ from redis.backoff import ExponentialBackoff
 from shared.settings import Settings
 
 
+class _Cluster(RedisCluster):
+    """redis-py's asyncio RedisCluster has no publish() (nor pubsub(): see pubsub_client)."""
+
+    async def publish(self, channel: str, message: str) -> int:
+        # Classic PUBLISH is propagated over the cluster bus to every node's subscribers, so one
+        # node will do: the client's default node (a primary from the slot map, replaced if it
+        # fails; resolved after the client initializes). The reply counts that node's only.
+        flag = RedisCluster.DEFAULT_NODE
+        return int(await self.execute_command("PUBLISH", channel, message, target_nodes=flag))
+
+
 def redis_client(url: str, *, cluster: bool = False) -> Redis:
     """A client for one role. With `cluster`, a Redis Cluster client that finds every node from
     the one in `url`; every Lua script and multi-key call shares a hash tag, so each runs on one
@@ -28,8 +39,22 @@ def redis_client(url: str, *, cluster: bool = False) -> Redis:
         health_check_interval=30,
     )
     if cluster:
-        return cast(Redis, RedisCluster.from_url(url, **options))
+        return cast(Redis, _Cluster.from_url(url, **options))
     client: Redis = Redis.from_url(url, **options)
+    return client
+
+
+def pubsub_client(settings: Settings) -> Redis:
+    """A plain client for the state role's pub/sub, also in cluster mode: redis-py's asyncio
+    RedisCluster has no pubsub(). Classic SUBSCRIBE/PUBLISH is broadcast over the whole cluster,
+    so one connection to the node in the URL hears what any node publishes (PUBLISH itself may go
+    through the cluster client). No read timeout: a subscriber is idle most of the time."""
+    client: Redis = Redis.from_url(
+        settings.state_url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+    )
     return client
 
 

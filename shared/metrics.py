@@ -198,3 +198,41 @@ class JobMetrics:
 
     def failed(self, job: str) -> None:
         self.failures.labels(job).inc()
+
+
+class MatcherMetrics:
+    """The matcher: open sockets, matches, find_match latency, and what happened to results
+    heard on pub/sub (delivered to a socket's outbox, or dropped because the client was cut off)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sockets = Gauge(
+            "redline_matcher_open_sockets", "Accepted match sockets open now", registry=registry
+        )
+        self.matches = Counter(
+            "redline_matcher_matches", "Pairs claimed by this process's seekers", registry=registry
+        )
+        self.find_duration = Histogram(
+            "redline_matcher_find_match_duration_seconds",
+            "Time of the match script call for one find_match (rate limit excluded)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "redline_matcher_deliveries",
+            "Results from pub/sub queued to a local socket",
+            registry=registry,
+        )
+        self.drops = Counter(
+            "redline_matcher_delivery_drops",
+            "Results from pub/sub not queued: the socket was closing or its outbox full",
+            registry=registry,
+        )
+        self.slow_clients = Counter(
+            "redline_matcher_slow_client_disconnects",
+            "Sockets closed because the client stopped reading (send queue full)",
+            registry=registry,
+        )
+
+    def count_sockets(self, count: Callable[[], int]) -> None:
+        """Read the open-socket count at scrape time: nothing to update on connect/close."""
+        self.sockets.set_function(lambda: float(count()))

@@ -1,22 +1,23 @@
-"""The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` (plus health).
-Its lifespan alone opens and closes its clients, the pub/sub hub and the pool heartbeat."""
+"""The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` (plus health and
+metrics). Its lifespan alone opens and closes its clients, the pub/sub hub and the heartbeat."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse
-from starlette.requests import Request
 
 from services.matcher.matcher import Matcher
 from shared.accounts import Accounts
 from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
+from shared.health import Observability, health_router, postgres_check, redis_check
 from shared.keys import Keys
+from shared.metrics import HttpMetrics, MatcherMetrics, new_registry
+from shared.observer import RequestObserver
+from shared.permissions import check_redis_users, service_urls
 from shared.scripts import Scripts
 from shared.settings import Settings
 
@@ -25,11 +26,17 @@ log = logging.getLogger("redline.matcher")
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require_urls()
+    # Built here, not in the lifespan: one registry per app, its metrics registered once.
+    registry = new_registry()
+    obs = Observability(registry, timeout_s=settings.readiness_timeout_s)
+    metrics = MatcherMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await check_redis_users(settings, "matcher", service_urls(settings))
         keys = Keys(settings.key_prefix, settings.doc_shards)
-        state = redis_client(settings.state_url)
+        # In cluster mode a RedisCluster; the hub's pub/sub uses a plain connection (hub.py).
+        state = redis_client(settings.state_url, cluster=settings.redis_cluster)
         pool = await create_db_pool(settings)
         scripts = Scripts(state, keys)
         matcher = Matcher(
@@ -40,50 +47,28 @@ def create_app(settings: Settings) -> FastAPI:
             scripts,
             Accounts(settings, state, pool, keys),
             Documents(settings, state, pool, scripts, keys),
+            metrics,
         )
         await matcher.start()
         app.state.matcher = matcher
+        obs.watch(redis_check("state_redis", state), postgres_check("postgres", pool))
         log.info("matcher ready")
         try:
             yield
         finally:
+            obs.checks.clear()  # a restarted lifespan (tests) must not probe closed clients
             await matcher.stop()
             await pool.close()
             await state.aclose()
 
     app = FastAPI(title="Redline matcher", version="0.1.0", lifespan=lifespan, openapi_url=None)
+    # Request ids for the sockets' logs, and count/latency of the HTTP routes (health, metrics).
+    app.add_middleware(RequestObserver, metrics=HttpMetrics(registry))
+    app.include_router(health_router(obs))
 
     @app.websocket("/v1/ws/match")
     async def match_socket(ws: WebSocket) -> None:
         matcher: Matcher = ws.app.state.matcher
         await matcher.serve(ws)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
-        matcher: Matcher = request.app.state.matcher
-
-        async def redis_ok() -> bool:
-            try:
-                return bool(await asyncio.wait_for(matcher.state.ping(), 2))
-            except Exception:
-                return False
-
-        async def postgres_ok() -> bool:
-            try:
-                async with asyncio.timeout(2), matcher.db.acquire() as conn:
-                    return bool(await conn.fetchval("SELECT 1") == 1)
-            except Exception:
-                return False
-
-        redis_up, pg_up = await asyncio.gather(redis_ok(), postgres_ok())
-        checks = {"redis": "up" if redis_up else "down", "postgres": "up" if pg_up else "down"}
-        ready = redis_up and pg_up
-        body = {"status": "ready" if ready else "unavailable", "checks": checks}
-        body["connections"] = str(len(matcher.hub))
-        return JSONResponse(body, 200 if ready else 503)
 
     return app

@@ -13,12 +13,13 @@ from collections import defaultdict
 from dataclasses import replace
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
-from services.matcher.connection import IDLE, Connection
+from services.matcher.connection import IDLE, SLOW_CLIENT, Connection
 from services.matcher.handshake import bearer, origin_allowed, refuse
 from services.matcher.hub import Hub
 from shared import profiles, trending
@@ -40,6 +41,7 @@ from shared.messages import (
     RateLimitedMsg,
     client_message,
 )
+from shared.metrics import MatcherMetrics
 from shared.models import Profile
 from shared.pool import Pool, clean_interests, language_key, wall_ms
 from shared.scripts import MatchReply, MatchStatus, PoolEntry, Scripts
@@ -63,6 +65,7 @@ class Matcher:
         scripts: Scripts,
         accounts: Accounts,
         documents: Documents,
+        metrics: MatcherMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -71,8 +74,11 @@ class Matcher:
         self.scripts = scripts
         self.accounts = accounts
         self.documents = documents
+        # An app exports these on /metrics; without one they count into a registry nobody reads.
+        self.metrics = metrics or MatcherMetrics(CollectorRegistry())
         self.pool = Pool(settings, scripts)
         self.hub = Hub(settings.state_url, keys, self._delivered, self._redeliver)
+        self.metrics.count_sockets(lambda: len(self.hub))
         self._interval_ms = max(1, settings.match_period_s * 1000 // settings.match_rate)
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -107,6 +113,8 @@ class Matcher:
             log.exception("matcher socket failed", extra={"user": conn.user_id})
             conn.close_with = conn.close_with or (1011, "internal error")
         finally:
+            if conn.close_with == SLOW_CLIENT:
+                self.metrics.slow_clients.inc()
             await conn.stop()
             await self.hub.detach(conn)
             if conn.in_pool:
@@ -242,7 +250,8 @@ class Matcher:
         if not conn.entry.interests:
             conn.push(ErrorMsg(detail="no interests to match on: add some to your profile"))
             return
-        reply = await self.pool.find(conn.language, conn.entry, rejoin=not conn.in_pool)
+        with self.metrics.find_duration.time():
+            reply = await self.pool.find(conn.language, conn.entry, rejoin=not conn.in_pool)
         if reply.status is MatchStatus.CLAIMED:
             # Someone's match claimed us a moment ago; its match_found is on the way.
             conn.in_pool = False
@@ -272,6 +281,7 @@ class Matcher:
             room_id=doc.id, partner_id=conn.user_id, document_id=doc.id, shared_interests=shared
         )
         await self._publish(partner, Delivery(frame=theirs, ticket=reply.partner_ticket), True)
+        self.metrics.matches.inc()
         conn.push(
             MatchFound(
                 room_id=doc.id, partner_id=partner, document_id=doc.id, shared_interests=shared
@@ -302,7 +312,8 @@ class Matcher:
         if delivery.frame is not None:
             if mine:
                 conn.in_pool = False
-            conn.push(delivery.frame, delivery.inbox_id)
+            queued = conn.push(delivery.frame, delivery.inbox_id)
+            (self.metrics.deliveries if queued else self.metrics.drops).inc()
         elif delivery.requeue and mine and conn.close_with is None:
             with contextlib.suppress(*DOWN):
                 await self._enter(conn, rejoin=True)

@@ -1,18 +1,19 @@
 """deploy/redis/users.acl on a real Valkey: each service does its real work as its own user, and
 none of them can wipe, list or reconfigure the server.
 
-The api and the flusher run here with REDLINE_ENV=production, so their start-up permission check
-(shared/permissions.py) must accept their users. The matcher's user is checked for what it must
-NOT do; its positive scenarios wait for services/matcher (built on another branch).
+The api, the flusher and the matcher run here with REDLINE_ENV=production, so their start-up
+permission check (shared/permissions.py) must accept their users.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,17 @@ from services.api.app import create_app
 from services.flusher import worker
 from shared.keys import Keys
 from shared.permissions import _dryrun, _queued, can_flushall
+from shared.pool import Pool
+from shared.scripts import PoolEntry, Scripts
 from shared.settings import Settings
 from tests.conftest import ROOT, Servers, make_settings
+from tests.services.matcher.conftest import (
+    matcher_server,
+    open_socket,
+    recv_type,
+    send,
+    set_profile,
+)
 from tests.support.users import create_doc, edit, signup
 from tests.support.valkeys import valkey_server
 
@@ -120,8 +130,16 @@ async def test_service_users_reach_only_redline_keys_and_channels(
     client = Redis.from_url(service_url(acl_port, service), decode_responses=True)
     try:
         await client.set("rl:{s1}:doc:probe", "ok")
-        await client.set("arq:job:probe", "ok")
-        assert await client.publish("rl:events:probe", "hi") == 0
+        if service == "matcher":
+            # No queue, and only the users' match channels (services/matcher/hub.py).
+            with pytest.raises(NoPermissionError):
+                await client.set("arq:job:probe", "ok")
+            with pytest.raises(NoPermissionError):
+                await client.publish("rl:events:probe", "hi")
+            assert await client.publish("rl:match:user:probe", "hi") == 0
+        else:
+            await client.set("arq:job:probe", "ok")
+            assert await client.publish("rl:events:probe", "hi") == 0
         with pytest.raises(NoPermissionError):
             await client.set("other-app:key", "x")
         with pytest.raises(NoPermissionError):
@@ -235,6 +253,99 @@ async def test_api_and_flusher_do_their_whole_job_as_their_users_in_production(
     await worker.shutdown(ctx)
     assert await db.fetchval("SELECT version FROM documents WHERE id = $1", doc) == 2
     assert await db.fetchval("SELECT count(*) FROM documents WHERE id = $1", other) == 0
+
+
+async def _pool_expiry(admin: Redis, user_id: str) -> float | None:
+    score: float | None = await admin.zscore(Keys("rl", 64).pool_members("en"), user_id)
+    return score
+
+
+async def test_the_matcher_does_its_whole_job_as_its_user_in_production(
+    api_as_its_user: httpx.AsyncClient,
+    migrated: Servers,
+    acl_port: int,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Handshake (session GETEX), pool entry, find_match (GCRA + match scripts), the room document,
+    trending, pub/sub delivery, the inbox (XADD, XRANGE, XDEL), the heartbeat (pool refresh,
+    session EXISTS), leaving the pool, and /readyz: all as redline-matcher, no NOPERM anywhere."""
+    api = api_as_its_user
+    names = ("ada", "bob", "cara", "dan")
+    users = {name: await signup(api, name) for name in names}
+    for user in users.values():
+        await set_profile(db, user, ["chess", "go"])
+    ada, bob, cara, dan = (users[n] for n in names)
+    # pool_ttl_s=3: the heartbeat runs every second, within the test.
+    settings = acl_settings(migrated, acl_port, "matcher").model_copy(update={"pool_ttl_s": 3})
+    admin = Redis.from_url(user_url(acl_port, "redline-admin"), decode_responses=True)
+    keys = Keys("rl", settings.doc_shards)
+    caplog.set_level(logging.WARNING, logger="redline")
+    await admin.execute_command("ACL", "LOG", "RESET")
+    try:
+        async with matcher_server(settings) as url:
+            http = url.replace("ws://", "http://")
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{http}/readyz")).status_code == 200
+            async with open_socket(url, ada) as a, open_socket(url, bob) as b:
+                await recv_type(a, "queued")
+                await recv_type(b, "queued")
+                await send(b, type="find_match")
+                mine = await recv_type(b, "match_found")
+                theirs = await recv_type(a, "match_found")
+                assert mine["partner_id"] == ada.user_id and theirs["partner_id"] == bob.user_id
+                await send(a, type="ping")
+                await recv_type(a, "pong")
+            async with open_socket(url, cara) as c:
+                await recv_type(c, "queued")
+                # The heartbeat extends her entry (pool refresh script, session EXISTS).
+                first = await _pool_expiry(admin, cara.user_id)
+                later = first
+                for _ in range(40):
+                    await asyncio.sleep(0.1)
+                    later = await _pool_expiry(admin, cara.user_id)
+                    if first is not None and later is not None and later > first:
+                        break
+                assert first is not None and later is not None and later > first
+                await send(c, type="cancel")
+                await recv_type(c, "cancelled")
+                assert await _pool_expiry(admin, cara.user_id) is None
+            # The inbox: Cara's socket is gone but her entry is still in the pool (her process
+            # died); Dan's match waits in her inbox until she reconnects.
+            stale = PoolEntry(cara.user_id, "gone-socket", interests=("chess",))
+            await Pool(settings, Scripts(admin, keys)).enter("en", stale)
+            async with open_socket(url, dan) as d:
+                await recv_type(d, "queued")
+                await send(d, type="find_match")
+                found = await recv_type(d, "match_found")
+            assert found["partner_id"] == cara.user_id
+            assert await admin.xlen(keys.inbox(cara.user_id)) == 1
+            async with open_socket(url, cara) as c:
+                waiting = await recv_type(c, "match_found")
+                assert waiting["partner_id"] == dan.user_id
+                await send(c, type="ping")
+                await recv_type(c, "pong")
+            assert await admin.xlen(keys.inbox(cara.user_id)) == 0
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"{http}/metrics")).text
+            assert "redline_matcher_matches_total 2.0" in text
+        # Trending was counted (a pipeline the matcher runs after both results are out).
+        day = datetime.now(UTC).date()
+        for _ in range(40):
+            if await admin.zscore(keys.trending(day), "chess") == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await admin.zscore(keys.trending(day), "chess") == 2
+        # Every denial Redis logged for the matcher is the start-up probe's (it asks whether
+        # FLUSHALL is allowed, and may not ask ACL): the matcher's own work was never refused,
+        # not even where it swallows Redis errors (the inbox acknowledgement, trending).
+        log = await admin.acl_log()
+        refused = {e["object"] for e in log if e["username"] == "redline-matcher"}
+        assert refused <= {"flushall", "acl|whoami"}, log
+    finally:
+        await admin.aclose()
+    warnings = [r for r in caplog.records if r.name.startswith("redline.matcher")]
+    assert not warnings, [(r.name, r.getMessage(), r.__dict__.get("err")) for r in warnings]
 
 
 async def test_a_service_refuses_a_url_without_its_password(acl_port: int) -> None:

@@ -1,11 +1,14 @@
-"""Scale-out, for real: two api processes and two flusher workers on one Redis and one Postgres
-(what `docker compose up --scale flusher=2` and two api replicas run).
+"""Scale-out, for real: two api processes, two flusher workers and two matchers on one Redis and
+one Postgres (what `docker compose up --scale flusher=2 --scale matcher=2` and two api replicas
+run).
 
 Typists edit the same documents through both APIs at once, editors leave (each leave queues a
 flush job that either worker may take), both workers flush on their cron ticks, and a watcher
 reads Postgres all along. Afterwards Postgres holds exactly the newest acknowledged version of
 every document, with its content, and the watcher never saw a version go backwards.
-The matcher part of the scenario waits for services/matcher (built on another branch).
+Meanwhile pairs of users, one of each pair on each matcher, all seek a match at once: every
+match is reciprocal (both partners told, same room), many cross the two processes, and no user is
+ever in two matches.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -27,12 +31,15 @@ from shared.embedded import free_port
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
+from tests.services.matcher.conftest import make_user, open_socket, recv, recv_type, send
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env
 from tests.support.users import User, add_member, create_doc, signup
 
 pytestmark = pytest.mark.slow
 
 EDIT_SECONDS = 6.0
+PAIRS = 10
+MATCH_WINDOW_S = 4.0
 DOCS = 12
 SETTLE_S = 15.0
 
@@ -55,6 +62,7 @@ class Fleet:
     settings: Settings
     apis: list[httpx.AsyncClient]
     flushers: list[Service]
+    matchers: list[str]
 
 
 @asynccontextmanager
@@ -85,7 +93,21 @@ async def fleet(servers: Servers, log_dir: Path) -> AsyncIterator[Fleet]:
                     )
                 )
             )
-        yield Fleet(base, clients, flushers)
+        matchers = []
+        for n in (1, 2):
+            settings = base.model_copy(update={"matcher_port": free_port()})
+            http = f"http://127.0.0.1:{settings.matcher_port}"
+            await stack.enter_async_context(
+                running(
+                    f"matcher{n}",
+                    "services.matcher",
+                    settings_env(settings),
+                    log_dir,
+                    http_ready(f"{http}/readyz"),
+                )
+            )
+            matchers.append(f"ws://127.0.0.1:{settings.matcher_port}")
+        yield Fleet(base, clients, flushers, matchers)
 
 
 async def typist(
@@ -127,6 +149,48 @@ async def watch_versions(dsn: str, stop: asyncio.Event, regressions: list[str]) 
         await conn.close()
 
 
+async def seek(url: str, user: User, found: dict[str, list[dict[str, Any]]]) -> None:
+    """Connect, seek once, and record every match_found this user hears within the window."""
+    async with open_socket(url, user) as ws:
+        await recv_type(ws, "queued", within=10)
+        await send(ws, type="find_match")
+        deadline = time.monotonic() + MATCH_WINDOW_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = await recv(ws, within=left)
+            except TimeoutError:
+                break
+            if frame["type"] == "match_found":
+                found.setdefault(user.user_id, []).append(frame)
+            else:
+                assert frame["type"] == "no_match_found", frame
+
+
+async def match_pairs(f: Fleet, db: asyncpg.Connection) -> tuple[int, int]:
+    """PAIRS pairs seek at once, one of each pair on each matcher. Each pair shares an interest
+    of its own (two in common), and everyone shares `common`: a racing seeker may also claim a
+    stranger, which is what could double-match. Returns (pairs matched, pairs across matchers)."""
+    side: dict[str, int] = {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    seekers = []
+    for n in range(PAIRS):
+        for which in (0, 1):
+            user = await make_user(f.apis[which], db, f"m{n}x{which}", [f"t{n}", "common"])
+            side[user.user_id] = which
+            seekers.append(seek(f.matchers[which], user, found))
+    await asyncio.gather(*seekers)
+    twice = {u: frames for u, frames in found.items() if len(frames) > 1}
+    assert not twice, f"users matched more than once: {twice}"
+    partner = {u: frames[0]["partner_id"] for u, frames in found.items()}
+    room = {u: frames[0]["document_id"] for u, frames in found.items()}
+    for user_id, other in partner.items():
+        assert partner.get(other) == user_id, "a match must reach both partners"
+        assert room[other] == room[user_id]
+    pairs = {frozenset((u, p)) for u, p in partner.items()}
+    across = sum(1 for pair in pairs if len({side[u] for u in pair}) == 2)
+    return len(pairs), across
+
+
 async def dirty_count(redis: Redis, keys: Keys) -> int:
     return sum([await redis.zcard(keys.dirty(shard)) for shard in range(keys.shards)])
 
@@ -153,9 +217,11 @@ async def test_two_apis_and_two_flushers_lose_nothing_and_never_go_backwards(
         watcher = asyncio.create_task(watch_versions(f.settings.dsn, stop, regressions))
         until = time.monotonic() + EDIT_SECONDS
         # Two typists per document, one per user, each spraying both APIs.
-        await asyncio.gather(
+        # ... while pairs of users are matched across the two matchers.
+        *_, (matched, across) = await asyncio.gather(
             *(typist(f.apis, owner, d, "owner", ledger, until) for d in docs),
             *(typist(f.apis, member, d, "member", ledger, until) for d in docs),
+            match_pairs(f, db),
         )
         keys = Keys(f.settings.key_prefix, f.settings.doc_shards)
         redis = Redis.from_url(f.settings.state_url, decode_responses=True)
@@ -172,11 +238,19 @@ async def test_two_apis_and_two_flushers_lose_nothing_and_never_go_backwards(
         per_worker = [flushes_in(s) for s in f.flushers]
 
     print(f"{ledger.acked} edits acknowledged on {DOCS} documents; flushes per worker {per_worker}")
+    print(f"{matched} of {PAIRS} pairs matched, {across} across the two matchers")
     rows = {
         r["id"]: (r["version"], r["content"])
-        for r in await db.fetch("SELECT id::text, version, content FROM documents")
+        # The typed documents (the matches made rooms too: documents of their own).
+        for r in await db.fetch(
+            "SELECT id::text, version, content FROM documents WHERE id = ANY($1::uuid[])", docs
+        )
     }
     assert ledger.acked > 100, f"only {ledger.acked} edits acknowledged"
     assert rows == ledger.newest, "Postgres must hold every newest acknowledged version"
     assert regressions == [], "a version went backwards in Postgres"
     assert all(n > 0 for n in per_worker), f"both workers must flush: {per_worker}"
+    # 2 x PAIRS users seeking at once: nearly all are matched, and many across processes.
+    assert matched >= PAIRS - 2 and across >= PAIRS // 2, (matched, across)
+    rooms = await db.fetchval("SELECT count(*) FROM documents WHERE NOT id = ANY($1::uuid[])", docs)
+    assert rooms == matched, "one room per match, none for a match that did not happen"

@@ -4,8 +4,7 @@ multi-key call shares a hash tag, so it runs unchanged on a cluster).
 The scenario tests are the suite's own, imported here so that they run with this folder's
 cluster-mode fixtures (conftest.py): edits and read-your-writes through the API, flushes that
 persist, an edit during a flush that stays dirty, racing flushers, a delete racing a flush, the
-worker's jobs and its drain on shutdown. The matching scenarios are not here yet: the matcher is
-built on another branch.
+worker's jobs and its drain on shutdown. The matching scenarios are in test_cluster_matching.py.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -129,3 +130,14 @@ async def recv_type(ws: ClientConnection, kind: str, within: float = 5.0) -> dic
 
 async def send(ws: ClientConnection, **message: Any) -> None:
     await ws.send(json.dumps(message))
+
+
+async def scrape(client: httpx.AsyncClient, http_url: str, name: str) -> float:
+    """One unlabelled sample from the matcher's /metrics."""
+    reply = await client.get(f"{http_url}/metrics")
+    assert reply.status_code == 200, reply.text
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"{name} not in /metrics")

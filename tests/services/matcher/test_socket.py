@@ -24,6 +24,7 @@ from tests.services.matcher.conftest import (
     open_socket,
     recv,
     recv_type,
+    scrape,
     send,
 )
 
@@ -253,15 +254,19 @@ async def test_a_client_that_stops_reading_is_cut_off(
         async with open_socket(url, ada, max_queue=1) as a:
             await recv_type(a, "queued")
             async with httpx.AsyncClient() as client:
-                assert (await client.get(f"{http}/readyz")).json()["connections"] == "1"
+                sockets = "redline_matcher_open_sockets"
+                assert await scrape(client, http, sockets) == 1
                 # Results pour in faster than it reads: buffers fill, then its bounded queue.
                 for _ in range(400):
                     await redis.publish(keys.match_channel(ada.user_id), flood)
                 for _ in range(100):
-                    if (await client.get(f"{http}/readyz")).json()["connections"] == "0":
+                    if await scrape(client, http, sockets) == 0:
                         break
                     await asyncio.sleep(0.1)
-                assert (await client.get(f"{http}/readyz")).json()["connections"] == "0"
+                assert await scrape(client, http, sockets) == 0
+                slow = "redline_matcher_slow_client_disconnects_total"
+                assert await scrape(client, http, slow) == 1
+                assert await scrape(client, http, "redline_matcher_delivery_drops_total") >= 1
     assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
 
 
