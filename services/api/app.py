@@ -51,6 +51,12 @@ def create_app(settings: Settings) -> FastAPI:
         scripts = Scripts(state, keys)
         # The cache role gets its own client even when it is the same URL: it may be an LRU
         # instance, and a dead cache must not take sessions or edits down with it.
+        if settings.redis_cluster and settings.cache_url == settings.state_url:
+            log.warning(
+                "the cache role points at the Redis Cluster, which the cache client does not"
+                " support: profile reads will all go to Postgres; set REDLINE_CACHE_REDIS_URL"
+                " to a plain Redis (docs/deploy.md)"
+            )
         cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
         cache = Cache(
             cache_redis,
