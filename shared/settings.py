@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     ws_ping_timeout_s: float = Field(20.0, gt=0)
     ws_send_queue: int = Field(64, ge=1, description="frames queued per socket before it is cut")
 
+    # Document event streams (state Redis) and /v1/ws/events.
+    doc_events_maxlen: int = Field(1000, ge=10, description="entries kept per document stream")
+    doc_events_ttl_s: int = Field(86_400, ge=60, description="a stream lives this long idle")
+    ws_max_subscriptions: int = Field(200, ge=1, description="documents one events socket follows")
+
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0)

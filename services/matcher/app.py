@@ -1,4 +1,5 @@
-"""The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` (plus health).
+"""The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` and `/v1/ws/events`
+(plus health).
 Its lifespan alone opens and closes its clients, the pub/sub hub and the pool heartbeat."""
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
+from services.matcher.events import EventsEndpoint
 from services.matcher.matcher import Matcher
+from services.matcher.streams import StreamReader
 from shared.accounts import Accounts
 from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
 from shared.keys import Keys
-from shared.scripts import Scripts
+from shared.scripts import Scripts, events_options
 from shared.settings import Settings
 
 log = logging.getLogger("redline.matcher")
@@ -31,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
         keys = Keys(settings.key_prefix, settings.doc_shards)
         state = redis_client(settings.state_url)
         pool = await create_db_pool(settings)
-        scripts = Scripts(state, keys)
+        scripts = Scripts(state, keys, **events_options(settings))
         matcher = Matcher(
             settings,
             keys,
@@ -42,11 +45,15 @@ def create_app(settings: Settings) -> FastAPI:
             Documents(settings, state, pool, scripts, keys),
         )
         await matcher.start()
+        reader = StreamReader(settings.state_url, keys, cluster=settings.redis_cluster)
+        await reader.start()
         app.state.matcher = matcher
+        app.state.events = EventsEndpoint(matcher, reader)
         log.info("matcher ready")
         try:
             yield
         finally:
+            await reader.stop()
             await matcher.stop()
             await pool.close()
             await state.aclose()
@@ -57,6 +64,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def match_socket(ws: WebSocket) -> None:
         matcher: Matcher = ws.app.state.matcher
         await matcher.serve(ws)
+
+    @app.websocket("/v1/ws/events")
+    async def events_socket(ws: WebSocket) -> None:
+        events: EventsEndpoint = ws.app.state.events
+        await events.serve(ws)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
