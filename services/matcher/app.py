@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         ready = redis_up and pg_up
         body = {"status": "ready" if ready else "unavailable", "checks": checks}
         body["connections"] = str(len(matcher.hub))
+        body["event_streams"] = str(request.app.state.events.streams)
         return JSONResponse(body, 200 if ready else 503)
 
     return app

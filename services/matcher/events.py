@@ -52,6 +52,11 @@ class EventsEndpoint:
         self._state: Redis = matcher.state
         self._reader = reader
 
+    @property
+    def streams(self) -> int:
+        """How many streams this process's reader follows (for /readyz)."""
+        return self._reader.streams
+
     async def serve(self, ws: WebSocket) -> None:
         conn = await self._open(ws)
         if conn is None:
@@ -185,7 +190,12 @@ class EventsEndpoint:
         newest = str(info["last-generated-id"])
         if since is None:
             return _list(entries), _last(entries, newest), False
-        trimmed = pos(since) < pos(str(info.get("max-deleted-entry-id") or "0-0"))
+        # Entries were removed (the cap) and `since` is before the oldest one left: some after
+        # it may be gone. (Conservative: `since` naming the last removed entry also resets.)
+        removed = int(info["entries-added"]) > int(info["length"])
+        first = info.get("first-entry")
+        oldest = str(first[0]) if first else newest
+        trimmed = removed and pos(since) < pos(oldest)
         foreign = pos(since) > pos(newest)  # not an id of this stream (or an older life of it)
         if kind == "doc" and (trimmed or foreign or len(entries) > room):
             return [], newest, True

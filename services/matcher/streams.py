@@ -101,7 +101,7 @@ class StreamReader:
 
     @property
     def streams(self) -> int:
-        return len(self._cursor)
+        return len(self._follows)
 
     # Following -----------------------------------------------------------------------------
     def follow(self, key: str, conn: Connection, kind: Kind) -> Follow:
