@@ -255,7 +255,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         on_shutdown=shutdown,
         ctx=ctx,
         max_jobs=4,
-        poll_delay=0.1,
+        poll_delay=settings.job_poll_s,
         job_timeout=max(settings.flush_interval * 4, settings.job_timeout_s),
         health_check_key=keys.flusher_health,
     )
