@@ -153,9 +153,10 @@ async def test_resume_with_since_gets_exactly_the_missed_events(
             ("document.edited", 4),
         ]
         assert subscribed["last_id"] == missed[-1]["id"]
-        # Then live, with nothing repeated.
+        # Then live, with nothing repeated; promptly (the reader's blocked XREAD was woken to
+        # take the new stream in: its block is 5 s).
         await edit(api, bob, doc_id, "five")
-        live = await recv(ws)
+        live = await recv(ws, within=1.0)
         assert (live["event"], live["version"]) == ("document.edited", 5)
         await send(ws, type="ping")
         assert (await recv(ws))["type"] == "pong"
@@ -388,3 +389,24 @@ async def test_every_event_stream_expires_when_idle(
         "by": alice.user_id,
         "at": fields["at"],
     }
+
+
+async def test_one_stream_is_read_once_for_all_its_local_followers(
+    api: httpx.AsyncClient, events_url: str
+) -> None:
+    alice, bob, doc_id = await two_editors(api)
+    http = events_url.replace("ws://", "http://")
+    async with (
+        events_socket(events_url, alice) as a,
+        events_socket(events_url, bob) as b,
+        events_socket(events_url, bob) as b2,
+        httpx.AsyncClient() as client,
+    ):
+        for ws in (a, b, b2):
+            assert (await subscribe(ws, doc_id))["type"] == "subscribed"
+        # One document stream and two inboxes, whatever the number of sockets.
+        assert (await client.get(f"{http}/readyz")).json()["event_streams"] == "3"
+        r = await edit(api, alice, doc_id, "to all")
+        for ws in (a, b, b2):
+            got = await recv(ws, within=1.0)
+            assert (got["event"], got["version"]) == ("document.edited", r.json()["version"])
