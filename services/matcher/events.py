@@ -177,13 +177,18 @@ class EventsEndpoint:
             newest = await self._state.xrevrange(key, count=1)
             return [], newest[0][0] if newest else "0-0", False
         start = "-" if since is None else f"({since}"
-        # A backlog longer than half the outbox would cut the client as slow: a reset instead.
+        # A backlog longer than half the outbox would cut the client as slow: for a document,
+        # a reset instead; for an inbox (capped, but `MAXLEN ~` may keep more), its newest.
         room = max(1, self._settings.ws_send_queue // 2)
         async with self._state.pipeline(transaction=False) as pipe:
             pipe.xinfo_stream(key)
-            # An inbox is short (capped): all of it.
-            pipe.xrange(key, min=start, count=room + 1 if kind == "doc" else None)
+            if kind == "doc":
+                pipe.xrange(key, min=start, count=room + 1)
+            else:
+                pipe.xrevrange(key, min=start, count=room)
             info, entries = await pipe.execute(raise_on_error=False)
+        if kind == "inbox" and isinstance(entries, list):
+            entries.reverse()
         if isinstance(info, Exception):  # no such stream (never written, or expired)
             last = since or "0-0"
             return [], last, kind == "doc" and since is not None and since != "0-0"

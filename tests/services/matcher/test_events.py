@@ -25,6 +25,7 @@ from shared.accounts import Principal
 from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
 from shared.embedded import free_port
+from shared.events import job_finished
 from shared.keys import Keys
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -410,3 +411,18 @@ async def test_one_stream_is_read_once_for_all_its_local_followers(
         for ws in (a, b, b2):
             got = await recv(ws, within=1.0)
             assert (got["event"], got["version"]) == ("document.edited", r.json()["version"])
+
+
+async def test_a_long_inbox_sends_its_newest_entries_without_cutting_the_socket(
+    api: httpx.AsyncClient, migrated: Any, redis: Redis
+) -> None:
+    settings = make_settings(migrated, ws_send_queue=8)
+    alice = await signup(api, "alice")
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    for n in range(30):  # more than the outbox holds
+        await job_finished(redis, keys, settings, alice.user_id, f"job-{n}", result={"n": n})
+    async with matcher_server(settings) as url, events_socket(url, alice) as ws:
+        got = [await recv(ws) for _ in range(4)]  # half the outbox
+        assert [f["job_id"] for f in got] == [f"job-{n}" for n in range(26, 30)]
+        await send(ws, type="ping")
+        assert (await recv(ws))["type"] == "pong"
