@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -237,10 +238,15 @@ async def run(
     kids.spawn("matcher", ["-m", "services.matcher"], _matcher_env(stack, port))
     try:
         kids.wait_http("matcher", port)
+        proc = psutil.Process(kids.procs["matcher"].pid)
+        cpu0 = sum(proc.cpu_times()[:2])
         edits = await edit_latency(stack, port, rate, docs, sockets, duration)
+        # Includes connecting and subscribing the sockets (a small part of it).
+        edits["matcher_cpu_s"] = sum(proc.cpu_times()[:2]) - cpu0
         say(
             f"events: edit -> document.edited p50 {edits['p50_ms']} ms, p99 {edits['p99_ms']} ms"
-            f" ({edits['events_received']}/{edits['events_expected']} events)"
+            f" ({edits['events_received']}/{edits['events_expected']} events;"
+            f" matcher CPU {edits['matcher_cpu_s']:.1f} s)"
         )
         saved = await save_latency(stack, port, saves) if saves > 0 else {}
         if saved:

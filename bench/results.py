@@ -174,6 +174,7 @@ class EventsRun:
     p99_ms: float | None
     max_ms: float | None
     errors: int
+    matcher_cpu_s: float | None = None  # the matcher process's CPU during the edit phase
     saves: int = 0
     save_p50_ms: float | None = None
     save_p99_ms: float | None = None
