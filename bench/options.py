@@ -13,7 +13,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redline", "naive", "ceiling")
-SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher")
+SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher", "events")
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
 # name: (full default, --quick default)
@@ -32,6 +32,9 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "match_calls": (2000, 300),
     "match_pairs": (200, 30),
     "idle_sockets": (2000, 200),
+    "events_rate": (500, 500),
+    "events_sockets": (200, 200),
+    "events_saves": (200, 30),
 }
 
 
@@ -52,6 +55,9 @@ class Options:
     match_calls: int
     match_pairs: int
     idle_sockets: int
+    events_rate: float
+    events_sockets: int
+    events_saves: int
     match_pools: tuple[int, ...]
     systems: tuple[str, ...]
     scenarios: tuple[str, ...]
@@ -128,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="idle authenticated sockets on one matcher process, 0 to skip (2000; quick 200)",
     )
+    add("--events-rate", type=float, help="edits/s of the events scenario (500)")
+    add(
+        "--events-sockets",
+        type=int,
+        help="/v1/ws/events sockets, each following one of --docs documents (200)",
+    )
+    add("--events-saves", type=int, help="sequential saves timed to job.completed (200; quick 30)")
     add("--systems", action=_names(SYSTEMS), default=SYSTEMS, help="comma list (all)")
     add("--scenarios", action=_names(SCENARIOS), default=SCENARIOS, help="comma list (all)")
     add("--seed", type=int, default=1, help="seed of the generated content")
@@ -160,6 +173,9 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         match_calls=int(values["match_calls"]),
         match_pairs=int(values["match_pairs"]),
         idle_sockets=int(values["idle_sockets"]),
+        events_rate=float(values["events_rate"]),
+        events_sockets=int(values["events_sockets"]),
+        events_saves=int(values["events_saves"]),
         match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
         scenarios=tuple(ns.scenarios),

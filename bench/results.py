@@ -160,6 +160,28 @@ class IdleSockets:
 
 
 @dataclass
+class EventsRun:
+    """bench/events.py: edit -> document.edited on followers' sockets; save -> job.completed."""
+
+    rate: float
+    edits: int
+    edits_per_s: float
+    sockets: int
+    documents: int
+    events_expected: int
+    events_received: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    errors: int
+    matcher_cpu_s: float | None = None  # the matcher process's CPU during the edit phase
+    saves: int = 0
+    save_p50_ms: float | None = None
+    save_p99_ms: float | None = None
+    save_max_ms: float | None = None
+
+
+@dataclass
 class Target:
     name: str
     value: float | None
@@ -179,6 +201,7 @@ class Report:
     match_latency: list[PoolLatency] = field(default_factory=list)
     idle_sockets: IdleSockets | None = None
     match_notify: NotifyLatency | None = None
+    events: EventsRun | None = None
 
     def load(self, scenario: str, system: str) -> LoadRun | None:
         return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
@@ -202,6 +225,7 @@ class Report:
             "match_latency": [asdict(m) for m in self.match_latency],
             "idle_sockets": None if self.idle_sockets is None else asdict(self.idle_sockets),
             "match_notify": None if self.match_notify is None else asdict(self.match_notify),
+            "events": None if self.events is None else asdict(self.events),
         }
 
 

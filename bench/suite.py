@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import backlog, matcher, profiles, systems, workload
+from bench import backlog, events, matcher, profiles, systems, workload
 from bench.options import ROOT, Options
 from bench.peers import NAIVE_FILL
 from bench.processes import say
@@ -152,6 +152,21 @@ def run(opts: Options) -> tuple[Report, list[str]]:
             except Exception as exc:
                 failures.append(f"matcher: {exc!r}")
                 say(f"matcher FAILED:\n{traceback.format_exc()}")
+        if "events" in opts.scenarios:
+            try:
+                report.events = run_async(
+                    events.run(
+                        stack,
+                        opts.events_rate,
+                        opts.docs,
+                        opts.events_sockets,
+                        opts.events_saves,
+                        opts.duration,
+                    )
+                )
+            except Exception as exc:
+                failures.append(f"events: {exc!r}")
+                say(f"events FAILED:\n{traceback.format_exc()}")
     finally:
         say("stopping every process started")
         with signals_ignored():

@@ -187,6 +187,38 @@ def notify(report: Report) -> str:
     return render(headers, [row])
 
 
+def events(report: Report) -> str:
+    e = report.events
+    assert e is not None
+    headers = (
+        "edits/s",
+        "docs",
+        "sockets",
+        "events",
+        "edited p50 ms",
+        "edited p99 ms",
+        "max ms",
+        "matcher cpu s",
+        "saves",
+        "job p50 ms",
+        "job p99 ms",
+    )
+    row = (
+        f"{e.edits_per_s:,.0f}",
+        str(e.documents),
+        str(e.sockets),
+        f"{e.events_received}/{e.events_expected}",
+        _f(e.p50_ms, 2),
+        _f(e.p99_ms, 2),
+        _f(e.max_ms, 2),
+        _f(e.matcher_cpu_s, 1),
+        str(e.saves),
+        _f(e.save_p50_ms, 2),
+        _f(e.save_p99_ms, 2),
+    )
+    return render(headers, [row])
+
+
 def idle(report: Report) -> str:
     i = report.idle_sockets
     assert i is not None
@@ -253,6 +285,8 @@ def everything(report: Report) -> str:
         parts += [notify(report)]
     if report.idle_sockets is not None:
         parts += ["", "Idle authenticated sockets on one matcher process", idle(report)]
+    if report.events is not None:
+        parts += ["", "Live events on /v1/ws/events (one matcher process)", events(report)]
     if report.targets:
         parts += ["", "Targets", targets(report)]
     return "\n".join(parts)

@@ -17,6 +17,8 @@ MATCH_P99_MS = 5.0  # find_match p99 with 10,000 users in one language pool
 MATCH_P99_GROWTH = 2.0  # p99 at the largest pool over p99 at the smallest
 KB_PER_SOCKET = 40.0  # matcher RSS per idle authenticated socket
 NOTIFY_P99_MS = 20.0  # match notification to a partner on another matcher process
+EVENT_P99_MS = 30.0  # edit -> document.edited on a follower's socket, at the events bench load
+SAVE_EVENT_P99_MS = 100.0  # POST save -> job.completed on the socket, idle queue
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -115,7 +117,31 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
     )
     out += _profile_targets(report)
     out += _matcher(report)
+    out += _events(report)
     return out
+
+
+def _events(report: Report) -> list[Target]:
+    e = report.events
+    return [
+        _check(
+            "edit -> document.edited p99 ms, <=",
+            e.p99_ms if e else None,
+            EVENT_P99_MS,
+            at_least=False,
+            note=f"{e.edits_per_s:.0f} edits/s, {e.documents} docs, {e.sockets} sockets,"
+            f" {e.events_received}/{e.events_expected} events"
+            if e
+            else "",
+        ),
+        _check(
+            "POST save -> job.completed p99 ms (idle queue), <=",
+            e.save_p99_ms if e else None,
+            SAVE_EVENT_P99_MS,
+            at_least=False,
+            note=f"{e.saves} sequential saves" if e and e.saves else "",
+        ),
+    ]
 
 
 PROFILE_VS_DOCUMENT = 0.90  # cached profile reads/s over document reads/s

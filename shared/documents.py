@@ -133,6 +133,16 @@ class Documents:
             raise NotFound(f"document {doc_id} not found")
         return fields
 
+    async def readable(self, who: Principal, doc_id: str) -> bool:
+        """May `who` read this document? False for a missing, deleted or malformed id too, so a
+        caller can answer both alike (no existence leak)."""
+        try:
+            uuid.UUID(doc_id)
+        except ValueError:
+            return False
+        fields = await self._fields(doc_id)
+        return fields is not None and allows(fields["acl"], who)
+
     # Commands ------------------------------------------------------------------------------
     async def create(
         self,
@@ -197,7 +207,7 @@ class Documents:
     async def delete(self, who: Principal, doc_id: str) -> None:
         await self._visible(who, doc_id)
         # Tombstone first: from here on no edit, seed or flush can bring the document back.
-        await self._scripts.delete(doc_id, self._tombstone_ttl_ms)
+        await self._scripts.delete(doc_id, self._tombstone_ttl_ms, who.user_id)
         async with self._pool.acquire() as conn:
             await queries.delete_document(conn, doc_id)
 

@@ -47,6 +47,11 @@ class Keys:
         script checks it in the same call)."""
         return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:rate:{user_id}"
 
+    def doc_events(self, doc_id: str) -> str:
+        """Capped stream of the document's events (edited, presence, saved, snapshot, deleted),
+        in its slot so the edit, presence, mark-clean and delete scripts append atomically."""
+        return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:events"
+
     def doc_dirty(self, doc_id: str) -> str:
         return self.dirty(self.shard_of(doc_id))
 
@@ -127,6 +132,11 @@ class Keys:
         """Capped stream of results waiting for a user who may be reconnecting (60 s): each
         entry's field `d` is a `shared.messages.Delivery` in JSON; deleted once delivered."""
         return f"{self.prefix}:inbox:{user_id}"
+
+    def events_wake(self, process: str) -> str:
+        """A matcher process's own stream, written to wake its blocked event reader when the set
+        of streams it follows changes (it reads this key in the same XREAD)."""
+        return f"{self.prefix}:events:wake:{process}"
 
     # Queue (queue Redis, arq) -----------------------------------------------------------
     @property

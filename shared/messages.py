@@ -3,7 +3,7 @@ message, parsed through discriminated unions (an unknown `type` or field is an e
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -94,3 +94,76 @@ class Delivery(BaseModel):
     ticket: str | None = None
     requeue: bool = False
     inbox_id: str | None = None
+
+
+# /v1/ws/events ------------------------------------------------------------------------------
+DocumentId = Annotated[str, Field(min_length=1, max_length=64)]
+StreamId = Annotated[str, Field(pattern=r"^\d{1,20}-\d{1,20}$")]
+
+
+class Subscribe(_Client):
+    """Follow a document's events. With `since` (a stream id this client saw), first every
+    event after it, or a `reset` when it has been trimmed away."""
+
+    type: Literal["subscribe"]
+    document_id: DocumentId
+    since: StreamId | None = None
+
+
+class Unsubscribe(_Client):
+    type: Literal["unsubscribe"]
+    document_id: DocumentId
+
+
+EventsClientMessage = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="type")]
+events_client_message: TypeAdapter[EventsClientMessage] = TypeAdapter(EventsClientMessage)
+
+
+class Event(BaseModel):
+    """One stream entry: from a document's stream (`stream: doc`) or the user's inbox. `id` is
+    its stream id (resume with `since`); `event` names what happened (document.edited,
+    presence.changed, document.saved, document.snapshot, document.deleted, job.completed,
+    job.failed, match.found); the other fields depend on it."""
+
+    type: Literal["event"] = "event"
+    stream: Literal["doc", "inbox"]
+    id: str
+    event: str
+    document_id: str | None = None
+    version: int | None = None
+    by: str | None = None
+    at: int | None = None
+    editors: list[str] | None = None
+    label: str | None = None
+    snapshot_id: str | None = None
+    job_id: str | None = None
+    status: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    match: MatchFound | None = None
+
+
+class Subscribed(BaseModel):
+    """Events after `last_id` follow (the backlog after `since` was sent before this)."""
+
+    type: Literal["subscribed"] = "subscribed"
+    document_id: str
+    last_id: str
+
+
+class Unsubscribed(BaseModel):
+    type: Literal["unsubscribed"] = "unsubscribed"
+    document_id: str
+
+
+class Reset(BaseModel):
+    """`since` is older than what the stream still holds: refetch the document, then follow."""
+
+    type: Literal["reset"] = "reset"
+    document_id: str
+
+
+EventsServerMessage = Annotated[
+    Event | Subscribed | Unsubscribed | Reset | ErrorMsg | Pong, Field(discriminator="type")
+]
+events_server_message: TypeAdapter[EventsServerMessage] = TypeAdapter(EventsServerMessage)

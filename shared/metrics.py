@@ -208,6 +208,11 @@ class MatcherMetrics:
         self.sockets = Gauge(
             "redline_matcher_open_sockets", "Accepted match sockets open now", registry=registry
         )
+        self.event_streams = Gauge(
+            "redline_matcher_event_streams",
+            "Redis streams the process's event reader follows for /v1/ws/events sockets",
+            registry=registry,
+        )
         self.matches = Counter(
             "redline_matcher_matches", "Pairs claimed by this process's seekers", registry=registry
         )
@@ -236,3 +241,7 @@ class MatcherMetrics:
     def count_sockets(self, count: Callable[[], int]) -> None:
         """Read the open-socket count at scrape time: nothing to update on connect/close."""
         self.sockets.set_function(lambda: float(count()))
+
+    def count_streams(self, count: Callable[[], int]) -> None:
+        """Streams (document events and inboxes) this process's one reader follows, at scrape."""
+        self.event_streams.set_function(lambda: float(count()))

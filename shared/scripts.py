@@ -4,16 +4,18 @@ once per client (EVALSHA, reloaded by redis-py if the server lost it) and called
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from shared.keys import Keys
+from shared.settings import Settings
 
 LUA_DIR = Path(__file__).parent / "lua"
 NAMES = (
@@ -88,10 +90,37 @@ class PoolEntry:
     interests: tuple[str, ...] = ()
 
 
+class EventsOptions(TypedDict):
+    events_maxlen: int
+    events_ttl_ms: int
+
+
+def events_options(settings: Settings) -> EventsOptions:
+    """The document event streams' cap and idle TTL, for `Scripts(..., **events_options(s))`."""
+    return {
+        "events_maxlen": settings.doc_events_maxlen,
+        "events_ttl_ms": settings.doc_events_ttl_s * 1000,
+    }
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Scripts:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        events_maxlen: int = 1000,
+        events_ttl_ms: int = 86_400_000,
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        # Every script that appends to a document's event stream caps it (MAXLEN ~) and gives it
+        # this TTL after its last event, so an idle document's stream does not live forever.
+        self._events = (events_maxlen, events_ttl_ms)
         self._s = {
             name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES
         }
@@ -114,7 +143,12 @@ class Scripts:
         k = self._keys
         interval, burst = rate or (0, 0)
         status, version, saved = await self._edit(
-            keys=(k.doc(doc_id), k.doc_dirty(doc_id), k.edit_rate(doc_id, author)),
+            keys=(
+                k.doc(doc_id),
+                k.doc_dirty(doc_id),
+                k.edit_rate(doc_id, author),
+                k.doc_events(doc_id),
+            ),
             args=(
                 doc_id,
                 content,
@@ -123,6 +157,7 @@ class Scripts:
                 now_ms,
                 interval,
                 burst,
+                *self._events,
                 *grants,
             ),
         )
@@ -150,12 +185,22 @@ class Scripts:
     async def mark_clean(
         self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int, read_ms: int
     ) -> int:
+        keys, args = self._mark_clean_call(shard, written, ttl_ms, read_ms, _now_ms())
+        return int(await self._call("mark_clean", keys, args))
+
+    def _mark_clean_call(
+        self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int, read_ms: int, now: int
+    ) -> tuple[Sequence[str], Sequence[Any]]:
         k = self._keys
-        args: list[str | int] = [ttl_ms, read_ms]
+        args: list[str | int] = [ttl_ms, read_ms, now, *self._events]
         for doc_id, version in written:
             args += (doc_id, version)
-        keys = (k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written))
-        return int(await self._call("mark_clean", keys, args))
+        keys = (
+            k.dirty(shard),
+            *(k.doc(doc_id) for doc_id, _ in written),
+            *(k.doc_events(doc_id) for doc_id, _ in written),
+        )
+        return keys, args
 
     async def mark_clean_shards(
         self,
@@ -164,13 +209,8 @@ class Scripts:
         read_ms: int,
     ) -> int:
         """mark_clean for several shards: one call each, all in one round trip."""
-        k = self._keys
-        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
-        for shard, written in shards:
-            args: list[str | int] = [ttl_ms, read_ms]
-            for doc_id, version in written:
-                args += (doc_id, version)
-            calls.append(((k.dirty(shard), *(k.doc(doc_id) for doc_id, _ in written)), args))
+        now = _now_ms()
+        calls = [self._mark_clean_call(s, written, ttl_ms, read_ms, now) for s, written in shards]
         replies = await self._many("mark_clean", calls)
         return sum(int(r) for r in replies)
 
@@ -206,12 +246,18 @@ class Scripts:
             out.extend(zip(it, it, it, it, it, strict=True))
         return out
 
-    async def delete(self, doc_id: str, tombstone_ttl_ms: int) -> None:
+    async def delete(self, doc_id: str, tombstone_ttl_ms: int, by: str = "") -> None:
         k = self._keys
         await self._call(
             "delete",
-            (k.doc(doc_id), k.editors(doc_id), k.doc_dirty(doc_id), k.doc_presence(doc_id)),
-            (doc_id, tombstone_ttl_ms),
+            (
+                k.doc(doc_id),
+                k.editors(doc_id),
+                k.doc_dirty(doc_id),
+                k.doc_presence(doc_id),
+                k.doc_events(doc_id),
+            ),
+            (doc_id, tombstone_ttl_ms, _now_ms(), by),
         )
 
     async def presence_join(
@@ -220,8 +266,8 @@ class Scripts:
         k = self._keys
         editors: list[str] = await self._call(
             "presence_join",
-            (k.editors(doc_id), k.doc_presence(doc_id)),
-            (doc_id, user_id, expiry_ms, now_ms),
+            (k.editors(doc_id), k.doc_presence(doc_id), k.doc_events(doc_id)),
+            (doc_id, user_id, expiry_ms, now_ms, *self._events),
         )
         return editors
 
@@ -232,8 +278,8 @@ class Scripts:
         k = self._keys
         emptied, *editors = await self._call(
             "presence_leave",
-            (k.editors(doc_id), k.doc_presence(doc_id)),
-            (doc_id, user_id or "", now_ms),
+            (k.editors(doc_id), k.doc_presence(doc_id), k.doc_events(doc_id)),
+            (doc_id, user_id or "", now_ms, *self._events),
         )
         return bool(emptied), editors
 

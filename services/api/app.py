@@ -27,7 +27,7 @@ from shared.metrics import CacheCounters, HttpMetrics, new_registry
 from shared.observer import RequestObserver
 from shared.permissions import check_redis_users, service_urls
 from shared.profile_cache import ProfileCache
-from shared.scripts import Scripts
+from shared.scripts import Scripts, events_options
 from shared.settings import Settings
 
 log = logging.getLogger("redline.api")
@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         queue = await create_pool(
             arq_settings(settings.queue_url), default_queue_name=keys.queue_name
         )
-        scripts = Scripts(state, keys)
+        scripts = Scripts(state, keys, **events_options(settings))
         # The cache role gets its own client even when it is the same URL: it may be an LRU
         # instance, and a dead cache must not take sessions or edits down with it.
         if settings.redis_cluster and settings.cache_url == settings.state_url:

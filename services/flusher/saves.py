@@ -9,12 +9,13 @@ error is raised, so the job ends `failed` with a reason the user can read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.worker import Retry
 
 from services.flusher.flush import TRANSIENT, Flusher
-from shared import snapshots
+from shared import events, snapshots
 from shared.errors import NotFound
 from shared.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
 from shared.keys import Keys
@@ -25,10 +26,48 @@ log = logging.getLogger("redline.flusher")
 Ctx = dict[str, Any]
 
 
-def _retry_or_raise(ctx: Ctx, exc: Exception) -> Retry:
+def _last_try(ctx: Ctx) -> bool:
     settings: Settings = ctx["settings"]
+    return int(ctx.get("job_try", 1)) >= settings.job_max_tries
+
+
+def _reason(exc: BaseException) -> str:
+    # The same wording GET /v1/jobs/{id} shows (shared/jobs.py).
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _tell(ctx: Ctx, user_id: str, **outcome: Any) -> None:
+    """The job's outcome to the requesting user's inbox; best effort (Redis may be the reason
+    the job failed): the result in arq stays the record, GET /v1/jobs/{id} reads it."""
+    try:
+        await events.job_finished(
+            ctx["state"], ctx["keys"], ctx["settings"], user_id, str(ctx.get("job_id")), **outcome
+        )
+    except Exception as exc:
+        log.warning("job %s: could not write its inbox event: %s", ctx.get("job_id"), exc)
+
+
+async def _run(
+    ctx: Ctx, user_id: str, work: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run a job's work, then tell the user: `job.completed`, or `job.failed` once no retry is
+    left (arq records the failure only after we raise, so the event is written first)."""
+    try:
+        result = await work()
+    except TRANSIENT as exc:
+        if _last_try(ctx):
+            await _tell(ctx, user_id, error=_reason(exc))
+        raise _retry_or_raise(ctx, exc) from exc
+    except Exception as exc:
+        await _tell(ctx, user_id, error=_reason(exc))
+        raise
+    await _tell(ctx, user_id, result=result)
+    return result
+
+
+def _retry_or_raise(ctx: Ctx, exc: Exception) -> Retry:
     job_try: int = ctx.get("job_try", 1)
-    if job_try >= settings.job_max_tries:
+    if _last_try(ctx):
         raise exc
     log.warning(
         "job %s try %d failed (%s: %s); retrying",
@@ -37,7 +76,7 @@ def _retry_or_raise(ctx: Ctx, exc: Exception) -> Retry:
         type(exc).__name__,
         exc,
     )
-    return Retry(defer=min(0.2 * 2**job_try, settings.flush_retry_max_s))
+    return Retry(defer=min(0.2 * 2**job_try, ctx["settings"].flush_retry_max_s))
 
 
 async def _saved_version(ctx: Ctx, doc_id: str) -> int:
@@ -51,13 +90,14 @@ async def _saved_version(ctx: Ctx, doc_id: str) -> int:
 @traced(SAVE_DOCUMENT)
 async def save_document(ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str) -> dict[str, Any]:
     flusher: Flusher = ctx["flusher"]
-    try:
+
+    async def work() -> dict[str, Any]:
         await flusher.flush_ids([doc_id])
         saved = await _saved_version(ctx, doc_id)
-    except TRANSIENT as exc:
-        raise _retry_or_raise(ctx, exc) from exc
-    log.info("saved document %s at version %d for %s", doc_id, saved, user_id)
-    return {"document_id": doc_id, "saved_version": saved}
+        log.info("saved document %s at version %d for %s", doc_id, saved, user_id)
+        return {"document_id": doc_id, "saved_version": saved}
+
+    return await _run(ctx, user_id, work)
 
 
 async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
@@ -79,13 +119,24 @@ async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
 async def snapshot_document(
     ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str, label: str
 ) -> dict[str, Any]:
-    try:
+
+    async def work() -> dict[str, Any]:
         content, version = await _current(ctx, doc_id)
         async with ctx["pool"].acquire() as conn:
             snapshot_id = await snapshots.insert(
                 conn, doc_id, label, content, version, user_id, ctx["job_id"]
             )
-    except TRANSIENT as exc:
-        raise _retry_or_raise(ctx, exc) from exc
-    log.info("snapshot %r of document %s at version %d", label, doc_id, version)
-    return {"snapshot_id": snapshot_id, "document_id": doc_id, "version": version, "label": label}
+        log.info("snapshot %r of document %s at version %d", label, doc_id, version)
+        # A retried job (at-least-once) may append this event twice; the snapshot is stored once.
+        fields: dict[str, str | int] = {"type": "document.snapshot", "version": version}
+        fields["by"] = user_id
+        fields |= {"label": label, "snapshot_id": str(snapshot_id)}
+        await events.to_document(ctx["state"], ctx["keys"], ctx["settings"], doc_id, fields)
+        return {
+            "snapshot_id": snapshot_id,
+            "document_id": doc_id,
+            "version": version,
+            "label": label,
+        }
+
+    return await _run(ctx, user_id, work)

@@ -25,7 +25,7 @@ from shared.permissions import check_redis_users, service_urls
 from shared.probe_server import ProbeServer
 from shared.profile_cache import ProfileCache
 from shared.queries import prepare_flush_connection
-from shared.scripts import Scripts
+from shared.scripts import Scripts, events_options
 from shared.settings import Settings
 
 log = logging.getLogger("redline.flusher")
@@ -118,7 +118,7 @@ async def startup(ctx: Ctx) -> None:
     keys = Keys(settings.key_prefix, settings.doc_shards)
     state = redis_client(settings.state_url, cluster=settings.redis_cluster)
     pool = await create_db_pool(settings, init=prepare_flush_connection)
-    scripts = Scripts(state, keys)
+    scripts = Scripts(state, keys, **events_options(settings))
     ctx.update(
         state=state, pool=pool, keys=keys, flusher=Flusher(settings, state, pool, scripts, keys)
     )
@@ -255,7 +255,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         on_shutdown=shutdown,
         ctx=ctx,
         max_jobs=4,
-        poll_delay=0.1,
+        poll_delay=settings.job_poll_s,
         job_timeout=max(settings.flush_interval * 4, settings.job_timeout_s),
         health_check_key=keys.flusher_health,
     )

@@ -1,5 +1,6 @@
-"""The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` (plus health and
-metrics). Its lifespan alone opens and closes its clients, the pub/sub hub and the heartbeat."""
+"""The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` and `/v1/ws/events`
+(plus health).
+Its lifespan alone opens and closes its clients, the pub/sub hub and the pool heartbeat."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
+from services.matcher.events import EventsEndpoint
 from services.matcher.matcher import Matcher
+from services.matcher.streams import StreamReader
 from shared.accounts import Accounts
 from shared.clients import create_db_pool, redis_client
 from shared.documents import Documents
@@ -18,7 +21,7 @@ from shared.keys import Keys
 from shared.metrics import HttpMetrics, MatcherMetrics, new_registry
 from shared.observer import RequestObserver
 from shared.permissions import check_redis_users, service_urls
-from shared.scripts import Scripts
+from shared.scripts import Scripts, events_options
 from shared.settings import Settings
 
 log = logging.getLogger("redline.matcher")
@@ -38,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         # In cluster mode a RedisCluster; the hub's pub/sub uses a plain connection (hub.py).
         state = redis_client(settings.state_url, cluster=settings.redis_cluster)
         pool = await create_db_pool(settings)
-        scripts = Scripts(state, keys)
+        scripts = Scripts(state, keys, **events_options(settings))
         matcher = Matcher(
             settings,
             keys,
@@ -50,13 +53,18 @@ def create_app(settings: Settings) -> FastAPI:
             metrics,
         )
         await matcher.start()
+        reader = StreamReader(settings.state_url, keys, cluster=settings.redis_cluster)
+        await reader.start()
         app.state.matcher = matcher
         obs.watch(redis_check("state_redis", state), postgres_check("postgres", pool))
+        app.state.events = events = EventsEndpoint(matcher, reader)
+        metrics.count_streams(lambda: events.streams)
         log.info("matcher ready")
         try:
             yield
         finally:
             obs.checks.clear()  # a restarted lifespan (tests) must not probe closed clients
+            await reader.stop()
             await matcher.stop()
             await pool.close()
             await state.aclose()
@@ -70,5 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def match_socket(ws: WebSocket) -> None:
         matcher: Matcher = ws.app.state.matcher
         await matcher.serve(ws)
+
+    @app.websocket("/v1/ws/events")
+    async def events_socket(ws: WebSocket) -> None:
+        events: EventsEndpoint = ws.app.state.events
+        await events.serve(ws)
 
     return app

@@ -19,7 +19,9 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocket
 
 from shared.accounts import Principal
+from shared.messages import ErrorMsg
 from shared.scripts import PoolEntry
+from shared.settings import Settings
 
 SLOW_CLIENT = (1008, "too slow: send queue full")
 IDLE = (1000, "idle timeout")
@@ -124,3 +126,33 @@ class Connection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+
+
+async def receive_loop(
+    conn: Connection, limits: Settings, handle: Callable[[Connection, str], Awaitable[None]]
+) -> None:
+    """Read text frames and hand each to `handle` until the client leaves, idles out, or the
+    connection is cut (`close_with` set). Shared by the match and events sockets."""
+    idle = limits.ws_idle_timeout_s
+    limit = limits.ws_max_message_bytes
+    while conn.close_with is None:
+        try:
+            async with asyncio.timeout(idle) as deadline:
+                conn.watch(deadline)
+                message = await conn.ws.receive()
+        except TimeoutError:
+            conn.close_with = conn.close_with or IDLE
+            return
+        finally:
+            conn.watch(None)
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            conn.push(ErrorMsg(detail="send JSON text frames"))
+            continue
+        if len(text) > limit and len(text.encode()) > limit:
+            # The server enforces this before us (ws_max_size); this covers any other server.
+            conn.close_with = (1009, "message too big")
+            return
+        await handle(conn, text)

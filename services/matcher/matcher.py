@@ -19,13 +19,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
-from services.matcher.connection import IDLE, SLOW_CLIENT, Connection
+from services.matcher.connection import SLOW_CLIENT, Connection, receive_loop
 from services.matcher.handshake import bearer, origin_allowed, refuse
 from services.matcher.hub import Hub
 from shared import profiles, trending
 from shared.accounts import Accounts, Principal, token_hash
 from shared.documents import Documents
 from shared.errors import RedlineError, Unauthenticated
+from shared.events import to_inbox
 from shared.keys import Keys
 from shared.messages import (
     Cancel,
@@ -51,7 +52,6 @@ log = logging.getLogger("redline.matcher")
 
 # Failures of a dependency: Redis or Postgres down or slow. Never a crash of the socket's task.
 DOWN = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-INBOX_MAXLEN = 32
 REFRESH_BATCH = 500
 
 
@@ -81,6 +81,8 @@ class Matcher:
         self.metrics.count_sockets(lambda: len(self.hub))
         self._interval_ms = max(1, settings.match_period_s * 1000 // settings.match_rate)
         self._heartbeat: asyncio.Task[None] | None = None
+        # Sockets not in the hub (events sockets) whose sessions the heartbeat checks too.
+        self.watched: set[Connection] = set()
 
     async def start(self) -> None:
         await self.hub.start()
@@ -120,7 +122,7 @@ class Matcher:
             if conn.in_pool:
                 with contextlib.suppress(*DOWN):
                     await self.pool.leave(conn.language, conn.user_id, conn.ticket)
-            await self._close(conn)
+            await self.close(conn)
 
     async def _open(self, ws: WebSocket) -> Connection | None:
         """Check Origin and token, load the profile, then accept; None when refused."""
@@ -168,29 +170,7 @@ class Matcher:
         )
 
     async def _receive_loop(self, conn: Connection) -> None:
-        idle = self.settings.ws_idle_timeout_s
-        limit = self.settings.ws_max_message_bytes
-        while conn.close_with is None:
-            try:
-                async with asyncio.timeout(idle) as deadline:
-                    conn.watch(deadline)
-                    message = await conn.ws.receive()
-            except TimeoutError:
-                conn.close_with = conn.close_with or IDLE
-                return
-            finally:
-                conn.watch(None)
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                conn.push(ErrorMsg(detail="send JSON text frames"))
-                continue
-            if len(text) > limit and len(text.encode()) > limit:
-                # The server enforces this before us (ws_max_size); this covers any other server.
-                conn.close_with = (1009, "message too big")
-                return
-            await self._handle(conn, text)
+        await receive_loop(conn, self.settings, self._handle)
 
     async def _handle(self, conn: Connection, text: str) -> None:
         try:
@@ -210,7 +190,7 @@ class Matcher:
         elif isinstance(msg, FindMatch):
             await self._find(conn, msg)
 
-    async def _close(self, conn: Connection) -> None:
+    async def close(self, conn: Connection) -> None:
         if WebSocketState.DISCONNECTED in (conn.ws.client_state, conn.ws.application_state):
             return
         code, reason = conn.close_with or (1000, "")
@@ -298,12 +278,14 @@ class Matcher:
         """To the user's channel (every process holding them hears it) and, for results, their
         inbox too, for a client that is reconnecting right now."""
         if inbox:
-            key = self.keys.inbox(user_id)
-            pipe = self.state.pipeline(transaction=False)
-            pipe.xadd(key, {"d": delivery.model_dump_json()}, maxlen=INBOX_MAXLEN, approximate=True)
-            pipe.pexpire(key, self.settings.match_inbox_ttl_s * 1000)
-            inbox_id, _ = await pipe.execute()
-            delivery = delivery.model_copy(update={"inbox_id": str(inbox_id)})
+            inbox_id = await to_inbox(
+                self.state,
+                self.keys,
+                user_id,
+                {"d": delivery.model_dump_json()},
+                self.settings.match_inbox_ttl_s * 1000,
+            )
+            delivery = delivery.model_copy(update={"inbox_id": inbox_id})
         await self.state.publish(self.keys.match_channel(user_id), delivery.model_dump_json())
 
     async def _delivered(self, conn: Connection, delivery: Delivery) -> None:
@@ -393,7 +375,7 @@ class Matcher:
 
     async def end_logged_out(self) -> None:
         """Close the sockets whose session ended (logout, expiry) since they connected."""
-        conns = list(self.hub.connections())
+        conns = [*self.hub.connections(), *self.watched]
         for i in range(0, len(conns), REFRESH_BATCH):
             batch = conns[i : i + REFRESH_BATCH]
             async with self.state.pipeline(transaction=False) as pipe:

@@ -1,16 +1,19 @@
 -- Apply one autosave edit: bump the version, store content and author, mark the document dirty.
 -- KEYS[1] document hash          KEYS[2] the shard's dirty index (zset, score = first-dirty ms)
 -- KEYS[3] the author's edit-rate key for this document (GCRA theoretical arrival time, ms)
+-- KEYS[4] the document's event stream
 -- ARGV[1] document id            ARGV[2] content
 -- ARGV[3] base version or ""     ARGV[4] author user id
 -- ARGV[5] now (ms)               ARGV[6] rate: emission interval (ms per edit; 0: no limit)
 -- ARGV[7] rate: burst (edits allowed at once)
--- ARGV[8..] the caller's grants ("t:<tenant>", "u:<user>")
+-- ARGV[8] event stream: MAXLEN (approximate)   ARGV[9] event stream: TTL after the last event (ms)
+-- ARGV[10..] the caller's grants ("t:<tenant>", "u:<user>")
 -- Reply: {status, version, saved_version}; for status -4, {-4, retry_after_ms, 0}
 --   status 1 applied; 0 not in Redis (seed it from Postgres, then retry); -1 stale base version;
 --   -2 deleted; -3 no access (the caller answers 404 for both, never 403); -4 rate limited.
 -- The rate check lives here, not in a call of its own, so an edit stays one round trip and a
 -- refused edit is never applied; its key shares the document's hash tag (Redis Cluster).
+-- The `document.edited` event is appended here too, for the same reason: no second round trip.
 local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then
   return {0, 0, 0}
@@ -21,7 +24,7 @@ if f[4] then
 end
 local allowed = false
 local acl = ' ' .. (f[3] or '') .. ' '
-for i = 8, #ARGV do
+for i = 10, #ARGV do
   if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
     allowed = true
     break
@@ -56,4 +59,7 @@ end
 -- Dirty state never expires; NX keeps the first-dirty time of an already dirty document.
 redis.call('PERSIST', doc)
 redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'type', 'document.edited',
+  'document_id', ARGV[1], 'version', v, 'by', ARGV[4], 'at', ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[9])
 return {1, v, sv}

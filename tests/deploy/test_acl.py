@@ -38,6 +38,7 @@ from tests.services.matcher.conftest import (
     send,
     set_profile,
 )
+from tests.services.matcher.test_events import event, events_socket, subscribe, until
 from tests.support.users import create_doc, edit, signup
 from tests.support.valkeys import valkey_server
 
@@ -326,6 +327,14 @@ async def test_the_matcher_does_its_whole_job_as_its_user_in_production(
                 await send(c, type="ping")
                 await recv_type(c, "pong")
             assert await admin.xlen(keys.inbox(cara.user_id)) == 0
+            # /v1/ws/events: the subscribe check (Documents.readable), the stream reader (XREAD)
+            # and an edit's event, appended by the api user's edit script.
+            doc = (await create_doc(api, ada, title="shared"))["id"]
+            async with events_socket(url, ada) as ev:
+                assert (await subscribe(ev, doc))["type"] == "subscribed"
+                assert (await edit(api, ada, doc, "typed as redline-api")).status_code == 202
+                edited, _ = await until(ev, event("document.edited", document_id=doc))
+                assert edited["version"] == 1
             async with httpx.AsyncClient() as client:
                 text = (await client.get(f"{http}/metrics")).text
             assert "redline_matcher_matches_total 2.0" in text

@@ -1,0 +1,224 @@
+"""`/v1/ws/events`: a user's inbox (job and match results) and the events of the documents they
+subscribe to, from the process's one `StreamReader`.
+
+The handshake is the match socket's (Origin, then bearer token, before accept). Subscribing
+needs read access to the document (shared/documents.py decides); a document the user may not
+read gets exactly the error frame of one that does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from starlette.websockets import WebSocket
+
+from services.matcher.connection import Connection, receive_loop
+from services.matcher.handshake import bearer, origin_allowed, refuse
+from services.matcher.matcher import DOWN, Matcher
+from services.matcher.streams import Kind, StreamReader, frame
+from shared.accounts import token_hash
+from shared.errors import Unauthenticated
+from shared.events import pos
+from shared.messages import (
+    ErrorMsg,
+    Ping,
+    Pong,
+    Reset,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    events_client_message,
+)
+from shared.scripts import PoolEntry
+
+log = logging.getLogger("redline.matcher.events")
+
+
+async def _nothing_to_ack(user_id: str, inbox_id: str) -> None:
+    # The events socket never deletes inbox entries: several tabs may read the same inbox.
+    return None
+
+
+class EventsEndpoint:
+    def __init__(self, matcher: Matcher, reader: StreamReader) -> None:
+        self._m = matcher
+        self._settings = matcher.settings
+        self._keys = matcher.keys
+        self._state: Redis = matcher.state
+        self._reader = reader
+
+    @property
+    def streams(self) -> int:
+        """How many streams this process's reader follows (exported on /metrics)."""
+        return self._reader.streams
+
+    async def serve(self, ws: WebSocket) -> None:
+        conn = await self._open(ws)
+        if conn is None:
+            return
+        followed: set[str] = set()
+        self._m.watched.add(conn)
+        try:
+            inbox = self._keys.inbox(conn.user_id)
+            since = ws.query_params.get("inbox_since")
+            followed.add(inbox)
+            await self._follow(conn, inbox, "inbox", _valid_id(since))
+
+            async def handle(c: Connection, text: str) -> None:
+                await self._handle(c, text, followed)
+
+            await receive_loop(conn, self._settings, handle)
+        except DOWN as exc:
+            log.warning("events dependency failed", extra={"err": str(exc)})
+            conn.close_with = conn.close_with or (1011, "service unavailable; retry")
+        except Exception:
+            log.exception("events socket failed", extra={"user": conn.user_id})
+            conn.close_with = conn.close_with or (1011, "internal error")
+        finally:
+            self._m.watched.discard(conn)
+            for key in followed:
+                self._reader.unfollow(key, conn)
+            await conn.stop()
+            await self._m.close(conn)
+
+    async def _open(self, ws: WebSocket) -> Connection | None:
+        if not origin_allowed(ws.headers.get("origin"), self._settings.allowed_origins):
+            await refuse(ws, 403, "this Origin may not open an events socket")
+            return None
+        token, subprotocol = bearer(ws)
+        if token is None:
+            await refuse(ws, 401, "send Authorization: Bearer <token> or the bearer subprotocol")
+            return None
+        try:
+            principal = await self._m.accounts.resolve(token)
+        except Unauthenticated as exc:
+            await refuse(ws, 401, exc.detail)
+            return None
+        except DOWN:
+            await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
+            return None
+        await ws.accept(subprotocol=subprotocol)
+        return Connection(
+            ws,
+            principal,
+            "",
+            PoolEntry(user_id=principal.user_id, ticket=""),
+            self._settings.ws_send_queue,
+            _nothing_to_ack,
+            self._keys.session(token_hash(token)),
+        )
+
+    async def _handle(self, conn: Connection, text: str, followed: set[str]) -> None:
+        try:
+            msg = events_client_message.validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            conn.push(ErrorMsg(detail=f"invalid message: {where}: {first['msg']}"))
+            return
+        if isinstance(msg, Ping):
+            conn.push(Pong())
+        elif isinstance(msg, Subscribe):
+            await self._subscribe(conn, msg, followed)
+        elif isinstance(msg, Unsubscribe):
+            key = self._keys.doc_events(msg.document_id)
+            if key in followed:
+                followed.discard(key)
+                self._reader.unfollow(key, conn)
+            conn.push(Unsubscribed(document_id=msg.document_id))
+
+    async def _subscribe(self, conn: Connection, msg: Subscribe, followed: set[str]) -> None:
+        doc_id = msg.document_id
+        key = self._keys.doc_events(doc_id)
+        # The inbox is one of `followed`, hence the + 1.
+        if key not in followed and len(followed) >= self._settings.ws_max_subscriptions + 1:
+            conn.push(ErrorMsg(detail="too many subscriptions: unsubscribe from some first"))
+            return
+        if not await self._m.documents.readable(conn.principal, doc_id):
+            conn.push(ErrorMsg(detail=f"document {doc_id} not found"))
+            return
+        if key in followed:  # subscribing again starts over from the new `since`
+            self._reader.unfollow(key, conn)
+        followed.add(key)
+        await self._follow(conn, key, "doc", msg.since, doc_id)
+
+    async def _follow(
+        self, conn: Connection, key: str, kind: Kind, since: str | None, doc_id: str = ""
+    ) -> None:
+        """Register, send the backlog after `since` (or, for a document, a `reset` when it is
+        gone or too long to send), then go live after the last id sent."""
+        follow = self._reader.follow(key, conn, kind)
+        try:
+            backlog, last_id, reset = await self._backlog(key, kind, since)
+        except BaseException:
+            self._reader.unfollow(key, conn)
+            raise
+        if reset:
+            conn.push(Reset(document_id=doc_id))
+            backlog = []
+        for entry_id, fields in backlog:
+            event = frame(kind, entry_id, fields)
+            if event is not None:
+                conn.push(event)
+        if kind == "doc":
+            conn.push(Subscribed(document_id=doc_id, last_id=last_id))
+        self._reader.start_at(key, follow, last_id)
+
+    async def _backlog(
+        self, key: str, kind: Kind, since: str | None
+    ) -> tuple[list[tuple[str, dict[str, str]]], str, bool]:
+        """(entries after `since`, the last id, reset?)."""
+        if since is None and kind == "doc":
+            newest = await self._state.xrevrange(key, count=1)
+            return [], newest[0][0] if newest else "0-0", False
+        start = "-" if since is None else f"({since}"
+        # A backlog longer than half the outbox would cut the client as slow: for a document,
+        # a reset instead; for an inbox (capped, but `MAXLEN ~` may keep more), its newest.
+        room = max(1, self._settings.ws_send_queue // 2)
+        async with self._state.pipeline(transaction=False) as pipe:
+            pipe.xinfo_stream(key)
+            if kind == "doc":
+                pipe.xrange(key, min=start, count=room + 1)
+            else:
+                pipe.xrevrange(key, min=start, count=room)
+            info, entries = await pipe.execute(raise_on_error=False)
+        if kind == "inbox" and isinstance(entries, list):
+            entries.reverse()
+        if isinstance(info, Exception):  # no such stream (never written, or expired)
+            last = since or "0-0"
+            return [], last, kind == "doc" and since is not None and since != "0-0"
+        newest = str(info["last-generated-id"])
+        if since is None:
+            return _list(entries), _last(entries, newest), False
+        # Entries were removed (the cap) and `since` is before the oldest one left: some after
+        # it may be gone. (Conservative: `since` naming the last removed entry also resets.)
+        removed = int(info["entries-added"]) > int(info["length"])
+        first = info.get("first-entry")
+        oldest = str(first[0]) if first else newest
+        trimmed = removed and pos(since) < pos(oldest)
+        foreign = pos(since) > pos(newest)  # not an id of this stream (or an older life of it)
+        if kind == "doc" and (trimmed or foreign or len(entries) > room):
+            return [], newest, True
+        return _list(entries), _last(entries, since), False
+
+
+def _list(entries: Any) -> list[tuple[str, dict[str, str]]]:
+    return [(str(i), dict(f)) for i, f in entries or []]
+
+
+def _last(entries: Any, default: str) -> str:
+    return str(entries[-1][0]) if entries else default
+
+
+def _valid_id(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    with contextlib.suppress(ValueError):
+        pos(raw)
+        return raw
+    return None
