@@ -7,7 +7,9 @@ Request object): request id, request metrics, access log.
 - Metrics: count and latency per method, route template (`/v1/documents/{doc_id}`, never the
   raw path; `unmatched` when answered before routing: a 404, BodyLimit's 413) and status
   (shared/metrics.py).
-- Access log: one INFO line per request on the `redline.access` logger.
+- Access log: one INFO line per request on the `redline.access` logger, except successful answers
+  on `quiet_routes` (the autosave edit: at keystroke rate its lines would be most of the log and
+  about a fifth of the edit's CPU; /metrics counts them, and their errors are still logged).
 
 It sits on the edit path, so it does the least it can: one scan of the header list, two clock
 reads, two metric updates through cached children, and the log line only if INFO is enabled.
@@ -37,9 +39,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: HttpMetrics, quiet_routes: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.quiet_routes = quiet_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -78,7 +83,8 @@ class RequestObserver:
             route = getattr(scope.get("route"), "path_format", None) or UNMATCHED
             method = scope["method"]
             self.metrics.observe(method, route, status, seconds)
-            if access.isEnabledFor(logging.INFO):
+            quiet = status < 400 and route in self.quiet_routes
+            if not quiet and access.isEnabledFor(logging.INFO):
                 _access_line(method, route, scope["path"], status, seconds, rid)
             request_id.reset(token)
 

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
 
     # Observability (shared/health.py, shared/metrics.py, shared/observer.py).
     access_log: bool = True
+    # Successful autosave edits are not access-logged by default (see shared/observer.py).
+    access_log_edits: bool = False
     readiness_timeout_s: float = Field(1.0, gt=0, le=30)
     flusher_metrics_host: str = "127.0.0.1"
     flusher_metrics_port: int = Field(9101, ge=0, le=65535, description="0 disables")

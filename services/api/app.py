@@ -32,6 +32,10 @@ from shared.settings import Settings
 
 log = logging.getLogger("redline.api")
 
+# Answered at keystroke rate: counted in /metrics, access-logged only when they fail (unless
+# REDLINE_ACCESS_LOG_EDITS).
+QUIET_ROUTES = frozenset({"/v1/documents/{doc_id}/content"})
+
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require_urls()
@@ -111,7 +115,11 @@ def create_app(settings: Settings) -> FastAPI:
     # enforced on the decoded content (shared/documents.py).
     app.add_middleware(BodyLimit, limit=settings.max_document_bytes * 2 + 65_536)
     # Outermost of ours: it times, counts and logs every answer, 413s and 503s included.
-    app.add_middleware(RequestObserver, metrics=HttpMetrics(registry))
+    app.add_middleware(
+        RequestObserver,
+        metrics=HttpMetrics(registry),
+        quiet_routes=frozenset() if settings.access_log_edits else QUIET_ROUTES,
+    )
     app.include_router(health_router(obs))
     app.include_router(auth.router)
     app.include_router(documents.router)

@@ -238,3 +238,33 @@ async def test_an_unexpected_error_is_500_with_the_request_id_in_header_and_log(
     assert logged[0].exc_info is not None
     labels = {"method": "GET", "route": "/boom", "status": "500"}
     assert sample(text, "redline_http_requests_total", **labels) == 1
+
+
+async def test_successful_autosaves_are_counted_but_not_access_logged(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, migrated: Servers
+) -> None:
+    alice = await signup(api, "alice")
+    doc = await create_doc(api, alice)
+    url = f"/v1/documents/{doc['id']}/content"
+    with caplog.at_level(logging.INFO, logger="redline.access"):
+        assert (await api.put(url, json={"content": "a"}, headers=alice.auth)).status_code == 202
+        stale = await api.put(url, json={"content": "b", "base_version": 0}, headers=alice.auth)
+        assert stale.status_code == 409
+    logged = [rec.__dict__["status"] for rec in caplog.records if rec.name == "redline.access"]
+    assert logged == [409]  # the failed edit only
+    text = (await api.get("/metrics")).text
+    labels = {"method": "PUT", "route": "/v1/documents/{doc_id}/content", "status": "202"}
+    assert sample(text, "redline_http_requests_total", **labels) == 1
+    # REDLINE_ACCESS_LOG_EDITS=true logs them all.
+    caplog.clear()
+    async with serving(make_settings(migrated, access_log_edits=True)) as verbose:
+        bob = await signup(verbose, "bob")
+        other = await create_doc(verbose, bob)
+        with caplog.at_level(logging.INFO, logger="redline.access"):
+            r = await verbose.put(
+                f"/v1/documents/{other['id']}/content", json={"content": "x"}, headers=bob.auth
+            )
+            assert r.status_code == 202
+    assert [rec.__dict__["status"] for rec in caplog.records if rec.name == "redline.access"] == [
+        202
+    ]
