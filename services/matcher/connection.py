@@ -14,8 +14,9 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket
 
 from shared.accounts import Principal
@@ -156,3 +157,17 @@ async def receive_loop(
             conn.close_with = (1009, "message too big")
             return
         await handle(conn, text)
+
+
+M = TypeVar("M")
+
+
+def parse(conn: Connection, adapter: TypeAdapter[M], text: str) -> M | None:
+    """A client frame as its message, or None once the client has been told what is wrong."""
+    try:
+        return adapter.validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        conn.push(ErrorMsg(detail=f"invalid message: {where}: {first['msg']}"))
+        return None

@@ -12,11 +12,10 @@ import contextlib
 import logging
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from services.matcher.connection import Connection, receive_loop
+from services.matcher.connection import Connection, parse, receive_loop
 from services.matcher.handshake import bearer, origin_allowed, refuse
 from services.matcher.matcher import DOWN, Matcher
 from services.matcher.streams import Kind, StreamReader, frame
@@ -114,12 +113,8 @@ class EventsEndpoint:
         )
 
     async def _handle(self, conn: Connection, text: str, followed: set[str]) -> None:
-        try:
-            msg = events_client_message.validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            conn.push(ErrorMsg(detail=f"invalid message: {where}: {first['msg']}"))
+        msg = parse(conn, events_client_message, text)
+        if msg is None:
             return
         if isinstance(msg, Ping):
             conn.push(Pong())

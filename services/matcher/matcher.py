@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
-from services.matcher.connection import SLOW_CLIENT, Connection, receive_loop
+from services.matcher.connection import SLOW_CLIENT, Connection, parse, receive_loop
 from services.matcher.handshake import bearer, origin_allowed, refuse
 from services.matcher.hub import Hub
 from shared import profiles, trending
@@ -173,12 +173,8 @@ class Matcher:
         await receive_loop(conn, self.settings, self._handle)
 
     async def _handle(self, conn: Connection, text: str) -> None:
-        try:
-            msg = client_message.validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            conn.push(ErrorMsg(detail=f"invalid message: {where}: {first['msg']}"))
+        msg = parse(conn, client_message, text)
+        if msg is None:
             return
         if isinstance(msg, Ping):
             conn.push(Pong())
