@@ -200,64 +200,86 @@ async def _users(
     return users  # each user's token is their id (hashed above), for the bench only
 
 
-async def idle_sockets(stack: Stack, n: int, seed: int) -> IdleSockets:
-    port = free_port()
+async def idle_sockets(stack: Stack, n: int, seed: int, processes: int = 1) -> IdleSockets:
+    """`n` authenticated idle sockets spread over `processes` matcher processes: connect rate,
+    RSS per socket (the worst process's), and the time to push one frame to all of them."""
+    ports = [free_port() for _ in range(processes)]
+    names = [f"matcher-idle-{i}" for i in range(processes)]
     settings = Settings(redis_url=stack.redis_url, database_url=stack.database_url)
     keys = Keys(settings.key_prefix, settings.doc_shards)
     redis = Redis.from_url(stack.redis_url, decode_responses=True)
     kids = stack.children
-    kids.spawn("matcher", ["-m", "services.matcher"], _matcher_env(stack, port))
+    for name, port in zip(names, ports, strict=True):
+        kids.spawn(name, ["-m", "services.matcher"], _matcher_env(stack, port))
     sockets: list[ClientConnection] = []
+    warm: list[ClientConnection | None] = []
+    per_port = dict.fromkeys(ports, 0)
     errors: dict[str, int] = {}
+
+    async def open_one(user: Principal, port: int) -> ClientConnection | None:
+        try:
+            ws = await connect(
+                f"ws://127.0.0.1:{port}/v1/ws/match",
+                additional_headers={"Authorization": f"Bearer {user.user_id}"},
+                open_timeout=60,
+                ping_interval=None,
+                max_queue=4,
+            )
+            await asyncio.wait_for(ws.recv(), 60)  # queued: it is in the pool
+            return ws
+        except Exception as exc:
+            name = type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
+            return None
+
     try:
-        kids.wait_http("matcher", port)
-        proc = psutil.Process(kids.procs["matcher"].pid)
+        for name, port in zip(names, ports, strict=True):
+            kids.wait_http(name, port)
+        procs = [psutil.Process(kids.procs[name].pid) for name in names]
         users = await _users(stack, redis, keys, n, seed)
-        # One warm socket first (imports, pools), then the baseline.
-        warm = await connect(
-            f"ws://127.0.0.1:{port}/v1/ws/match",
-            additional_headers={"Authorization": f"Bearer {users[0].user_id}"},
-        )
-        await warm.recv()
+        # One warm socket per process first (imports, pools), then the baselines.
+        warm += [await open_one(users[i], port) for i, port in enumerate(ports)]
         await asyncio.sleep(0.5)
-        base = proc.memory_info().rss
+        base = [proc.memory_info().rss for proc in procs]
 
-        async def open_one(user: Principal) -> None:
-            try:
-                ws = await connect(
-                    f"ws://127.0.0.1:{port}/v1/ws/match",
-                    additional_headers={"Authorization": f"Bearer {user.user_id}"},
-                    open_timeout=60,
-                    ping_interval=None,
-                    max_queue=4,
-                )
-                await asyncio.wait_for(ws.recv(), 60)  # queued: it is in the pool
+        async def open_counted(user: Principal, port: int) -> None:
+            ws = await open_one(user, port)
+            if ws is not None:
                 sockets.append(ws)
-            except Exception as exc:
-                name = type(exc).__name__
-                errors[name] = errors.get(name, 0) + 1
+                per_port[port] += 1
 
+        rest = users[processes:]
         started = time.perf_counter()
-        await _bounded([open_one(u) for u in users[1:]], 200)
+        await _bounded([open_counted(u, ports[i % processes]) for i, u in enumerate(rest)], 200)
         connect_s = time.perf_counter() - started
         await asyncio.sleep(2)
-        rss = proc.memory_info().rss
-        say(f"matcher: {len(sockets):,} idle sockets open in {connect_s:.1f}s")
-        broadcast_ms = await _broadcast(redis, keys, users[1:], sockets)
+        rss = [proc.memory_info().rss for proc in procs]
+        say(
+            f"matcher: {len(sockets):,} idle sockets open on {processes} process(es)"
+            f" in {connect_s:.1f}s"
+        )
+        broadcast_ms = await _broadcast(redis, keys, rest, sockets)
+        kb = max(
+            (after - before) / 1024 / max(1, per_port[port])
+            for before, after, port in zip(base, rss, ports, strict=True)
+        )
         return IdleSockets(
-            sockets=n - 1,
+            sockets=len(rest),
             connected=len(sockets),
             connect_s=connect_s,
             connects_per_s=len(sockets) / connect_s,
-            rss_base_mb=base / 2**20,
-            rss_mb=rss / 2**20,
-            kb_per_socket=(rss - base) / 1024 / max(1, len(sockets)),
+            rss_base_mb=sum(base) / 2**20,
+            rss_mb=sum(rss) / 2**20,
+            kb_per_socket=kb,
             broadcast_ms=broadcast_ms,
             errors=errors,
+            processes=processes,
         )
     finally:
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-        kids.stop("matcher")
+        opened = [ws for ws in (*sockets, *warm) if ws is not None]
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+        for name in reversed(names):
+            kids.stop(name)
         await redis.aclose()
 
 
@@ -350,7 +372,7 @@ async def cross_instance(stack: Stack, pairs: int, seed: int) -> NotifyLatency:
 
 async def run(
     stack: Stack, sizes: list[int], calls: int, pairs: int, sockets: int, seed: int
-) -> tuple[list[PoolLatency], NotifyLatency | None, IdleSockets | None]:
+) -> tuple[list[PoolLatency], NotifyLatency | None, list[IdleSockets]]:
     latencies = await pool_latency(stack.redis_url, sizes, calls, seed)
     notify = None
     if pairs > 0:
@@ -359,16 +381,20 @@ async def run(
             f"matcher: partner on another process notified in p50 {notify.p50_ms:.1f} ms,"
             f" p99 {notify.p99_ms:.1f} ms ({pairs} pairs)"
         )
-    idle = None
+    idle: list[IdleSockets] = []
     if sockets > 0:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        # Each process (this client, the matcher) holds one descriptor per socket, plus a few.
-        if sockets + 500 > soft:
+        # This client holds one descriptor per socket, for both processes' sockets at once.
+        if 2 * sockets + 500 > soft:
             say(f"matcher: ulimit -n is {soft}: lowering idle sockets to fit (raise it for more)")
-            sockets = max(10, soft - 500)
-        idle = await idle_sockets(stack, sockets + 1, seed)
-        say(
-            f"matcher: {idle.connected:,} sockets, {idle.kb_per_socket:.1f} KB RSS each,"
-            f" {idle.connects_per_s:,.0f} connects/s, broadcast {idle.broadcast_ms} ms"
-        )
+            sockets = max(10, (soft - 500) // 2)
+        # One process, then two with twice the sockets: scale-out at the same memory a socket.
+        for processes in (1, 2):
+            run = await idle_sockets(stack, processes * sockets + processes, seed, processes)
+            idle.append(run)
+            say(
+                f"matcher x{processes}: {run.connected:,} sockets,"
+                f" {run.kb_per_socket:.1f} KB RSS each (worst process),"
+                f" {run.connects_per_s:,.0f} connects/s, broadcast {run.broadcast_ms} ms"
+            )
     return latencies, notify, idle

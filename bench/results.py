@@ -157,6 +157,7 @@ class IdleSockets:
     kb_per_socket: float
     broadcast_ms: float | None
     errors: dict[str, int] = field(default_factory=dict)
+    processes: int = 1
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Report:
     profiles: dict[str, Any] | None = None  # bench/profiles.py
 
     match_latency: list[PoolLatency] = field(default_factory=list)
-    idle_sockets: IdleSockets | None = None
+    idle_sockets: list[IdleSockets] = field(default_factory=list)  # one process, then two
     match_notify: NotifyLatency | None = None
     events: EventsRun | None = None
 
@@ -223,7 +224,7 @@ class Report:
             "targets": [asdict(t) for t in self.targets],
             "profiles": self.profiles,
             "match_latency": [asdict(m) for m in self.match_latency],
-            "idle_sockets": None if self.idle_sockets is None else asdict(self.idle_sockets),
+            "idle_sockets": [asdict(i) for i in self.idle_sockets],
             "match_notify": None if self.match_notify is None else asdict(self.match_notify),
             "events": None if self.events is None else asdict(self.events),
         }

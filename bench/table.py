@@ -220,9 +220,8 @@ def events(report: Report) -> str:
 
 
 def idle(report: Report) -> str:
-    i = report.idle_sockets
-    assert i is not None
     headers = (
+        "processes",
         "sockets",
         "connected",
         "connects/s",
@@ -232,17 +231,21 @@ def idle(report: Report) -> str:
         "broadcast ms",
         "errors",
     )
-    row = (
-        f"{i.sockets:,}",
-        f"{i.connected:,}",
-        _f(i.connects_per_s, 0),
-        _f(i.rss_base_mb),
-        _f(i.rss_mb),
-        _f(i.kb_per_socket),
-        _f(i.broadcast_ms),
-        str(sum(i.errors.values())),
-    )
-    return render(headers, [row])
+    rows = [
+        (
+            str(i.processes),
+            f"{i.sockets:,}",
+            f"{i.connected:,}",
+            _f(i.connects_per_s, 0),
+            _f(i.rss_base_mb),
+            _f(i.rss_mb),
+            _f(i.kb_per_socket),
+            _f(i.broadcast_ms),
+            str(sum(i.errors.values())),
+        )
+        for i in report.idle_sockets
+    ]
+    return render(headers, rows)
 
 
 def targets(report: Report) -> str:
@@ -283,8 +286,12 @@ def everything(report: Report) -> str:
     if report.match_notify is not None:
         parts += ["", "Match across two matcher processes: find_match to each side's match_found"]
         parts += [notify(report)]
-    if report.idle_sockets is not None:
-        parts += ["", "Idle authenticated sockets on one matcher process", idle(report)]
+    if report.idle_sockets:
+        parts += [
+            "",
+            "Idle authenticated sockets: one matcher process, then two (KB/socket: worst process)",
+            idle(report),
+        ]
     if report.events is not None:
         parts += ["", "Live events on /v1/ws/events (one matcher process)", events(report)]
     if report.targets:

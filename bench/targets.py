@@ -16,6 +16,8 @@ GENERATOR_RATE = 1000.0  # the load generator must sustain this open loop
 MATCH_P99_MS = 5.0  # find_match p99 with 10,000 users in one language pool
 MATCH_P99_GROWTH = 2.0  # p99 at the largest pool over p99 at the smallest
 KB_PER_SOCKET = 40.0  # matcher RSS per idle authenticated socket
+SCALE_OUT = 2.0  # two matcher processes hold at least twice one process's sockets...
+SCALE_OUT_MEMORY = 1.10  # ...at the same memory a socket (10% for measurement noise)
 NOTIFY_P99_MS = 20.0  # match notification to a partner on another matcher process
 EVENT_P99_MS = 30.0  # edit -> document.edited on a follower's socket, at the events bench load
 SAVE_EVENT_P99_MS = 100.0  # POST save -> job.completed on the socket, idle queue
@@ -206,7 +208,8 @@ def _matcher(report: Report) -> list[Target]:
     growth = None
     if smallest and largest and smallest is not largest and smallest.p99_ms and largest.p99_ms:
         growth = largest.p99_ms / smallest.p99_ms
-    idle = report.idle_sockets
+    idle = next((i for i in report.idle_sockets if i.processes == 1), None)
+    two = next((i for i in report.idle_sockets if i.processes == 2), None)
     notify = report.match_notify
     return [
         _check(
@@ -237,5 +240,19 @@ def _matcher(report: Report) -> list[Target]:
             KB_PER_SOCKET,
             at_least=False,
             note=f"{idle.connected:,} sockets" if idle else "",
+        ),
+        _check(
+            "two matcher processes: sockets held over one process's, >=",
+            two.connected / idle.connected if idle and two and idle.connected else None,
+            SCALE_OUT,
+            at_least=True,
+            note=f"{two.connected:,} vs {idle.connected:,}" if idle and two else "",
+        ),
+        _check(
+            "two matcher processes: KB per socket over one process's, <=",
+            two.kb_per_socket / idle.kb_per_socket if idle and two and idle.kb_per_socket else None,
+            SCALE_OUT_MEMORY,
+            at_least=False,
+            note=f"{two.kb_per_socket:.1f} vs {idle.kb_per_socket:.1f} KB" if idle and two else "",
         ),
     ]
