@@ -15,7 +15,7 @@ from typing import Any
 from arq.worker import Retry
 
 from services.flusher.flush import TRANSIENT, Flusher
-from shared import events, snapshots
+from shared import events, queries, snapshots
 from shared.errors import NotFound
 from shared.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
 from shared.keys import Keys
@@ -81,10 +81,10 @@ def _retry_or_raise(ctx: Ctx, exc: Exception) -> Retry:
 
 async def _saved_version(ctx: Ctx, doc_id: str) -> int:
     async with ctx["pool"].acquire() as conn:
-        version = await conn.fetchval("SELECT version FROM documents WHERE id = $1", doc_id)
-    if version is None:
+        row = await queries.document(conn, doc_id)
+    if row is None:
         raise NotFound(f"document {doc_id} no longer exists")
-    return int(version)
+    return int(row["version"])
 
 
 @traced(SAVE_DOCUMENT)
@@ -109,7 +109,7 @@ async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
     if content is not None and version is not None:
         return content, int(version)
     async with ctx["pool"].acquire() as conn:
-        row = await conn.fetchrow("SELECT content, version FROM documents WHERE id = $1", doc_id)
+        row = await queries.document(conn, doc_id)
     if row is None:
         raise NotFound(f"document {doc_id} no longer exists")
     return row["content"], int(row["version"])

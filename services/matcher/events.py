@@ -16,11 +16,10 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection, parse, receive_loop
-from services.matcher.handshake import bearer, origin_allowed, refuse
-from services.matcher.matcher import DOWN, Matcher
+from services.matcher.handshake import DOWN, authenticate
+from services.matcher.matcher import Matcher
 from services.matcher.streams import Kind, StreamReader, frame
 from shared.accounts import token_hash
-from shared.errors import Unauthenticated
 from shared.events import pos
 from shared.messages import (
     ErrorMsg,
@@ -86,22 +85,13 @@ class EventsEndpoint:
             await self._m.close(conn)
 
     async def _open(self, ws: WebSocket) -> Connection | None:
-        if not origin_allowed(ws.headers.get("origin"), self._settings.allowed_origins):
-            await refuse(ws, 403, "this Origin may not open an events socket")
+        caller = await authenticate(
+            ws, self._settings.allowed_origins, self._m.accounts, "an events socket"
+        )
+        if caller is None:
             return None
-        token, subprotocol = bearer(ws)
-        if token is None:
-            await refuse(ws, 401, "send Authorization: Bearer <token> or the bearer subprotocol")
-            return None
-        try:
-            principal = await self._m.accounts.resolve(token)
-        except Unauthenticated as exc:
-            await refuse(ws, 401, exc.detail)
-            return None
-        except DOWN:
-            await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
-            return None
-        await ws.accept(subprotocol=subprotocol)
+        principal, token = caller.principal, caller.token
+        await ws.accept(subprotocol=caller.subprotocol)
         return Connection(
             ws,
             principal,

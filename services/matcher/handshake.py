@@ -9,10 +9,49 @@ into a 403) where the server does not offer it. Either way nothing is accepted o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import asyncpg
+from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from shared.accounts import Accounts, Principal
+from shared.errors import Unauthenticated
+
 BEARER_SUBPROTOCOL = "bearer"
+# A store the matcher needs is away: a 503 before accept, an error frame after.
+DOWN = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    principal: Principal
+    token: str
+    subprotocol: str | None  # to accept with: "bearer" when the token came that way
+
+
+async def authenticate(
+    ws: WebSocket, allowed_origins: tuple[str, ...], accounts: Accounts, what: str
+) -> Caller | None:
+    """The Origin, then the token: the caller, or None once the handshake has been refused.
+    Nothing is accepted here; the socket's own checks (a profile, say) come after."""
+    if not origin_allowed(ws.headers.get("origin"), allowed_origins):
+        await refuse(ws, 403, f"this Origin may not open {what}")
+        return None
+    token, subprotocol = bearer(ws)
+    if token is None:
+        await refuse(ws, 401, "send Authorization: Bearer <token> or the bearer subprotocol")
+        return None
+    try:
+        principal = await accounts.resolve(token)
+    except Unauthenticated as exc:
+        await refuse(ws, 401, exc.detail)
+        return None
+    except DOWN:
+        await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
+        return None
+    return Caller(principal, token, subprotocol)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:

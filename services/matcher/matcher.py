@@ -16,16 +16,15 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.matcher.connection import SLOW_CLIENT, Connection, parse, receive_loop
-from services.matcher.handshake import bearer, origin_allowed, refuse
+from services.matcher.handshake import DOWN, authenticate, refuse
 from services.matcher.hub import Hub
 from shared import profiles, trending
 from shared.accounts import Accounts, Principal, token_hash
 from shared.documents import Documents
-from shared.errors import RedlineError, Unauthenticated
+from shared.errors import RedlineError
 from shared.events import to_inbox
 from shared.keys import Keys
 from shared.messages import (
@@ -51,7 +50,6 @@ from shared.settings import Settings
 log = logging.getLogger("redline.matcher")
 
 # Failures of a dependency: Redis or Postgres down or slow. Never a crash of the socket's task.
-DOWN = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 REFRESH_BATCH = 500
 
 
@@ -126,29 +124,23 @@ class Matcher:
 
     async def _open(self, ws: WebSocket) -> Connection | None:
         """Check Origin and token, load the profile, then accept; None when refused."""
-        if not origin_allowed(ws.headers.get("origin"), self.settings.allowed_origins):
-            await refuse(ws, 403, "this Origin may not open a matcher socket")
-            return None
-        token, subprotocol = bearer(ws)
-        if token is None:
-            await refuse(ws, 401, "send Authorization: Bearer <token> or the bearer subprotocol")
+        caller = await authenticate(
+            ws, self.settings.allowed_origins, self.accounts, "a matcher socket"
+        )
+        if caller is None:
             return None
         try:
-            principal = await self.accounts.resolve(token)
-            session = self.keys.session(token_hash(token))
             async with self.db.acquire() as db:
-                profile = await profiles.load(db, principal.user_id)
-        except Unauthenticated as exc:
-            await refuse(ws, 401, exc.detail)
-            return None
+                profile = await profiles.load(db, caller.principal.user_id)
         except DOWN:
             await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
             return None
         if profile is None:
             await refuse(ws, 401, "the session's user no longer exists")
             return None
-        await ws.accept(subprotocol=subprotocol)
-        return self._connection(ws, principal, profile, session)
+        await ws.accept(subprotocol=caller.subprotocol)
+        session = self.keys.session(token_hash(caller.token))
+        return self._connection(ws, caller.principal, profile, session)
 
     def _connection(
         self, ws: WebSocket, principal: Principal, profile: Profile, session: str

@@ -9,17 +9,13 @@ worker's jobs and its drain on shutdown. The matching scenarios are in test_clus
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 
-import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from services.flusher.flush import Flusher
 from shared.clients import redis_client
 from shared.keys import Keys
 from shared.settings import Settings
@@ -32,26 +28,21 @@ from tests.services.api.test_documents import (  # noqa: F401  (collected here, 
     test_reads_and_edits_reload_from_postgres_when_redis_dropped_the_clean_copy,
     test_stale_base_version_is_409_with_current_version,
 )
+from tests.services.flusher.conftest import ctx, queue  # noqa: F401
 from tests.services.flusher.test_flush import (  # noqa: F401
+    test_batches_sharing_rows_take_their_locks_in_one_order,
+    test_concurrent_flushes_of_many_documents_agree,
     test_delete_racing_a_flush_is_never_resurrected,
     test_edit_during_flush_stays_dirty_and_is_flushed_next_time,
     test_flush_persists_and_marks_clean,
     test_racing_flushers_never_write_older_over_newer,
 )
 from tests.services.flusher.test_worker import (  # noqa: F401
-    ctx,
-    queue,
     test_cron_flush_job_flushes_everything_dirty,
     test_last_editor_leaving_enqueues_one_deduplicated_flush,
     test_shutdown_drains_every_dirty_document,
 )
 from tests.support.users import create_doc, edit, signup
-
-# Two flushers' batch UPDATEs on overlapping rows can deadlock in Postgres (rows are locked in join
-# order); the loser raises DeadlockDetectedError and its marks stay dirty. The production paths
-# retry (flush_with_retry; the cron tick after a failed job). test_flush's version of the test
-# below calls flush_dirty/flush_ids bare, so here, where the interleaving makes the deadlock more
-# likely, the flush loop retries as production does.
 
 pytestmark = pytest.mark.cluster
 
@@ -85,40 +76,3 @@ async def test_documents_spread_over_every_node_and_each_edit_stays_on_one(
         )
         nodes.add(cluster.get_node_from_key(keys.doc(doc_id)).name)
     assert len(nodes) == 3
-
-
-async def _retrying(call: Callable[[], Awaitable[object]]) -> None:
-    for _ in range(20):
-        try:
-            await call()
-            return
-        except asyncpg.DeadlockDetectedError:
-            await asyncio.sleep(0.01)
-    raise AssertionError("still deadlocking after 20 tries")
-
-
-async def test_concurrent_flushes_of_many_documents_agree(
-    api: httpx.AsyncClient, flusher: Flusher, second_flusher: Flusher, db: asyncpg.Connection
-) -> None:
-    alice = await signup(api, "alice")
-    docs = [(await create_doc(api, alice, title=f"d{i}"))["id"] for i in range(40)]
-    acked: dict[str, int] = {}
-
-    async def typist(doc_id: str) -> None:
-        for n in range(5):
-            r = await edit(api, alice, doc_id, f"{doc_id}:{n}")
-            assert r.status_code == 202
-            acked[doc_id] = r.json()["version"]
-
-    async def flush_loop(f: Flusher) -> None:
-        for _ in range(10):
-            await _retrying(f.flush_dirty)
-            await _retrying(lambda: f.flush_ids(docs[::7]))
-
-    await asyncio.gather(
-        *(typist(d) for d in docs), flush_loop(flusher), flush_loop(second_flusher)
-    )
-    await flusher.flush_dirty()
-    rows = await db.fetch("SELECT id::text, version FROM documents")
-    assert {r["id"]: r["version"] for r in rows} == acked
-    assert await flusher.dirty_count() == (0, None)

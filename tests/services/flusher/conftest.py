@@ -1,16 +1,34 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from arq.connections import ArqRedis, create_pool
 from redis.asyncio import Redis
 
 from services.flusher.flush import Flusher
 from shared.clients import create_db_pool
+from shared.jobs import arq_settings
 from shared.keys import Keys
 from shared.queries import prepare_flush_connection
 from shared.scripts import Scripts
 from shared.settings import Settings
+from tests.support.worker import worker_context
+
+
+@pytest.fixture
+async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The worker's job context, for calling its job functions directly."""
+    async with worker_context(settings) as context:
+        yield context
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(arq_settings(settings.queue_url))
+    yield pool
+    await pool.aclose()
 
 
 @pytest.fixture

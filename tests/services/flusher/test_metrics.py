@@ -7,18 +7,16 @@ import logging
 import math
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 
 from services.flusher import worker
 from shared.embedded import free_port
-from shared.jobs import arq_settings
 from shared.keys import Keys
 from shared.logs import RequestIdFilter
 from shared.metrics import render
@@ -27,22 +25,6 @@ from tests.conftest import Servers, make_settings
 from tests.support.metrics import closed_port_url, sample
 from tests.support.processes import http_ready, running, settings_env
 from tests.support.users import create_doc, edit, signup
-
-
-@pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    context: dict[str, Any] = {"settings": settings}
-    await worker.startup(context)
-    yield context
-    await context["pool"].close()
-    await context["state"].aclose()
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(arq_settings(settings.queue_url))
-    yield pool
-    await pool.aclose()
 
 
 def exposition(ctx: dict[str, Any]) -> str:

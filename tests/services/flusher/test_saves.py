@@ -15,22 +15,19 @@ import httpx
 import pytest
 from arq.worker import Retry
 
-from services.flusher import worker
 from services.flusher.saves import _retry_or_raise, save_document, snapshot_document
 from shared.errors import NotFound
 from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.support.processes import Service, log_ready, running, settings_env
 from tests.support.users import User, create_doc, edit, signup
+from tests.support.worker import worker_context
 
 
 @pytest.fixture
 async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    context: dict[str, Any] = {"settings": settings, "job_try": 1, "job_id": "rlt:test-job"}
-    await worker.startup(context)
-    yield context
-    await context["pool"].close()
-    await context["state"].aclose()
+    async with worker_context(settings, job_try=1, job_id="rlt:test-job") as context:
+        yield context
 
 
 async def test_save_document_writes_the_newest_version(

@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from services.api.app import create_app
 from services.flusher import worker
-from shared.jobs import arq_settings, enqueue_flush
+from shared.jobs import enqueue_flush
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.users import create_doc, edit, signup
-
-
-@pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    context: dict[str, Any] = {"settings": settings}
-    await worker.startup(context)
-    yield context
-    # The real shutdown drains; tests that check it call it themselves.
-    await context["pool"].close()
-    await context["state"].aclose()
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(arq_settings(settings.queue_url))
-    yield pool
-    await pool.aclose()
 
 
 async def version_in_pg(db: asyncpg.Connection, doc_id: str) -> int:

@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from services.flusher import worker
 from services.flusher.saves import save_document, snapshot_document
 from shared.accounts import Principal
 from shared.clients import create_db_pool, redis_client
@@ -33,6 +32,7 @@ from tests.conftest import make_settings
 from tests.services.matcher.conftest import matcher_server, recv, send
 from tests.support.processes import http_ready, log_ready, running, settings_env
 from tests.support.users import User, add_member, create_doc, edit, signup
+from tests.support.worker import worker_context
 
 Frame = dict[str, Any]
 
@@ -289,11 +289,8 @@ async def followed_streams(client: httpx.AsyncClient, http: str) -> int:
 # Inbox ----------------------------------------------------------------------------------------
 @pytest.fixture
 async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    context: dict[str, Any] = {"settings": settings, "job_try": 1, "job_id": "rlt:job-1"}
-    await worker.startup(context)
-    yield context
-    await context["pool"].close()
-    await context["state"].aclose()
+    async with worker_context(settings, job_try=1, job_id="rlt:job-1") as context:
+        yield context
 
 
 async def test_job_outcomes_wait_in_the_inbox_for_the_next_socket(
