@@ -296,6 +296,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, doc_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), str(uuid.UUID(doc_id))
-    except (ValueError, UnicodeDecodeError):
+        at = datetime.fromisoformat(stamp)
+        if at.tzinfo is None:
+            raise ValueError("a cursor's time always carries its offset")
+        # In UTC here, as asyncpg would convert it: a stamp at the edge of Python's range
+        # (0001-01-01T00:00+14:00, 9999-12-31T23:59:59-14:00) parses but overflows on the way,
+        # which was a 500 deep inside the query.
+        return at.astimezone(UTC), str(uuid.UUID(doc_id))
+    except (ValueError, OverflowError):  # UnicodeDecodeError and binascii.Error are ValueErrors
         raise InvalidInput("cursor is not one this API returned") from None

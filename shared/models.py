@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-Username = Annotated[
-    str, StringConstraints(min_length=3, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+# Text Postgres and Redis can store ------------------------------------------------------------
+# Lone surrogates (U+D800..U+DFFF) have no UTF-8 form: the Redis client's and Postgres's encoders
+# both fail on them. The JSON parser already refuses "\ud800" in a body, but a model validated
+# from Python values (a job, a later entrance) would let one through, so the check is here too.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8_text(value: str) -> str:
+    # isascii() reads a flag in CPython: the common all-ASCII text costs no scan at all.
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValueError("contains a lone surrogate (U+D800..U+DFFF), which is not valid Unicode")
+    return value
+
+
+def _pg_text(value: str) -> str:
+    # Postgres `text` cannot hold U+0000: a document holding one could never be flushed (and, in
+    # one batch statement, it failed its neighbours' writes too), so it is refused at the door.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (U+0000), which Postgres cannot store")
+    return _utf8_text(value)
+
+
+S = TypeVar("S", bound=str)
+# Every text field that reaches Redis or Postgres is `PgText[str]`, or with constraints
+# `PgText[Annotated[str, StringConstraints(...)]]`: the check runs after the constraints (a
+# generic alias, because nesting the other way round would apply them after the check, where
+# pydantic no longer treats them as string constraints). The 422 names the field (its `loc`).
+PgText = Annotated[S, AfterValidator(_pg_text)]
+# Text that is only hashed, never stored (passwords): NUL is harmless there (argon2 hashes bytes;
+# refusing it now would lock out whoever chose one), a lone surrogate has no bytes to hash.
+Utf8Text = Annotated[S, AfterValidator(_utf8_text)]
+
+Username = PgText[
+    Annotated[str, StringConstraints(min_length=3, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")]
 ]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+Password = Utf8Text[Annotated[str, StringConstraints(min_length=8, max_length=256)]]
 
 
 class In(BaseModel):
@@ -42,12 +75,14 @@ class MemberOut(BaseModel):
 
 
 class DocumentCreate(In):
-    title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-    content: str = ""
+    title: PgText[
+        Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    ]
+    content: PgText[str] = ""
 
 
 class ContentEdit(In):
-    content: str
+    content: PgText[str]
     base_version: Annotated[int, Field(ge=0)] | None = None
 
 
@@ -126,10 +161,10 @@ class Profile(BaseModel):
 class ProfilePatch(In):
     """Only these fields; anything else (tenant_id, role, user_id) is a 422."""
 
-    display_name: Annotated[str, StringConstraints(max_length=80, strip_whitespace=True)] | None = (
-        None
-    )
-    bio: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    display_name: (
+        PgText[Annotated[str, StringConstraints(max_length=80, strip_whitespace=True)]] | None
+    ) = None
+    bio: PgText[Annotated[str, StringConstraints(max_length=2000)]] | None = None
     language: Language | None = None
     region: Region | None = None
     interests: Annotated[list[Slug], Field(max_length=20)] | None = None
@@ -152,7 +187,9 @@ class JobOut(BaseModel):
 
 
 class SnapshotCreate(In):
-    label: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    label: PgText[
+        Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    ]
 
 
 class SnapshotOut(BaseModel):

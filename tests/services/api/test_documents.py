@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import base64
+import uuid
+
+import asyncpg
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.support.users import add_member, create_doc, edit, signup
+
+JSON = {"content-type": "application/json"}
 
 
 async def test_create_edit_read_your_writes(api: httpx.AsyncClient) -> None:
@@ -112,3 +119,88 @@ async def test_delete(api: httpx.AsyncClient) -> None:
     assert (await edit(api, alice, doc["id"], "again")).status_code == 404
     listed = (await api.get("/v1/documents", headers=alice.auth)).json()["items"]
     assert listed == []
+
+
+# Text Postgres cannot store (issue 10): NUL in `text`, and lone surrogates (no UTF-8 form). A
+# body may carry a surrogate as a JSON escape or as raw bytes; both are refused before any work.
+NUL = "a\x00b"
+SURROGATE_BODIES = (
+    b'{"content": "a\\ud800b"}',  # lone high surrogate, escaped
+    b'{"content": "a\\udc00b"}',  # lone low surrogate, escaped
+    b'{"content": "a\xed\xa0\x80b"}',  # a surrogate's would-be UTF-8 bytes (invalid UTF-8)
+)
+
+
+def assert_422(r: httpx.Response, field: str | None) -> None:
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    if field is not None:  # the problem names the field (a surrogate fails JSON parsing first)
+        assert any(e["loc"][-1] == field for e in r.json()["errors"]), r.json()
+
+
+async def test_nul_in_a_new_documents_title_or_content_is_422_not_500(
+    api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    alice = await signup(api, "alice")
+    for body, field in (
+        ({"title": NUL}, "title"),
+        ({"title": "ok", "content": NUL}, "content"),
+        ({"title": "\x00"}, "title"),
+    ):
+        assert_422(await api.post("/v1/documents", json=body, headers=alice.auth), field)
+    for raw in (b'{"title": "a\\ud800"}', b'{"title": "ok", "content": "\\udfff"}'):
+        r = await api.post("/v1/documents", content=raw, headers=alice.auth | JSON)
+        assert_422(r, None)
+    assert await db.fetchval("SELECT count(*) FROM documents") == 0
+
+
+async def test_edits_postgres_cannot_store_are_refused_on_both_edit_paths(
+    api: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    alice = await signup(api, "alice")
+    doc = await create_doc(api, alice, content="kept")
+    # The canonical id takes the fast lane (editlane.py); the upper-case one the FastAPI route.
+    for doc_id in (doc["id"], doc["id"].upper()):
+        url = f"/v1/documents/{doc_id}/content"
+        assert_422(await api.put(url, json={"content": NUL}, headers=alice.auth), "content")
+        assert_422(await api.put(url, json={"content": "\x00"}, headers=alice.auth), "content")
+        for raw in SURROGATE_BODIES:
+            assert_422(await api.put(url, content=raw, headers=alice.auth | JSON), None)
+    fields = await redis.hmget(keys.doc(doc["id"]), ["v", "c"])
+    assert fields == ["0", "kept"], "a refused edit changes nothing"
+    assert await redis.zcard(keys.doc_dirty(doc["id"])) == 0
+    # Text that only looks unusual is fine: a real astral character, U+FFFF, a C1 control.
+    ok = "emoji \U0001f600, \uffff, \x7f\x9f"
+    assert (await edit(api, alice, doc["id"], ok)).status_code == 202
+    got = (await api.get(f"/v1/documents/{doc['id']}", headers=alice.auth)).json()
+    assert got["content"] == ok
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999999-14:00", "2024-01-01T00:00:00"],
+)
+async def test_a_cursor_out_of_range_or_without_offset_is_422(
+    api: httpx.AsyncClient, stamp: str
+) -> None:
+    alice = await signup(api, "alice")
+    await create_doc(api, alice)
+    raw = f"{stamp}|{uuid.uuid4()}".encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    r = await api.get("/v1/documents", params={"cursor": cursor}, headers=alice.auth)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_snapshot_label_with_nul_is_422_at_the_entrance(
+    api: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.key_prefix, settings.doc_shards)
+    alice = await signup(api, "alice")
+    doc = await create_doc(api, alice)
+    url = f"/v1/documents/{doc['id']}/snapshots"
+    assert_422(await api.post(url, json={"label": NUL}, headers=alice.auth), "label")
+    r = await api.post(url, content=b'{"label": "\\ud800"}', headers=alice.auth | JSON)
+    assert_422(r, None)
+    assert await redis.zcard(keys.queue_name) == 0, "no job was queued"

@@ -195,3 +195,60 @@ async def test_reads_survive_a_stopped_cache_redis(migrated: Servers, tmp_path: 
             assert 'redline_cache_fallbacks_total{family="profile"}' in metrics
     finally:
         cache_server.stop()
+
+
+# Text Postgres cannot store (issue 10): NUL in `text`, lone surrogates (no UTF-8 form).
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"bio": "a\x00b"}, "bio"),
+        ({"display_name": "Al\x00ice"}, "display_name"),
+        ({"display_name": "\x00"}, "display_name"),
+    ],
+)
+async def test_nul_in_a_profile_is_422_not_500(
+    api: httpx.AsyncClient, db: asyncpg.Connection, body: dict[str, str], field: str
+) -> None:
+    alice = await signup(api, "alice")
+    r = await api.patch("/v1/users/me/profile", json=body, headers=alice.auth)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert [e["loc"][-1] for e in r.json()["errors"]] == [field]
+    assert await db.fetchval("SELECT count(*) FROM profiles") == 0
+
+
+async def test_a_lone_surrogate_in_a_profile_is_422(
+    api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    alice = await signup(api, "alice")
+    for raw in (b'{"bio": "\\ud800"}', b'{"display_name": "x\xed\xb0\x80"}'):
+        r = await api.patch("/v1/users/me/profile", content=raw, headers=alice.auth | JSON)
+        assert r.status_code == 422, r.text
+    assert await db.fetchval("SELECT count(*) FROM profiles") == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/auth/signup", "/v1/auth/login"])
+async def test_bad_text_in_a_username_or_password_is_422_never_500(
+    api: httpx.AsyncClient, db: asyncpg.Connection, path: str
+) -> None:
+    for raw in (
+        b'{"username": "al\\u0000ice", "password": "correct horse"}',
+        b'{"username": "al\\ud800ice", "password": "correct horse"}',
+        b'{"username": "alice", "password": "correct \\ud800horse"}',
+        b'{"username": "alice", "password": "correct \xed\xa0\x80horse"}',
+    ):
+        r = await api.post(path, content=raw, headers=JSON)
+        assert r.status_code == 422, (raw, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_a_password_may_hold_nul_it_is_only_hashed(api: httpx.AsyncClient) -> None:
+    await signup(api, "alice", password="correct\x00horse")
+    ok = await api.post("/v1/auth/login", json={"username": "alice", "password": "correct\x00horse"})
+    assert ok.status_code == 200, ok.text
+    bad = await api.post("/v1/auth/login", json={"username": "alice", "password": "correct horse"})
+    assert bad.status_code == 401
