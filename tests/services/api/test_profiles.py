@@ -247,8 +247,9 @@ async def test_bad_text_in_a_username_or_password_is_422_never_500(
 
 
 async def test_a_password_may_hold_nul_it_is_only_hashed(api: httpx.AsyncClient) -> None:
-    await signup(api, "alice", password="correct\x00horse")
-    ok = await api.post("/v1/auth/login", json={"username": "alice", "password": "correct\x00horse"})
+    password = "correct\x00horse"
+    await signup(api, "alice", password=password)
+    ok = await api.post("/v1/auth/login", json={"username": "alice", "password": password})
     assert ok.status_code == 200, ok.text
     bad = await api.post("/v1/auth/login", json={"username": "alice", "password": "correct horse"})
     assert bad.status_code == 401
