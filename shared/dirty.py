@@ -21,3 +21,18 @@ async def dirty_count(redis: Redis, keys: Keys) -> tuple[int, float | None]:
     oldest = [r[0][1] for r in replies[1::2] if r]
     age = (time.time() * 1000 - min(oldest)) / 1000 if oldest else None
     return count, age
+
+
+async def quarantined(redis: Redis, keys: Keys, limit: int = 0) -> tuple[int, list[str]]:
+    """How many documents are in quarantine (Postgres refused their content; see
+    lua/quarantine.lua), and up to `limit` of their ids, the longest-quarantined first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in range(keys.shards):
+            pipe.zcard(keys.quarantine(shard))
+            if limit:
+                pipe.zrange(keys.quarantine(shard), 0, limit - 1, withscores=True)
+        replies = await pipe.execute()
+    if not limit:
+        return sum(replies), []
+    oldest = sorted((r for page in replies[1::2] for r in page), key=lambda r: (r[1], r[0]))
+    return sum(replies[0::2]), [doc_id for doc_id, _ in oldest[:limit]]

@@ -35,6 +35,13 @@ class Keys:
         """Sorted set of a shard's dirty document ids, scored by first-dirty time (ms)."""
         return f"{self._tag(shard)}:dirty"
 
+    def quarantine(self, shard: int) -> str:
+        """Sorted set of a shard's documents Postgres refused to store (a data error, e.g. a NUL
+        in old content), scored by when each was first quarantined (ms). Out of the dirty index,
+        so never retried in a loop; their hashes stay in Redis. Same tag as `dirty`: one script
+        moves an id from one to the other."""
+        return f"{self._tag(shard)}:quarantine"
+
     def presence(self, shard: int) -> str:
         """Sorted set of a shard's documents with editors, scored by the latest expiry (ms)."""
         return f"{self._tag(shard)}:presence"
@@ -54,6 +61,9 @@ class Keys:
 
     def doc_dirty(self, doc_id: str) -> str:
         return self.dirty(self.shard_of(doc_id))
+
+    def doc_quarantine(self, doc_id: str) -> str:
+        return self.quarantine(self.shard_of(doc_id))
 
     def doc_presence(self, doc_id: str) -> str:
         return self.presence(self.shard_of(doc_id))

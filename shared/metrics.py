@@ -123,7 +123,7 @@ class CacheCounters(Collector):
 
 class FlushMetrics:
     """The write-behind engine: what each flush wrote and how long it took, labelled by `kind`
-    (cron, document, presence, drain), plus the dirty backlog as gauges."""
+    (cron, document, presence, drain), plus the dirty backlog and the quarantine as gauges."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.batches = Counter(
@@ -154,14 +154,37 @@ class FlushMetrics:
             "Documents edited in Redis and not yet written to Postgres (NaN: Redis unreachable)",
             registry=registry,
         )
+        self.quarantined = Counter(
+            "redline_flush_quarantined_documents",
+            "Documents moved to quarantine: Postgres refused their content (a data error), so"
+            " they stay in Redis, out of the flush, until an accepted edit replaces it",
+            ["kind"],
+            registry=registry,
+        )
+        self.in_quarantine = Gauge(
+            "redline_quarantined_documents",
+            "Documents in quarantine now, read at scrape time (NaN: Redis unreachable)",
+            registry=registry,
+        )
         self.oldest_dirty_age = Gauge(
             "redline_oldest_dirty_age_seconds",
             "Age of the oldest unsaved edit (0 when none is dirty; NaN: Redis unreachable)",
             registry=registry,
         )
 
-    def flushed(self, kind: str, *, batches: int, rows: int, retries: int, seconds: float) -> None:
+    def flushed(
+        self,
+        kind: str,
+        *,
+        batches: int,
+        rows: int,
+        retries: int,
+        seconds: float,
+        quarantined: int = 0,
+    ) -> None:
         self.batches.labels(kind).inc(batches)
+        if quarantined:
+            self.quarantined.labels(kind).inc(quarantined)
         self.rows.labels(kind).inc(rows)
         self.duration.labels(kind).observe(seconds)
         if retries:
@@ -179,6 +202,10 @@ class FlushMetrics:
             return
         self.dirty.set(count)
         self.oldest_dirty_age.set(oldest_age_s or 0.0)
+
+    def quarantine(self, count: int | None) -> None:
+        """Set the quarantine gauge; None means unknown (Redis did not answer)."""
+        self.in_quarantine.set(math.nan if count is None else count)
 
 
 class JobMetrics:

@@ -246,4 +246,8 @@ class CacheStatsOut(BaseModel):
     cache_redis: CacheRedisStats
     dirty_documents: int | None
     oldest_dirty_age_s: float | None
+    # Documents Postgres refused to store (kept in Redis, out of the flush; see README,
+    # write-behind): how many in all, and the ids among them that the caller may open.
+    quarantined_documents: int | None = None
+    quarantined_ids: list[str] = []
     queue_depth: int | None

@@ -32,6 +32,7 @@ NAMES = (
     "pool_refresh",
     "pool_leave",
     "read_docs",
+    "quarantine",
 )
 
 
@@ -47,6 +48,15 @@ class EditStatus(IntEnum):
     DELETED = -2
     NO_ACCESS = -3
     RATE_LIMITED = -4  # `version` then holds the milliseconds until a retry may succeed
+
+
+class QuarantineStatus(IntEnum):
+    """What shared/lua/quarantine.lua did with one refused document."""
+
+    QUARANTINED = 1
+    ALREADY = 2  # in quarantine from an earlier flush (a save job retried it)
+    EDITED = 0  # a newer version came since the read: left dirty for the next flush
+    GONE = -1  # deleted meanwhile: nothing left to save
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +158,7 @@ class Scripts:
                 k.doc_dirty(doc_id),
                 k.edit_rate(doc_id, author),
                 k.doc_events(doc_id),
+                k.doc_quarantine(doc_id),
             ),
             args=(
                 doc_id,
@@ -214,6 +225,31 @@ class Scripts:
         replies = await self._many("mark_clean", calls)
         return sum(int(r) for r in replies)
 
+    async def quarantine_shards(
+        self, shards: Sequence[tuple[int, Sequence[tuple[str, int]]]]
+    ) -> dict[str, QuarantineStatus]:
+        """Move refused (id, version) pairs from each shard's dirty index to its quarantine, each
+        only if its version is still the refused one: one call a shard, one round trip."""
+        k = self._keys
+        now = _now_ms()
+        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+        for shard, refused in shards:
+            args: list[str | int] = [now]
+            for doc_id, version in refused:
+                args += (doc_id, version)
+            calls.append(
+                (
+                    (k.dirty(shard), k.quarantine(shard), *(k.doc(d) for d, _ in refused)),
+                    args,
+                )
+            )
+        replies = await self._many("quarantine", calls)
+        out: dict[str, QuarantineStatus] = {}
+        for (_, refused), statuses in zip(shards, replies, strict=True):
+            for (doc_id, _), status in zip(refused, statuses, strict=True):
+                out[doc_id] = QuarantineStatus(int(status))
+        return out
+
     async def _many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> list[Any]:
@@ -256,6 +292,7 @@ class Scripts:
                 k.doc_dirty(doc_id),
                 k.doc_presence(doc_id),
                 k.doc_events(doc_id),
+                k.doc_quarantine(doc_id),
             ),
             (doc_id, tombstone_ttl_ms, _now_ms(), by),
         )

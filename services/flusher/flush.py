@@ -4,6 +4,13 @@ Protocol (DESIGN §4): claim a shard's oldest dirty ids (a lease keeps other flu
 read each document's version and content atomically, write the whole batch in one guarded
 statement, then mark each clean only if its version is still the one written. Nothing here
 removes a dirty mark before the Postgres commit, so a crash anywhere loses nothing.
+
+One bad document never blocks the others: a batch that Postgres refuses for its data (a
+DATA_ERRORS failure, say a NUL that reached Redis before the API refused it) is split in halves,
+and the halves again, until each refused document stands alone; every other document is written,
+and each refused one goes to its shard's quarantine (lua/quarantine.lua): kept in Redis, out of
+the dirty index, so it is not retried in a loop. An edit accepted later takes it back out (the
+next flush writes the new content); see README, write-behind.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from redis.exceptions import RedisError
 
 from shared import dirty, queries
 from shared.keys import Keys
-from shared.scripts import Scripts
+from shared.scripts import QuarantineStatus, Scripts
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,20 @@ TRANSIENT = (
     RedisError,
 )
 
+# What no retry can fix: Postgres refused the rows themselves, and the same rows fail the same way
+# every time. Class 22 (data exception: NUL 22021, untranslatable character 22P05, string too
+# long 22001, invalid text representation 22P02, value out of range 22003/22008), class 23 (a
+# row that breaks a constraint) and class 54 (a value over a program limit); and ValueError,
+# which is asyncpg's own encoder refusing a value before sending it (a lone surrogate has no
+# UTF-8 form; a malformed uuid). All but ValueError are PostgresErrors, so TRANSIENT also matches
+# them: only the write path catches these first, where the rows that caused them are known.
+DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+    ValueError,
+)
+
 
 @dataclass
 class FlushStats:
@@ -50,6 +71,10 @@ class FlushStats:
     cleaned: int = 0
     seconds: float = 0.0
     failures: int = 0
+    # Refused by Postgres and moved to quarantine by this call (newly or again).
+    quarantined: list[str] = field(default_factory=list)
+    # Of those, the ones new to the quarantine (the metric counts each document once).
+    newly_quarantined: int = 0
 
     def add(self, other: FlushStats) -> None:
         self.batches += other.batches
@@ -58,6 +83,8 @@ class FlushStats:
         self.cleaned += other.cleaned
         self.failures += other.failures
         self.seconds += other.seconds
+        self.quarantined += other.quarantined
+        self.newly_quarantined += other.newly_quarantined
 
 
 @dataclass
@@ -81,6 +108,15 @@ class _Batch:
                 out[-1].add(shard, take)
                 start += len(take)
         return [b for b in out if b.size]
+
+
+def _id(row: queries.FlushRow) -> str:
+    return row[0]
+
+
+def _reason(exc: BaseException) -> str:
+    code = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}{f' {code}' if code else ''}: {exc}"
 
 
 def _ms_to_dt(ms: str | None) -> datetime:
@@ -215,21 +251,86 @@ class Flusher:
             versions[doc_id] = int(v)
             rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at)))
         stats.read = len(rows)
+        refused: dict[str, BaseException] = {}
         if rows:
             async with self._pool.acquire() as conn:
-                stats.written = await queries.write_documents(conn, rows)
-        # Only now, after the commit, may a dirty mark go; and only if no edit came since.
+                # In id order, so each half of a split is a contiguous run (writes lock in order).
+                stats.written = await self._write(conn, sorted(rows, key=_id), refused)
+        # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
+        # refused document keeps its mark until the quarantine takes it.
         stats.cleaned = await self._scripts.mark_clean_shards(
             [
-                (shard, [(d, versions[d]) for d in shard_ids])
+                (shard, [(d, versions[d]) for d in shard_ids if d not in refused])
                 for shard, shard_ids in batch.by_shard.items()
             ],
             self._clean_ttl_ms,
             read_ms,
         )
+        if refused:
+            await self._quarantine(batch, versions, refused, stats)
         stats.seconds = time.perf_counter() - started
         log.debug("flushed batch: %s", stats)
         return stats
+
+    async def _write(
+        self, conn: queries.Conn, rows: list[queries.FlushRow], refused: dict[str, BaseException]
+    ) -> int:
+        """Write `rows` (one statement); on a data error, write each half the same way, so only
+        the rows Postgres refuses stay unwritten: they go into `refused` with their error. Each
+        write is its own transaction, so the others commit whatever their neighbours hold. A
+        transient error propagates: the whole flush is retried, and rewriting what was already
+        committed is a no-op (the version guard)."""
+        try:
+            return await queries.write_documents(conn, rows)
+        except DATA_ERRORS as exc:
+            if len(rows) == 1:
+                refused[rows[0][0]] = exc
+                return 0
+            log.info(
+                "a batch of %d documents was refused (%s); splitting it", len(rows), _reason(exc)
+            )
+            half = len(rows) // 2
+            return await self._write(conn, rows[:half], refused) + await self._write(
+                conn, rows[half:], refused
+            )
+
+    async def _quarantine(
+        self,
+        batch: _Batch,
+        versions: dict[str, int],
+        refused: dict[str, BaseException],
+        stats: FlushStats,
+    ) -> None:
+        moves = [
+            (shard, [(d, versions[d]) for d in shard_ids if d in refused])
+            for shard, shard_ids in batch.by_shard.items()
+        ]
+        outcome = await self._scripts.quarantine_shards([(s, m) for s, m in moves if m])
+        for doc_id, status in outcome.items():
+            reason = _reason(refused[doc_id])
+            if status in (QuarantineStatus.QUARANTINED, QuarantineStatus.ALREADY):
+                stats.quarantined.append(doc_id)
+                stats.newly_quarantined += status is QuarantineStatus.QUARANTINED
+                log.error(
+                    "document %s quarantined: Postgres refused version %d (%s). It stays in"
+                    " Redis, out of the flush; an accepted edit brings it back",
+                    doc_id,
+                    versions[doc_id],
+                    reason,
+                )
+            elif status is QuarantineStatus.EDITED:
+                log.warning(
+                    "document %s: Postgres refused version %d (%s); a newer edit came meanwhile,"
+                    " so it stays dirty and the next flush tries that one",
+                    doc_id,
+                    versions[doc_id],
+                    reason,
+                )
+
+    async def quarantine_count(self) -> int:
+        """How many documents are in quarantine (for the scrape-time gauge)."""
+        count, _ = await dirty.quarantined(self._redis, self._keys)
+        return count
 
     async def dirty_count(self) -> tuple[int, float | None]:
         """How many documents are dirty, and the age in seconds of the oldest (None if none)."""

@@ -3,7 +3,8 @@
 Both are idempotent, because arq runs a job at least once (a worker that dies mid-job leaves it
 to be run again): a save flushes whatever is newest, a snapshot is stored once per job id.
 A transient failure (Postgres or Redis away) is retried with backoff; on the last try the real
-error is raised, so the job ends `failed` with a reason the user can read.
+error is raised, so the job ends `failed` with a reason the user can read. A data error (Postgres
+refuses the content itself) fails the job at once: the same content fails the same way again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from arq.worker import Retry
 
-from services.flusher.flush import TRANSIENT, Flusher
+from services.flusher.flush import DATA_ERRORS, TRANSIENT, Flusher
 from shared import events, queries, snapshots
 from shared.errors import NotFound
 from shared.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
@@ -24,6 +25,10 @@ from shared.settings import Settings
 log = logging.getLogger("redline.flusher")
 
 Ctx = dict[str, Any]
+
+
+class Unsaveable(Exception):
+    """The document's current content is one Postgres refuses: it is in quarantine."""
 
 
 def _last_try(ctx: Ctx) -> bool:
@@ -54,6 +59,10 @@ async def _run(
     left (arq records the failure only after we raise, so the event is written first)."""
     try:
         result = await work()
+    except (*DATA_ERRORS, Unsaveable) as exc:
+        # Before TRANSIENT, which holds the Postgres data errors too: no retry can help.
+        await _tell(ctx, user_id, error=_reason(exc))
+        raise
     except TRANSIENT as exc:
         if _last_try(ctx):
             await _tell(ctx, user_id, error=_reason(exc))
@@ -92,7 +101,12 @@ async def save_document(ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str) 
     flusher: Flusher = ctx["flusher"]
 
     async def work() -> dict[str, Any]:
-        await flusher.flush_ids([doc_id])
+        stats = await flusher.flush_ids([doc_id])
+        if doc_id in stats.quarantined:
+            raise Unsaveable(
+                f"document {doc_id} cannot be saved: Postgres refuses its current content; it is"
+                " kept unsaved until an edit replaces it"
+            )
         saved = await _saved_version(ctx, doc_id)
         log.info("saved document %s at version %d for %s", doc_id, saved, user_id)
         return {"document_id": doc_id, "saved_version": saved}

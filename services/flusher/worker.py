@@ -66,6 +66,7 @@ async def _observed(ctx: Ctx, kind: str, flush: Awaitable[FlushStats]) -> FlushS
         rows=stats.written,
         retries=stats.failures,
         seconds=time.perf_counter() - started,
+        quarantined=stats.newly_quarantined,
     )
     return stats
 
@@ -91,8 +92,10 @@ async def _start_probes(ctx: Ctx) -> None:
         # so a tick-time reading would hide a growing one; and it costs nothing unscraped.
         try:
             metrics.backlog(*await flusher.dirty_count())
+            metrics.quarantine(await flusher.quarantine_count())
         except (Exception, asyncio.CancelledError):  # cancelled: the scrape's timeout
             metrics.backlog(None, None)  # unknown, rather than a stale value
+            metrics.quarantine(None)
             raise
 
     obs.on_scrape(backlog)
@@ -145,8 +148,16 @@ async def shutdown(ctx: Ctx) -> None:
             stats = await _observed(
                 ctx, "drain", flusher.flush_with_retry(None, settings.shutdown_drain_s)
             )
+            # Quarantined documents are not dirty (the flusher moved them out when Postgres
+            # refused them), so they never make a drain fail; they stay in Redis for the next.
             count, _ = await flusher.dirty_count()
-            log.info("drained: %d written, %d still dirty", stats.written, count)
+            held = await flusher.quarantine_count()
+            log.info(
+                "drained: %d written, %d still dirty, %d in quarantine",
+                stats.written,
+                count,
+                held,
+            )
     except TRANSIENT as exc:
         # Nothing is lost: the marks stay in Redis and the next flusher to start takes them.
         log.error("drain incomplete (%s); dirty documents stay marked for the next flusher", exc)

@@ -1,7 +1,7 @@
 -- Apply one autosave edit: bump the version, store content and author, mark the document dirty.
 -- KEYS[1] document hash          KEYS[2] the shard's dirty index (zset, score = first-dirty ms)
 -- KEYS[3] the author's edit-rate key for this document (GCRA theoretical arrival time, ms)
--- KEYS[4] the document's event stream
+-- KEYS[4] the document's event stream   KEYS[5] the shard's quarantine (flusher-refused docs)
 -- ARGV[1] document id            ARGV[2] content
 -- ARGV[3] base version or ""     ARGV[4] author user id
 -- ARGV[5] now (ms)               ARGV[6] rate: emission interval (ms per edit; 0: no limit)
@@ -14,6 +14,8 @@
 -- The rate check lives here, not in a call of its own, so an edit stays one round trip and a
 -- refused edit is never applied; its key shares the document's hash tag (Redis Cluster).
 -- The `document.edited` event is appended here too, for the same reason: no second round trip.
+-- An applied edit takes the document out of quarantine (shared/lua/quarantine.lua) and marks it
+-- dirty: the flusher writes the new content; if that is refused too, it is quarantined again.
 local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then
   return {0, 0, 0}
@@ -59,6 +61,7 @@ end
 -- Dirty state never expires; NX keeps the first-dirty time of an already dirty document.
 redis.call('PERSIST', doc)
 redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'type', 'document.edited',
   'document_id', ARGV[1], 'version', v, 'by', ARGV[4], 'at', ARGV[5])
 redis.call('PEXPIRE', KEYS[4], ARGV[9])

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 
 from services.api.deps import Caller, Res
 from services.api.resources import Resources
+from shared.accounts import Principal
 from shared import dirty
 from shared.cache import CACHE_ERRORS
 from shared.models import CacheRedisStats, CacheStatsOut
@@ -22,6 +23,8 @@ log = logging.getLogger("redline.api")
 
 # Below this many lookups the hit rate says nothing yet.
 MIN_LOOKUPS = 100
+# Quarantined ids read (longest-quarantined first) to pick those the caller may see.
+QUARANTINE_IDS = 50
 
 
 async def _cache_redis(res: Resources) -> CacheRedisStats:
@@ -37,6 +40,18 @@ async def _dirty(res: Resources) -> tuple[int, float | None] | None:
     try:
         async with asyncio.timeout(2):
             return await dirty.dirty_count(res.state, res.keys)
+    except CACHE_ERRORS as exc:
+        log.info("stats: state Redis unreachable: %r", exc)
+        return None
+
+
+async def _quarantine(res: Resources, who: Principal) -> tuple[int, list[str]] | None:
+    """The quarantine's size, and the ids in it the caller may open: another tenant's document
+    ids are never shown (their count is, as the dirty count is)."""
+    try:
+        async with asyncio.timeout(2):
+            count, ids = await dirty.quarantined(res.state, res.keys, QUARANTINE_IDS)
+            return count, [d for d in ids if await res.documents.readable(who, d)]
     except CACHE_ERRORS as exc:
         log.info("stats: state Redis unreachable: %r", exc)
         return None
@@ -70,6 +85,12 @@ def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> li
         warnings.append("state Redis unreachable: dirty documents unknown")
     elif (out["oldest_dirty_age_s"] or 0) > s.stats_max_dirty_age_s:
         warnings.append(f"oldest dirty document older than {s.stats_max_dirty_age_s:g}s")
+    if out["quarantined_documents"]:
+        warnings.append(
+            f"{out['quarantined_documents']} document(s) quarantined: Postgres refused their"
+            " content, so they are kept in Redis, unsaved, until an edit replaces it"
+            " (the flusher's log names each with the error)"
+        )
     if out["queue_depth"] is None:
         warnings.append("queue Redis unreachable")
     elif out["queue_depth"] > s.stats_max_queue_depth:
@@ -78,8 +99,10 @@ def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> li
 
 
 @router.get("/cache", response_model=CacheStatsOut)
-async def cache_stats(_: Caller, res: Res) -> CacheStatsOut:
-    redis, dirt, depth = await asyncio.gather(_cache_redis(res), _dirty(res), _queue_depth(res))
+async def cache_stats(who: Caller, res: Res) -> CacheStatsOut:
+    redis, dirt, depth, held = await asyncio.gather(
+        _cache_redis(res), _dirty(res), _queue_depth(res), _quarantine(res, who)
+    )
     cache = res.profiles.cache
     out: dict[str, Any] = {
         "hit_rate": cache.stats.hit_rate(),
@@ -87,6 +110,8 @@ async def cache_stats(_: Caller, res: Res) -> CacheStatsOut:
         "cache_listener": cache.listening,
         "dirty_documents": None if dirt is None else dirt[0],
         "oldest_dirty_age_s": None if dirt is None else dirt[1],
+        "quarantined_documents": None if held is None else held[0],
+        "quarantined_ids": [] if held is None else held[1],
         "queue_depth": depth,
     }
     warnings = _warnings(res, out, redis)
