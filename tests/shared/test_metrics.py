@@ -105,6 +105,19 @@ def test_flush_metrics() -> None:
     assert math.isnan(sample(out, "redline_dirty_documents") or 0.0)
 
 
+def test_flush_metrics_count_the_quarantine() -> None:
+    registry = new_registry()
+    flush = FlushMetrics(registry)
+    flush.flushed("drain", batches=1, rows=9, retries=0, seconds=0.1, quarantined=2)
+    flush.quarantine(3)
+    out = render(registry).decode()
+    assert sample(out, "redline_flush_quarantined_documents_total", kind="drain") == 2
+    assert sample(out, "redline_quarantined_documents") == 3
+    flush.quarantine(None)
+    out = render(registry).decode()
+    assert math.isnan(sample(out, "redline_quarantined_documents") or 0.0)
+
+
 def test_job_metrics() -> None:
     registry = new_registry()
     jobs = JobMetrics(registry)

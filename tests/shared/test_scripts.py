@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.keys import Keys
-from shared.scripts import EditStatus, Scripts
+from shared.scripts import EditStatus, QuarantineStatus, Scripts
 from shared.settings import Settings
 
 TTL = 60_000
@@ -190,3 +190,31 @@ async def test_read_docs_returns_each_document_in_order_across_slices(
 async def seeded_as(scripts: Scripts, doc_id: str) -> None:
     fields: dict[str, str | int] = {"v": 0, "sv": 0, "c": "", "ti": "t", "acl": "t:tenant-a"}
     assert await scripts.seed(doc_id, {**fields, "at": 1, "ca": 1}, TTL)
+
+
+async def test_quarantine_moves_only_the_refused_version(
+    scripts: Scripts, redis: Redis, keys: Keys
+) -> None:
+    refused, edited, gone = [await seeded(scripts) for _ in range(3)]
+    for doc_id in (refused, edited, gone):
+        await scripts.edit(doc_id, "x", None, "alice", 1000, GRANTS)
+    await scripts.edit(edited, "newer", None, "alice", 2000, GRANTS)  # v2 after a read at v1
+    await scripts.delete(gone, TTL)
+    calls = [(keys.shard_of(d), [(d, 1)]) for d in (refused, edited, gone)]
+    assert await scripts.quarantine_shards(calls) == {
+        refused: QuarantineStatus.QUARANTINED,
+        edited: QuarantineStatus.EDITED,
+        gone: QuarantineStatus.GONE,
+    }
+    assert await redis.zscore(keys.doc_dirty(refused), refused) is None
+    assert await redis.zscore(keys.doc_quarantine(refused), refused) is not None
+    assert await redis.zscore(keys.doc_dirty(edited), edited) == 1000, "kept, first-dirty time too"
+    assert await redis.zscore(keys.doc_quarantine(edited), edited) is None
+    first = await redis.zscore(keys.doc_quarantine(refused), refused)
+    again = await scripts.quarantine_shards([(keys.shard_of(refused), [(refused, 1)])])
+    assert again == {refused: QuarantineStatus.ALREADY}
+    assert await redis.zscore(keys.doc_quarantine(refused), refused) == first
+    # An applied edit takes it out and marks it dirty again.
+    await scripts.edit(refused, "fixed", None, "alice", 3000, GRANTS)
+    assert await redis.zscore(keys.doc_quarantine(refused), refused) is None
+    assert await redis.zscore(keys.doc_dirty(refused), refused) == 3000
