@@ -13,8 +13,8 @@ from fastapi import APIRouter
 
 from services.api.deps import Caller, Res
 from services.api.resources import Resources
-from shared.accounts import Principal
 from shared import dirty
+from shared.accounts import Principal
 from shared.cache import CACHE_ERRORS
 from shared.models import CacheRedisStats, CacheStatsOut
 
