@@ -61,4 +61,4 @@ async def read_snapshot(doc_id: UUID, snapshot_id: UUID, who: Caller, res: Res) 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
 async def job(job_id: Annotated[str, Path(max_length=300)], who: Caller, res: Res) -> JobOut:
-    return await job_state(res.queue, res.keys, who, job_id)
+    return await job_state(res.queue, res.keys, res.documents, who, job_id)
