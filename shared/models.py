@@ -210,3 +210,30 @@ class CacheStatsOut(BaseModel):
     dirty_documents: int | None
     oldest_dirty_age_s: float | None
     queue_depth: int | None
+
+
+# Errors ---------------------------------------------------------------------------------------
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error (`application/problem+json`). Some
+    problems carry one extension member: `current_version` (409, a stale edit), `limit` (413),
+    `checks` (503 from /readyz)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    current_version: int | None = None
+    limit: int | None = None
+    checks: dict[str, str] | None = None
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """A 422: the request is not valid; `errors` says where (`loc`) and why."""
+
+    errors: list[ValidationIssue] = []
