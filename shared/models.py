@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 Username = Annotated[
     str, StringConstraints(min_length=3, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+
+
+# What `strip_whitespace` strips (Unicode White_Space): a stripped field that must not be empty
+# holds some other character, and its JSON schema says so (a `pattern` searches, unanchored).
+NOT_BLANK = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+def not_blank(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """A `json_schema_extra` for a model whose stripped `fields` have a minimum length: the
+    schema's minLength counts the unstripped text, so without this a client generated from it
+    would send "\u00a0" as a valid title."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for name in fields:
+            schema["properties"][name]["pattern"] = NOT_BLANK
+
+    return extra
 
 
 class In(BaseModel):
@@ -42,13 +61,23 @@ class MemberOut(BaseModel):
 
 
 class DocumentCreate(In):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=not_blank("title"))
+
     title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
     content: str = ""
 
 
+def _json_integer(value: object) -> object:
+    # What JSON Schema calls an integer: JSON `false` and "3" are not, though lax mode would read
+    # them as 0 and 3; an integral 3.0 is (strict mode would refuse it).
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
 class ContentEdit(In):
     content: str
-    base_version: Annotated[int, Field(ge=0)] | None = None
+    base_version: Annotated[int, Field(ge=0), BeforeValidator(_json_integer)] | None = None
 
 
 DocState = Literal["saved", "saving"]
@@ -123,8 +152,26 @@ class Profile(BaseModel):
     updated_at: datetime
 
 
+def _null_only_clears_region(schema: dict[str, Any]) -> None:
+    # A field left out is unchanged; null clears a field only where clearing means something
+    # (region), and is refused elsewhere (shared/profile_cache.py). Say so in the JSON schema,
+    # which otherwise reads `X | None = None` as "null allowed".
+    for name, prop in schema.get("properties", {}).items():
+        branches = prop.get("anyOf")
+        if name == "region" or not isinstance(branches, list):
+            continue
+        kept = [b for b in branches if b != {"type": "null"}]
+        del prop["anyOf"]
+        prop.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+        prop.pop("default", None)
+
+
 class ProfilePatch(In):
     """Only these fields; anything else (tenant_id, role, user_id) is a 422."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra=_null_only_clears_region
+    )
 
     display_name: Annotated[str, StringConstraints(max_length=80, strip_whitespace=True)] | None = (
         None
@@ -152,6 +199,8 @@ class JobOut(BaseModel):
 
 
 class SnapshotCreate(In):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=not_blank("label"))
+
     label: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 
 
