@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +121,140 @@ async def test_schemathesis_finds_nothing(live_api: str, tmp_path: Path) -> None
     print(report)
     print(f"schemathesis ran {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, report[-20_000:]
+
+
+# The contract's parts, each checked directly (fast, and precise about what broke) ------------
+async def _document(api: httpx.AsyncClient) -> dict[str, Any]:
+    r = await api.get("/v1/openapi.json")
+    assert r.status_code == 200
+    document: dict[str, Any] = r.json()
+    return document
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+async def test_every_body_is_documented_and_every_error_is_problem_json(
+    api: httpx.AsyncClient,
+) -> None:
+    document = await _document(api)
+    bodies = {
+        (method, path): op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        for method, path, op in _operations(document)
+        if "requestBody" in op
+    }
+    ref = "#/components/schemas/"
+    assert bodies == {
+        ("POST", "/v1/auth/signup"): f"{ref}Credentials",
+        ("POST", "/v1/auth/login"): f"{ref}Credentials",
+        ("POST", "/v1/tenant/members"): f"{ref}Credentials",
+        ("POST", "/v1/documents"): f"{ref}DocumentCreate",
+        ("PUT", "/v1/documents/{doc_id}/content"): f"{ref}ContentEdit",
+        ("POST", "/v1/documents/{doc_id}/snapshots"): f"{ref}SnapshotCreate",
+        ("PATCH", "/v1/users/me/profile"): f"{ref}ProfilePatch",
+    }
+    schemas = document["components"]["schemas"]
+    for method, path, op in _operations(document):
+        for status, answer in op["responses"].items():
+            if int(status) < 400 or path == "/readyz":
+                continue
+            content = answer["content"]
+            assert list(content) == ["application/problem+json"], (method, path, status)
+            name = "ValidationProblem" if status == "422" else "Problem"
+            assert content["application/problem+json"]["schema"] == {"$ref": f"{ref}{name}"}
+        if path.startswith("/v1/") and path not in ("/v1/auth/signup", "/v1/auth/login"):
+            assert op["security"] == [{"bearer": []}], (method, path)
+            assert "401" in op["responses"] and "503" in op["responses"], (method, path)
+    assert "errors" in schemas["ValidationProblem"]["properties"]
+    assert schemas["Problem"]["required"] == ["title", "status", "detail"]
+    edit = document["paths"]["/v1/documents/{doc_id}/content"]["put"]["responses"]
+    assert sorted(edit) == ["202", "401", "404", "409", "413", "422", "429", "503"]
+    assert set(edit["429"]["headers"]) == {"Retry-After", "RateLimit-Policy", "RateLimit"}
+    assert set(edit["401"]["headers"]) == {"WWW-Authenticate"}
+
+
+async def test_every_body_route_answers_401_before_reading_the_body(
+    api: httpx.AsyncClient,
+) -> None:
+    """Without a token, a malformed body, a body of the wrong shape and no body at all are all
+    401 on every signed-in route that takes a body: the caller first, then the body."""
+    alice = await signup(api, "alice")
+    doc_id = (await create_doc(api, alice))["id"]
+    document = await _document(api)
+    checked = 0
+    for method, path, op in _operations(document):
+        if "requestBody" not in op or "security" not in op:
+            continue
+        # The lane serves the canonical id, the router the upper-case one: both are checked.
+        for target in (doc_id, doc_id.upper()):
+            url = path.replace("{doc_id}", target)
+            for body in (b"{not json", b'{"unknown": 1}', b""):
+                for headers in ({}, {"Authorization": "Bearer nope"}):
+                    r = await api.request(
+                        method,
+                        url,
+                        content=body,
+                        headers={**headers, "Content-Type": "application/json"},
+                    )
+                    assert r.status_code == 401, (method, url, body, headers, r.text)
+                    assert r.headers["www-authenticate"] == "Bearer"
+                    checked += 1
+            # Signed in, the same malformed body is a 422 problem.
+            r = await api.request(method, url, content=b"{not json", headers=alice.auth)
+            assert r.status_code == 422, (method, url, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+    assert checked == 5 * 2 * 3 * 2  # five signed-in body routes
+
+
+async def test_405_allows_every_method_of_the_path(api: httpx.AsyncClient) -> None:
+    doc = "/v1/documents/00000000-0000-4000-8000-000000000000"
+    cases = {
+        "/v1/documents": "GET, POST",
+        doc: "DELETE, GET",
+        f"{doc}/presence": "DELETE, POST",
+        f"{doc}/content": "PUT",
+        f"{doc}/snapshots": "GET, POST",
+        "/v1/users/me/profile": "GET, PATCH",
+    }
+    for path, allow in cases.items():
+        r = await api.request("OPTIONS", path)
+        assert r.status_code == 405, (path, r.text)
+        assert r.headers["allow"] == allow, path
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["status"] == 405
+
+
+async def test_inputs_the_schema_calls_invalid_are_refused(api: httpx.AsyncClient) -> None:
+    alice = await signup(api, "alice")
+    doc_id = (await create_doc(api, alice))["id"]
+    # A JSON boolean or string is not an integer version, on the lane and on the route alike.
+    for target in (doc_id, doc_id.upper()):
+        for base in ("false", '"0"'):
+            body = f'{{"content": "x", "base_version": {base}}}'.encode()
+            r = await api.put(
+                f"/v1/documents/{target}/content",
+                content=body,
+                headers={**alice.auth, "Content-Type": "application/json"},
+            )
+            assert r.status_code == 422, (target, base, r.text)
+            assert r.json()["errors"][0]["loc"] == ["base_version"]
+    # Whitespace the server strips is no title, and the schema's pattern says so.
+    r = await api.post("/v1/documents", json={"title": "\u00a0\u3000"}, headers=alice.auth)
+    assert r.status_code == 422, r.text
+    document = await _document(api)
+    pattern = document["components"]["schemas"]["DocumentCreate"]["properties"]["title"]
+    assert re.search(pattern["pattern"], "\u00a0\u3000") is None
+    assert re.search(pattern["pattern"], "\u00a0a") is not None
+    # null clears a profile's region only; the schema allows null nowhere else.
+    patch = document["components"]["schemas"]["ProfilePatch"]["properties"]
+    assert patch["bio"] == {"type": "string", "maxLength": 2000, "title": "Bio"}
+    assert {"type": "null"} in patch["region"]["anyOf"]
+    r = await api.patch("/v1/users/me/profile", json={"bio": None}, headers=alice.auth)
+    assert r.status_code == 422
+    r = await api.patch("/v1/users/me/profile", json={"region": None}, headers=alice.auth)
+    assert r.status_code == 200, r.text
