@@ -61,7 +61,7 @@ class MemberOut(BaseModel):
 
 
 class DocumentCreate(In):
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=not_blank("title"))
+    model_config = ConfigDict(json_schema_extra=not_blank("title"))  # merged with In's
 
     title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
     content: str = ""
@@ -169,9 +169,7 @@ def _null_only_clears_region(schema: dict[str, Any]) -> None:
 class ProfilePatch(In):
     """Only these fields; anything else (tenant_id, role, user_id) is a 422."""
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_extra=_null_only_clears_region
-    )
+    model_config = ConfigDict(json_schema_extra=_null_only_clears_region)  # merged with In's
 
     display_name: Annotated[str, StringConstraints(max_length=80, strip_whitespace=True)] | None = (
         None
@@ -199,7 +197,7 @@ class JobOut(BaseModel):
 
 
 class SnapshotCreate(In):
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=not_blank("label"))
+    model_config = ConfigDict(json_schema_extra=not_blank("label"))  # merged with In's
 
     label: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 
