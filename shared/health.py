@@ -111,7 +111,24 @@ def health_router(obs: Observability) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz",
+        responses={
+            200: {"description": "ready, or degraded (a non-critical dependency is down)"},
+            503: {
+                "description": "not ready: a critical dependency is down",
+                "content": {
+                    "application/problem+json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type", "title", "status", "detail", "checks"],
+                        }
+                    }
+                },
+                "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
+            },
+        },
+    )
     async def readyz() -> JSONResponse:
         ready, checks = await obs.readiness()
         down = [name for name, state in checks.items() if state == "down"]
@@ -129,7 +146,16 @@ def health_router(obs: Observability) -> APIRouter:
             body, 503, headers={"Retry-After": "1"}, media_type="application/problem+json"
         )
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition",
+                "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
         return Response(await obs.scrape(), media_type=CONTENT_TYPE)
 

@@ -18,6 +18,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job, JobStatus
 
 from shared.accounts import Principal
+from shared.documents import Documents
 from shared.keys import Keys
 from shared.logs import request_id
 from shared.metrics import JobMetrics
@@ -115,9 +116,16 @@ def _state(status: JobStatus) -> JobState:
     return _STATES[status]
 
 
-async def job_state(queue: ArqRedis, keys: Keys, who: Principal, job_id: str) -> JobOut:
-    """A job's state as its owner sees it. Someone else's job, an unknown one and one whose
-    result has expired all read as not_found: a job id leaks nothing."""
+async def job_state(
+    queue: ArqRedis, keys: Keys, documents: Documents, who: Principal, job_id: str
+) -> JobOut:
+    """A job's state for whoever may read its document, by the one document access rule
+    (`Documents.readable`): a room document's jobs for its members only, a tenant document's for
+    its tenant. The user who asked for the job also sees how it ended once the document is gone
+    (a snapshot of a document deleted meanwhile ends `failed`, and says why): they could read it
+    when they asked, and a document's grants never widen. Anyone else's view of a job, an
+    unknown job and an expired result all read as not_found: a job id leaks nothing.
+    """
     missing = JobOut(job_id=job_id, status="not_found")
     job = Job(job_id, queue, _queue_name=keys.queue_name)
     status = await job.status()
@@ -126,8 +134,12 @@ async def job_state(queue: ArqRedis, keys: Keys, who: Principal, job_id: str) ->
     info = await job.info()
     if info is None:  # finished and expired between the two reads
         return missing
-    owner, tenant = info.kwargs.get("user_id"), info.kwargs.get("tenant_id")
-    if who.user_id != owner and who.tenant_id != tenant:
+    # Not the enqueuer's user or tenant: who enqueued a job says nothing about who may read
+    # the document now (a room document has no tenant; a member may since have left).
+    doc_id = info.kwargs.get("doc_id")
+    if not isinstance(doc_id, str):
+        return missing
+    if who.user_id != info.kwargs.get("user_id") and not await documents.readable(who, doc_id):
         return missing
     result = await job.result_info() if status is JobStatus.complete else None
     if result is None:

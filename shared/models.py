@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
     ValidationInfo,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 
 # Text Postgres and Redis can store ------------------------------------------------------------
@@ -42,12 +47,26 @@ def _pg_text(value: str, info: ValidationInfo) -> str:
     return _utf8_text(value, info)
 
 
+# The JSON schema says it too, so generated clients and schemathesis know NUL is refused (a
+# field with a pattern of its own, like a username's, already excludes it).
+NO_NUL = r"^[^\x00]*$"
+
+
+class _NoNulSchema:
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema.setdefault("pattern", NO_NUL)
+        return schema
+
+
 S = TypeVar("S", bound=str)
 # Every text field that reaches Redis or Postgres is `PgText[str]`, or with constraints
 # `PgText[Annotated[str, StringConstraints(...)]]`: the check runs after the constraints (a
 # generic alias, because nesting the other way round would apply them after the check, where
 # pydantic no longer treats them as string constraints). The 422 names the field (its `loc`).
-PgText = Annotated[S, AfterValidator(_pg_text)]
+PgText = Annotated[S, AfterValidator(_pg_text), _NoNulSchema()]
 # Text that is only hashed, never stored (passwords): NUL is harmless there (argon2 hashes bytes;
 # refusing it now would lock out whoever chose one), a lone surrogate has no bytes to hash.
 Utf8Text = Annotated[S, AfterValidator(_utf8_text)]
@@ -56,6 +75,24 @@ Username = PgText[
     Annotated[str, StringConstraints(min_length=3, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")]
 ]
 Password = Utf8Text[Annotated[str, StringConstraints(min_length=8, max_length=256)]]
+
+
+# What `strip_whitespace` strips (Unicode White_Space): a stripped field that must not be empty
+# holds some other character, and no NUL (PgText), and its JSON schema says so.
+_BLANK = r"\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"^[^\x00]*[^{_BLANK}\x00][^\x00]*$"
+
+
+def not_blank(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """A `json_schema_extra` for a model whose stripped `fields` have a minimum length: the
+    schema's minLength counts the unstripped text, so without this a client generated from it
+    would send "\u00a0" as a valid title."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for name in fields:
+            schema["properties"][name]["pattern"] = NOT_BLANK
+
+    return extra
 
 
 class In(BaseModel):
@@ -87,15 +124,25 @@ class MemberOut(BaseModel):
 
 
 class DocumentCreate(In):
+    model_config = ConfigDict(json_schema_extra=not_blank("title"))  # merged with In's
+
     title: PgText[
         Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
     ]
     content: PgText[str] = ""
 
 
+def _json_integer(value: object) -> object:
+    # What JSON Schema calls an integer: JSON `false` and "3" are not, though lax mode would read
+    # them as 0 and 3; an integral 3.0 is (strict mode would refuse it).
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
 class ContentEdit(In):
     content: PgText[str]
-    base_version: Annotated[int, Field(ge=0)] | None = None
+    base_version: Annotated[int, Field(ge=0), BeforeValidator(_json_integer)] | None = None
 
 
 DocState = Literal["saved", "saving"]
@@ -170,8 +217,24 @@ class Profile(BaseModel):
     updated_at: datetime
 
 
+def _null_only_clears_region(schema: dict[str, Any]) -> None:
+    # A field left out is unchanged; null clears a field only where clearing means something
+    # (region), and is refused elsewhere (shared/profile_cache.py). Say so in the JSON schema,
+    # which otherwise reads `X | None = None` as "null allowed".
+    for name, prop in schema.get("properties", {}).items():
+        branches = prop.get("anyOf")
+        if name == "region" or not isinstance(branches, list):
+            continue
+        kept = [b for b in branches if b != {"type": "null"}]
+        del prop["anyOf"]
+        prop.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+        prop.pop("default", None)
+
+
 class ProfilePatch(In):
     """Only these fields; anything else (tenant_id, role, user_id) is a 422."""
+
+    model_config = ConfigDict(json_schema_extra=_null_only_clears_region)  # merged with In's
 
     display_name: (
         PgText[Annotated[str, StringConstraints(max_length=80, strip_whitespace=True)]] | None
@@ -199,6 +262,8 @@ class JobOut(BaseModel):
 
 
 class SnapshotCreate(In):
+    model_config = ConfigDict(json_schema_extra=not_blank("label"))  # merged with In's
+
     label: PgText[
         Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
     ]
@@ -263,3 +328,30 @@ class CacheStatsOut(BaseModel):
     quarantined_documents: int | None = None
     quarantined_ids: list[str] = []
     queue_depth: int | None
+
+
+# Errors ---------------------------------------------------------------------------------------
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error (`application/problem+json`). Some
+    problems carry one extension member: `current_version` (409, a stale edit), `limit` (413),
+    `checks` (503 from /readyz)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    current_version: int | None = None
+    limit: int | None = None
+    checks: dict[str, str] | None = None
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """A 422: the request is not valid; `errors` says where (`loc`) and why."""
+
+    errors: list[ValidationIssue] = []

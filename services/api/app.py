@@ -6,12 +6,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from arq import create_pool
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from services.api import problems
 from services.api.bodylimit import BodyLimit
+from services.api.deps import request_bodies
 from services.api.editlane import EditLane
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
@@ -35,6 +38,21 @@ log = logging.getLogger("redline.api")
 # Answered at keystroke rate: counted in /metrics, access-logged only when they fail (unless
 # REDLINE_ACCESS_LOG_EDITS).
 QUIET_ROUTES = frozenset({"/v1/documents/{doc_id}/content"})
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, completed with what it cannot see: the request bodies the routes
+    parse after authenticating (services/api/deps.py) and the problem+json schemas of the
+    error responses (services/api/problems.py). Built once, like FastAPI's own."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, routes=app.routes, description=app.description
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(request_bodies(app, document))
+        schemas.update(problems.schemas())
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -109,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     problems.install(app)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     # Added before BodyLimit, so it runs inside it: the edit lane's bodies are capped the same way.
     app.add_middleware(EditLane, api=app)
     # JSON escaping can double a document's size on the wire; the exact content limit is

@@ -1,4 +1,5 @@
-"""Every error the API returns is RFC 9457 `application/problem+json`, mapped here in one table."""
+"""Every error the API returns is RFC 9457 `application/problem+json`, mapped here in one table,
+and declared here for OpenAPI (`responses`, `schemas`), so the document says what the API does."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from shared import errors
+from shared.models import Problem, ValidationProblem
 
 log = logging.getLogger("redline.api")
 
@@ -44,13 +48,16 @@ DEPENDENCY_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
 )
 
 
+MEDIA_TYPE = "application/problem+json"
+
+
 def problem(
     status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
     body["detail"] = detail
     body.update(extra)
-    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+    return JSONResponse(body, status, headers=headers, media_type=MEDIA_TYPE)
 
 
 async def _domain(_: Request, exc: Exception) -> JSONResponse:
@@ -84,9 +91,25 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return problem(422, "the request is not valid", errors=issues)
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route whose path matched; a resource served
+        # by several routes (GET and POST /v1/documents) allows all of theirs (RFC 9110 15.5.6).
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem(exc.status_code, str(exc.detail), headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path) and route.methods:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _dependency(request: Request, exc: Exception) -> JSONResponse:
@@ -142,6 +165,55 @@ async def answer(request: Request, exc: Exception) -> JSONResponse:
     editlane.py); like Starlette, the handler of the nearest class in the exception's MRO."""
     handler = next(HANDLERS[c] for c in type(exc).__mro__ if c in HANDLERS)
     return await handler(request, exc)
+
+
+# OpenAPI -------------------------------------------------------------------------------------
+_HEADER = {"schema": {"type": "string"}, "required": True}
+_RATE_LIMIT = {
+    "Retry-After": {**_HEADER, "description": "seconds until a request may succeed"},
+    "RateLimit-Policy": {**_HEADER, "description": "the policy: quota q per window w seconds"},
+    "RateLimit": {**_HEADER, "description": "what is left (r) and when it is back (t seconds)"},
+}
+_WHY: dict[int, tuple[str, dict[str, Any]]] = {
+    401: (
+        "No valid session: send `Authorization: Bearer <token>`",
+        {"WWW-Authenticate": {**_HEADER, "description": "Bearer"}},
+    ),
+    403: ("Signed in, but not allowed to do this", {}),
+    404: ("Not found, or not yours (the same answer: existence is not leaked)", {}),
+    409: ("Conflict with the current state (a stale edit names `current_version`)", {}),
+    413: ("The request body is over the limit (named in `limit`)", {}),
+    422: ("The request is not valid (`errors` says where and why)", {}),
+    429: ("Rate limited: retry after `Retry-After` seconds", _RATE_LIMIT),
+    503: (
+        "A dependency is down; nothing was lost, retry shortly",
+        {"Retry-After": {**_HEADER, "description": "seconds"}},
+    ),
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI response objects for these error statuses of a route: problem+json bodies (the
+    422 one with its `errors` list), and the headers each always carries."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = _WHY[status]
+        model = ValidationProblem if status == 422 else Problem
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        out[status] = {"description": description, "content": {MEDIA_TYPE: {"schema": schema}}}
+        if headers:
+            out[status]["headers"] = headers
+    return out
+
+
+def schemas() -> dict[str, Any]:
+    """The component schemas `responses` refers to."""
+    _, top = models_json_schema(
+        [(Problem, "serialization"), (ValidationProblem, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    found: dict[str, Any] = top["$defs"]
+    return found
 
 
 def install(app: FastAPI) -> None:

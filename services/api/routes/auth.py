@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request, Response
 
-from services.api.deps import Caller, Res, Token, json_body
+from services.api.deps import Caller, Res, Token, parsed_body
+from services.api.problems import responses
 from shared.errors import Forbidden
 from shared.models import Credentials, MemberOut, MeOut, SessionOut
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
+NewCredentials = Annotated[Credentials, parsed_body(Credentials, signed_in=False)]
 
-@router.post("/auth/signup", status_code=201, response_model=SessionOut)
-async def signup(request: Request, res: Res) -> SessionOut:
-    body = await json_body(request, Credentials)
+
+@router.post(
+    "/auth/signup",
+    status_code=201,
+    response_model=SessionOut,
+    responses=responses(409, 413, 422, 429, 503),
+)
+async def signup(request: Request, body: NewCredentials, res: Res) -> SessionOut:
     # Signups cost an argon2 hash each: they share the login budget per client address.
     await res.limiter.hit(res.limiter.login, res.limiter.client_address(request))
     who, token = await res.accounts.signup(body.username, body.password)
     return SessionOut(user_id=who.user_id, tenant_id=who.tenant_id, token=token)
 
 
-@router.post("/auth/login", response_model=SessionOut)
-async def login(request: Request, res: Res) -> SessionOut:
-    body = await json_body(request, Credentials)
+@router.post("/auth/login", response_model=SessionOut, responses=responses(401, 413, 422, 429, 503))
+async def login(request: Request, body: NewCredentials, res: Res) -> SessionOut:
     limiter = res.limiter
     # Two budgets: per address (one client spraying names) and per username (many addresses
     # guessing one password).
@@ -33,20 +41,26 @@ async def login(request: Request, res: Res) -> SessionOut:
     return SessionOut(user_id=who.user_id, tenant_id=who.tenant_id, token=token)
 
 
-@router.post("/auth/logout", status_code=204)
+@router.post("/auth/logout", status_code=204, responses=responses(401, 503))
 async def logout(token: Token, _: Caller, res: Res) -> Response:
     await res.accounts.close_session(token)
     return Response(status_code=204)
 
 
-@router.get("/auth/me", response_model=MeOut)
+@router.get("/auth/me", response_model=MeOut, responses=responses(401, 503))
 async def me(who: Caller) -> MeOut:
     return MeOut(user_id=who.user_id, tenant_id=who.tenant_id, username=who.username, role=who.role)
 
 
-@router.post("/tenant/members", status_code=201, response_model=MemberOut)
-async def add_member(request: Request, who: Caller, res: Res) -> MemberOut:
-    body = await json_body(request, Credentials)
+@router.post(
+    "/tenant/members",
+    status_code=201,
+    response_model=MemberOut,
+    responses=responses(401, 403, 409, 413, 422, 503),
+)
+async def add_member(
+    who: Caller, body: Annotated[Credentials, parsed_body(Credentials)], res: Res
+) -> MemberOut:
     if who.role != "owner":
         raise Forbidden("only the tenant's owner may add members")
     member = await res.accounts.add_member(who, body.username, body.password)

@@ -6,11 +6,12 @@ import logging
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from services.api.deps import Caller, Res, json_body
+from services.api.deps import Caller, Res, parsed_body
+from services.api.problems import responses
 from shared.jobs import enqueue_flush
 from shared.models import (
     ContentEdit,
@@ -22,17 +23,19 @@ from shared.models import (
     StatusOut,
 )
 
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+# Every route: signed in (401), and served from Redis and Postgres (503 while one is down).
+router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=responses(401, 503))
 log = logging.getLogger("redline.api")
 
 
-@router.post("", status_code=201, response_model=DocumentOut)
-async def create(request: Request, who: Caller, res: Res) -> DocumentOut:
-    body = await json_body(request, DocumentCreate)
+@router.post("", status_code=201, response_model=DocumentOut, responses=responses(413, 422, 429))
+async def create(
+    who: Caller, body: Annotated[DocumentCreate, parsed_body(DocumentCreate)], res: Res
+) -> DocumentOut:
     return await res.documents.create(who, body.title, body.content)
 
 
-@router.get("", response_model=DocumentPage)
+@router.get("", response_model=DocumentPage, responses=responses(422))
 async def list_documents(
     who: Caller,
     res: Res,
@@ -42,25 +45,31 @@ async def list_documents(
     return await res.documents.page(who, limit, cursor)
 
 
-@router.get("/{doc_id}", response_model=DocumentOut)
+@router.get("/{doc_id}", response_model=DocumentOut, responses=responses(404, 422))
 async def read(doc_id: UUID, who: Caller, res: Res) -> DocumentOut:
     return await res.documents.read(who, str(doc_id))
 
 
-@router.put("/{doc_id}/content", status_code=202, response_model=EditOut)
-async def edit(doc_id: UUID, request: Request, who: Caller, res: Res) -> JSONResponse:
-    body = await json_body(request, ContentEdit)
+@router.put(
+    "/{doc_id}/content",
+    status_code=202,
+    response_model=EditOut,
+    responses=responses(404, 409, 413, 422, 429),
+)
+async def edit(
+    doc_id: UUID, who: Caller, body: Annotated[ContentEdit, parsed_body(ContentEdit)], res: Res
+) -> JSONResponse:
     out = await res.documents.edit(who, str(doc_id), body.content, body.base_version)
     # The hot path: skip response-model re-validation, the reply is built from typed values.
     return JSONResponse(out.model_dump(), status_code=202)
 
 
-@router.post("/{doc_id}/presence", response_model=PresenceOut)
+@router.post("/{doc_id}/presence", response_model=PresenceOut, responses=responses(404, 422))
 async def join(doc_id: UUID, who: Caller, res: Res) -> PresenceOut:
     return PresenceOut(editors=await res.documents.join(who, str(doc_id)))
 
 
-@router.delete("/{doc_id}/presence", response_model=PresenceOut)
+@router.delete("/{doc_id}/presence", response_model=PresenceOut, responses=responses(404, 422))
 async def leave(doc_id: UUID, who: Caller, res: Res) -> PresenceOut:
     last_out, editors = await res.documents.leave(who, str(doc_id))
     if last_out:
@@ -72,12 +81,12 @@ async def leave(doc_id: UUID, who: Caller, res: Res) -> PresenceOut:
     return PresenceOut(editors=editors)
 
 
-@router.get("/{doc_id}/status", response_model=StatusOut)
+@router.get("/{doc_id}/status", response_model=StatusOut, responses=responses(404, 422))
 async def status(doc_id: UUID, who: Caller, res: Res) -> StatusOut:
     return await res.documents.status(who, str(doc_id))
 
 
-@router.delete("/{doc_id}", status_code=204)
+@router.delete("/{doc_id}", status_code=204, responses=responses(404, 422))
 async def delete(doc_id: UUID, who: Caller, res: Res) -> Response:
     await res.documents.delete(who, str(doc_id))
     return Response(status_code=204)

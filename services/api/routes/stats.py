@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from services.api.deps import Caller, Res
+from services.api.problems import responses
 from services.api.resources import Resources
 from shared import dirty
 from shared.accounts import Principal
@@ -98,7 +99,7 @@ def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> li
     return warnings
 
 
-@router.get("/cache", response_model=CacheStatsOut)
+@router.get("/cache", response_model=CacheStatsOut, responses=responses(401, 503))
 async def cache_stats(who: Caller, res: Res) -> CacheStatsOut:
     redis, dirt, depth, held = await asyncio.gather(
         _cache_redis(res), _dirty(res), _queue_depth(res), _quarantine(res, who)

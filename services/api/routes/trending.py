@@ -7,16 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from services.api.deps import Caller, Res
+from services.api.problems import responses
 from shared import trending
 from shared.errors import NotFound
 from shared.models import TrendingInterest, TrendingRank
 
-router = APIRouter(prefix="/v1/trending", tags=["trending"])
+router = APIRouter(prefix="/v1/trending", tags=["trending"], responses=responses(401, 503))
 
 SLUG = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 
 
-@router.get("/interests", response_model=list[TrendingInterest])
+@router.get("/interests", response_model=list[TrendingInterest], responses=responses(422))
 async def top(
     _: Caller, res: Res, limit: Annotated[int, Query(ge=1, le=100)] = 10
 ) -> list[TrendingInterest]:
@@ -24,7 +25,7 @@ async def top(
     return [TrendingInterest(slug=slug, score=score) for slug, score in rows]
 
 
-@router.get("/interests/{slug}", response_model=TrendingRank)
+@router.get("/interests/{slug}", response_model=TrendingRank, responses=responses(404, 422))
 async def one(
     _: Caller, res: Res, slug: Annotated[str, Path(max_length=40, pattern=SLUG)]
 ) -> TrendingRank:
