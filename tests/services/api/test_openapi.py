@@ -265,9 +265,15 @@ async def test_inputs_the_schema_calls_invalid_are_refused(api: httpx.AsyncClien
     pattern = document["components"]["schemas"]["DocumentCreate"]["properties"]["title"]
     assert re.search(pattern["pattern"], "\u00a0\u3000") is None
     assert re.search(pattern["pattern"], "\u00a0a") is not None
+    assert re.search(pattern["pattern"], "a\x00") is None  # and a NUL is refused (PgText)
     # null clears a profile's region only; the schema allows null nowhere else.
     patch = document["components"]["schemas"]["ProfilePatch"]["properties"]
-    assert patch["bio"] == {"type": "string", "maxLength": 2000, "title": "Bio"}
+    assert patch["bio"] == {
+        "type": "string",
+        "maxLength": 2000,
+        "pattern": "^[^\\x00]*$",
+        "title": "Bio",
+    }
     assert {"type": "null"} in patch["region"]["anyOf"]
     r = await api.patch("/v1/users/me/profile", json={"bio": None}, headers=alice.auth)
     assert r.status_code == 422
