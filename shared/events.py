@@ -32,7 +32,8 @@ def now_ms() -> int:
 
 
 def pos(stream_id: str) -> StreamPos:
-    """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3))."""
+    """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3)). For ids from
+    Redis or checked by `shared.messages.stream_id` (int() alone would take "1_0" or "١")."""
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
 
