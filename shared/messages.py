@@ -114,6 +114,7 @@ _UUID = re.compile(
 # Redis stream ids: two unsigned 64-bit integers in ASCII decimal.
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
 _U64_MAX = 2**64 - 1
+STREAM_ID_MAX = f"{_U64_MAX}-{_U64_MAX}"
 
 
 def canonical_document_id(raw: str) -> str:

@@ -25,6 +25,7 @@ from shared.messages import (
     ErrorMsg,
     Ping,
     Pong,
+    STREAM_ID_MAX,
     RateLimitedMsg,
     Reset,
     Subscribe,
@@ -204,6 +205,9 @@ class EventsEndpoint:
             else:
                 pipe.xrevrange(key, min=start, count=room)
             info, entries = await pipe.execute(raise_on_error=False)
+        if since == STREAM_ID_MAX:
+            # Nothing can come after the largest id, and Redis refuses it as an exclusive start.
+            entries = []
         if kind == "inbox" and isinstance(entries, list):
             entries.reverse()
         if isinstance(info, Exception):  # no such stream (never written, or expired)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from services.matcher.connection import Connection
 from services.matcher.handshake import DOWN
+from shared.clients import cancel_requested
 from shared.keys import Keys
 
 log = logging.getLogger("redline.matcher.sessions")
@@ -91,7 +92,7 @@ class SessionWatch:
         if live == self.live:
             return
         self.live = live
-        if not live:
+        if not live and not cancel_requested():  # (not at shutdown: nothing is wrong then)
             log.warning("session revocations unheard; checking sessions every %.0f s", POLL_S)
         # Either way: revocations may have been missed, look at every session now.
         for key in self._conns:
