@@ -22,10 +22,10 @@ from services.matcher.streams import Kind, StreamReader, frame
 from shared.accounts import token_hash
 from shared.events import pos
 from shared.messages import (
+    STREAM_ID_MAX,
     ErrorMsg,
     Ping,
     Pong,
-    STREAM_ID_MAX,
     RateLimitedMsg,
     Reset,
     Subscribe,

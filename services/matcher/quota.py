@@ -7,9 +7,11 @@ entry lapses unrenewed: the heartbeat renews them every `pool_ttl_s / 3`, a sock
 removes its own, and a process that dies leaves entries that lapse after `pool_ttl_s` (the user
 may meanwhile be refused while at the cap; Retry-After says when to try again).
 
-Taking a place is one MULTI on one key (so one node on Redis Cluster): drop lapsed entries, add
-this one, count. Concurrent opens are serialised by Redis, so the cap is never exceeded; over
-it, the entry is removed again (one more round trip, on the refusal path only).
+Taking a place is one pipelined round trip on one key (one node on Redis Cluster, which has no
+MULTI in redis-py's cluster client): drop lapsed entries, add this one, then count. Over the cap,
+the entry is removed again (a second round trip, on the refusal path only). No MULTI is needed
+for the cap to hold: every socket is added before it counts, so the last admitted one counted
+every admitted one; racing opens at the cap may at worst both be refused, never both admitted.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class SocketQuota:
         """Count this socket in; False (and not counted) when the user is at the cap."""
         key = self._keys.user_sockets(user_id)
         now = wall_ms()
-        async with self._state.pipeline(transaction=True) as pipe:
+        async with self._state.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zadd(key, {socket_id: now + self._lease_ms})
             pipe.zcard(key)

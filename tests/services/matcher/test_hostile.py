@@ -5,7 +5,6 @@ HTTP problem before accept, or a close with a specific code; never 1011."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from shared.embedded import free_port
 from shared.keys import Keys
 from shared.pool import wall_ms
 from shared.settings import Settings
@@ -102,7 +102,14 @@ async def test_every_spelling_of_a_document_id_is_one_document(
 
 @pytest.mark.parametrize(
     "bad",
-    ["not-a-uuid", "", "١" * 32, "0f8fad5b_d9cb-469f-a165-70867728950e", "{" + "a" * 32, "x" * 5000],
+    [
+        "not-a-uuid",
+        "",
+        "\u0661" * 32,
+        "0f8fad5b_d9cb-469f-a165-70867728950e",
+        "{" + "a" * 32,
+        "x" * 5000,
+    ],
 )
 async def test_an_id_that_is_not_a_uuid_gets_an_error_frame(
     api: httpx.AsyncClient, events_url: str, bad: str
@@ -118,7 +125,16 @@ async def test_an_id_that_is_not_a_uuid_gets_an_error_frame(
 
 
 # Stream ids -----------------------------------------------------------------------------------
-BAD_IDS = ["١-٠", "1_0-0", "99999999999999999999-0", "0-99999999999999999999", "1", "-1-0", "1-"]
+ARABIC_INDIC = "\u0661-\u0660"  # Unicode digits: they pass a Unicode-aware \\d and int()
+BAD_IDS = [
+    ARABIC_INDIC,
+    "1_0-0",
+    "99999999999999999999-0",
+    "0-99999999999999999999",
+    "1",
+    "-1-0",
+    "1-",
+]
 
 
 @pytest.mark.parametrize("since", BAD_IDS)
@@ -212,9 +228,7 @@ async def test_a_place_held_by_a_dead_process_lapses(
     await redis.zadd(keys.user_sockets(ada.user_id), {"dead-process-socket": wall_ms() - 1})
     async with matcher_server(settings) as url, events_socket(url, ada) as ws:
         await pong(ws)
-        assert await redis.zrange(keys.user_sockets(ada.user_id), 0, -1) != [
-            "dead-process-socket"
-        ]
+        assert await redis.zrange(keys.user_sockets(ada.user_id), 0, -1) != ["dead-process-socket"]
         assert await redis.zcard(keys.user_sockets(ada.user_id)) == 1
 
 
@@ -225,7 +239,9 @@ async def test_subscribe_frames_are_rate_limited(
     alice, _, doc_id = await two_editors(api)
     docs = [doc_id]
     for i in range(3):
-        r = await api.post("/v1/documents", json={"title": f"d{i}", "content": ""}, headers=alice.auth)
+        r = await api.post(
+            "/v1/documents", json={"title": f"d{i}", "content": ""}, headers=alice.auth
+        )
         docs.append(r.json()["id"])
     async with matcher_server(settings) as url, httpx.AsyncClient() as client:
         http = url.replace("ws://", "http://")
@@ -260,3 +276,20 @@ async def test_the_subprotocol_is_echoed_as_the_client_offered_it(
     async with connect(f"{matcher_url}/v1/ws/events", subprotocols=offered) as ws:
         assert ws.subprotocol == spelling
         await pong(ws)
+
+
+# A store away mid-session -------------------------------------------------------------------
+async def test_a_store_away_mid_session_closes_1013_not_1011(
+    migrated: Servers, api: httpx.AsyncClient
+) -> None:
+    alice = await signup(api, "alice")
+    # Nothing listens there: the events handshake needs Redis only; a subscribe to a document
+    # that is not in Redis then has to ask Postgres.
+    dead = f"postgresql://redline@127.0.0.1:{free_port()}/redline"
+    settings = make_settings(migrated, database_url=dead, db_pool_min=0)
+    async with matcher_server(settings) as url, events_socket(url, alice) as ws:
+        await send(ws, type="subscribe", document_id=str(uuid.uuid4()))
+        with pytest.raises(ConnectionClosed) as closed:
+            await until(ws, lambda f: False, within=15)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013, closed.value.rcvd

@@ -23,7 +23,6 @@ from shared.accounts import Principal, token_hash
 from shared.keys import Keys
 from shared.scripts import PoolEntry
 from shared.settings import Settings
-from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import make_user, matcher_server, open_socket, recv_type
 from tests.support.users import User
 
@@ -56,14 +55,15 @@ async def all_ended(sockets: list[ClientConnection]) -> bool:
 @pytest.fixture
 async def four_sockets(
     request: pytest.FixtureRequest,
-    migrated: Servers,
+    settings: Settings,
     api: httpx.AsyncClient,
     db: asyncpg.Connection,
 ) -> AsyncIterator[tuple[User, list[ClientConnection]]]:
     """Two matcher app instances, each holding a match and an events socket of ada's session.
-    Default settings otherwise: the old session poll (every pool_ttl_s / 3 = 40 s) is far off."""
+    Default settings otherwise: the old session poll (every pool_ttl_s / 3 = 40 s) is far off.
+    (`settings` is the cluster's in test_sessions_cluster.py.)"""
     overrides: dict[str, Any] = getattr(request, "param", {})
-    settings = make_settings(migrated, **overrides)
+    settings = settings.model_copy(update=overrides)
     ada = await make_user(api, db, "ada", ["chess"])
     async with AsyncExitStack() as stack:
         sockets: list[ClientConnection] = []
@@ -141,9 +141,7 @@ async def test_a_revocation_missed_while_unsubscribed_still_ends_the_sockets(
 def _conn(session: str) -> Connection:
     """A socket's bookkeeping without a socket: the watch only reads `session` and calls `cut`."""
     who = Principal(user_id="u", tenant_id="t", username="u", role="owner")
-    return Connection(
-        cast(WebSocket, None), who, "", PoolEntry("u", ""), 4, _no_ack, session
-    )
+    return Connection(cast(WebSocket, None), who, "", PoolEntry("u", ""), 4, _no_ack, session)
 
 
 async def _no_ack(user_id: str, inbox_id: str) -> None:
