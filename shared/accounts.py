@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -190,9 +191,26 @@ class Accounts:
         # After the delete: a process that looks the session up again now finds it gone.
         await self._redis.publish(self._keys.sessions_revoked, hashed)
 
-    async def listen(self, retry_s: float = 1.0) -> None:
+    async def listen(
+        self,
+        retry_s: float = 1.0,
+        *,
+        on_revoked: Callable[[str], None] | None = None,
+        on_live: Callable[[bool], None] | None = None,
+    ) -> None:
         """Drop revoked sessions from this process's cache as they are published; run as a task
-        for the life of the process. The cache is used only while subscribed."""
+        for the life of the process. The cache is used only while subscribed.
+
+        `on_revoked(token hash)` hears each revocation too (the matcher ends that session's
+        sockets); `on_live(True)` once subscribed, `on_live(False)` when the subscription is
+        lost: revocations published meanwhile are never heard, so a listener must check what it
+        holds itself, on both (cluster mode too: `_subscriber` is a plain connection there)."""
+
+        def live(now: bool) -> None:
+            self.sessions.set_live(now)
+            if on_live is not None:
+                on_live(now)
+
         while True:
             try:
                 async with self._subscriber.pubsub() as pubsub:
@@ -204,15 +222,17 @@ class Accounts:
                         if message is None:
                             continue
                         if message["type"] == "subscribe":
-                            self.sessions.set_live(True)
+                            live(True)
                         elif message["type"] == "message":
                             self.sessions.revoke(message["data"])
+                            if on_revoked is not None:
+                                on_revoked(message["data"])
             except (RedisError, OSError) as exc:
                 if cancel_requested():
                     raise asyncio.CancelledError from exc
                 if self.sessions.live:
                     log.warning("session revocations unavailable (%r); cache off", exc)
-                self.sessions.set_live(False)
+                live(False)
                 await asyncio.sleep(retry_s)
             finally:
-                self.sessions.set_live(False)
+                live(False)

@@ -32,7 +32,9 @@ def now_ms() -> int:
 
 
 def pos(stream_id: str) -> StreamPos:
-    """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3))."""
+    """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3)). Only for ids
+    from Redis or checked by `shared.messages.stream_id`: int() alone takes "1_0" and digits of
+    other scripts, which Redis then refuses."""
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
 

@@ -143,6 +143,11 @@ class Keys:
         entry's field `d` is a `shared.messages.Delivery` in JSON; deleted once delivered."""
         return f"{self.prefix}:inbox:{user_id}"
 
+    def user_sockets(self, user_id: str) -> str:
+        """Sorted set of a user's open matcher sockets on every process (member: a socket id),
+        scored by when each entry lapses unrenewed (ms): the per-user socket cap counts it."""
+        return f"{self.prefix}:sockets:user:{user_id}"
+
     def events_wake(self, process: str) -> str:
         """A matcher process's own stream, written to wake its blocked event reader when the set
         of streams it follows changes (it reads this key in the same XREAD)."""

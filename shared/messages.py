@@ -3,9 +3,11 @@ message, parsed through discriminated unions (an unknown `type` or field is an e
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.models import Region, Slug
 
@@ -64,8 +66,12 @@ class Cancelled(BaseModel):
 
 
 class RateLimitedMsg(BaseModel):
+    """A request refused by its rate limit (a `find_match`; on the events socket a `subscribe`,
+    which then names its `document_id`): nothing was done."""
+
     type: Literal["rate_limited"] = "rate_limited"
-    retry_after: int = Field(description="seconds until the next find_match is allowed")
+    retry_after: int = Field(description="seconds until the next such request is allowed")
+    document_id: str | None = None
 
 
 class ErrorMsg(BaseModel):
@@ -97,8 +103,42 @@ class Delivery(BaseModel):
 
 
 # /v1/ws/events ------------------------------------------------------------------------------
-DocumentId = Annotated[str, Field(min_length=1, max_length=64)]
-StreamId = Annotated[str, Field(pattern=r"^\d{1,20}-\d{1,20}$")]
+# Every spelling Python's uuid.UUID accepts (any case, with or without hyphens, in braces, as a
+# `urn:uuid:` URN), ASCII hex only: `[0-9a-f]` is spelled out because a Unicode-aware class or
+# int() would also take other scripts' digits and underscores.
+_UUID = re.compile(
+    r"(?:urn:uuid:)?(\{)?"
+    r"(?P<hex>[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})(?(1)\})",
+    re.IGNORECASE | re.ASCII,
+)
+# Redis stream ids: two unsigned 64-bit integers in ASCII decimal.
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+_U64_MAX = 2**64 - 1
+STREAM_ID_MAX = f"{_U64_MAX}-{_U64_MAX}"
+
+
+def canonical_document_id(raw: str) -> str:
+    """The one spelling of a document id (lower case, hyphenated) that keys are built from: an
+    id with k hex letters has 2**k case spellings, each of which would otherwise seed its own
+    copy of the document in Redis and follow a stream nobody writes to."""
+    m = _UUID.fullmatch(raw) if len(raw) <= 64 else None
+    if m is None:
+        raise ValueError("must be a document id (a UUID)")
+    return str(uuid.UUID(hex=m["hex"].replace("-", "")))
+
+
+def stream_id(raw: str) -> str:
+    """A client's stream id, checked the way Redis will read it (else Redis refuses the command
+    mid-session): `<ms>-<seq>`, ASCII digits, each part at most 2**64 - 1."""
+    m = _STREAM_ID.fullmatch(raw)
+    if m is None or int(m[1]) > _U64_MAX or int(m[2]) > _U64_MAX:
+        raise ValueError("must be a stream id: <ms>-<seq>, two unsigned 64-bit decimal numbers")
+    return f"{int(m[1])}-{int(m[2])}"
+
+
+DocumentId = Annotated[str, AfterValidator(canonical_document_id)]
+StreamId = Annotated[str, AfterValidator(stream_id)]
+stream_id_adapter: TypeAdapter[str] = TypeAdapter(StreamId)
 
 
 class Subscribe(_Client):
@@ -164,6 +204,7 @@ class Reset(BaseModel):
 
 
 EventsServerMessage = Annotated[
-    Event | Subscribed | Unsubscribed | Reset | ErrorMsg | Pong, Field(discriminator="type")
+    Event | Subscribed | Unsubscribed | Reset | RateLimitedMsg | ErrorMsg | Pong,
+    Field(discriminator="type"),
 ]
 events_server_message: TypeAdapter[EventsServerMessage] = TypeAdapter(EventsServerMessage)

@@ -115,11 +115,24 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(20.0, gt=0)
     ws_ping_timeout_s: float = Field(20.0, gt=0)
     ws_send_queue: int = Field(64, ge=1, description="frames queued per socket before it is cut")
+    # Open sockets (match and events together) per user across every matcher process; over it the
+    # handshake is refused with 429. Each socket's entry is renewed every pool_ttl_s / 3 and
+    # lapses pool_ttl_s after a process dies without removing it.
+    ws_max_sockets_per_user: int = Field(32, ge=1)
+    # Longest a socket's session goes unchecked when nothing else is heard of it (one PTTL per
+    # session, not per socket). Logout arrives at once by pub/sub and a session is re-checked
+    # when its known expiry passes; this bounds a session shortened elsewhere (an operator's
+    # PEXPIRE, a process configured with a shorter session_ttl_s).
+    ws_session_check_s: float = Field(60.0, gt=0)
 
     # Document event streams (state Redis) and /v1/ws/events.
     doc_events_maxlen: int = Field(1000, ge=10, description="entries kept per document stream")
     doc_events_ttl_s: int = Field(86_400, ge=60, description="a stream lives this long idle")
     ws_max_subscriptions: int = Field(200, ge=1, description="documents one events socket follows")
+    # `subscribe` frames per user per subscribe_period_s (GCRA, across processes; the burst is the
+    # rate): each costs a Redis and a Postgres lookup.
+    subscribe_rate: int = Field(100, ge=1)
+    subscribe_period_s: int = Field(10, ge=1)
 
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -46,6 +47,7 @@ class Connection:
         "language",
         "principal",
         "session",
+        "sid",
         "ws",
     )
 
@@ -63,6 +65,8 @@ class Connection:
         self.principal = principal
         # The session's Redis key: a socket lives no longer than the session it opened with.
         self.session = session
+        # This socket's entry in its user's socket count (services/matcher/quota.py).
+        self.sid = secrets.token_hex(8)
         self.language = language
         self.entry = entry
         # True while this connection's ticket should own an entry in the pool.

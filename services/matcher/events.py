@@ -8,8 +8,8 @@ read gets exactly the error frame of one that does not exist.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,21 +17,25 @@ from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection, parse, receive_loop
 from services.matcher.handshake import DOWN, authenticate
-from services.matcher.matcher import Matcher
+from services.matcher.matcher import UNAVAILABLE, Matcher
 from services.matcher.streams import Kind, StreamReader, frame
 from shared.accounts import token_hash
 from shared.events import pos
 from shared.messages import (
+    STREAM_ID_MAX,
     ErrorMsg,
     Ping,
     Pong,
+    RateLimitedMsg,
     Reset,
     Subscribe,
     Subscribed,
     Unsubscribe,
     Unsubscribed,
     events_client_message,
+    stream_id,
 )
+from shared.pool import wall_ms
 from shared.scripts import PoolEntry
 
 log = logging.getLogger("redline.matcher.events")
@@ -60,12 +64,14 @@ class EventsEndpoint:
         if conn is None:
             return
         followed: set[str] = set()
-        self._m.watched.add(conn)
         try:
+            self._m.sessions.add(conn)
+            since = await self._inbox_since(conn)
+            if conn.close_with is not None:
+                return
             inbox = self._keys.inbox(conn.user_id)
-            since = ws.query_params.get("inbox_since")
             followed.add(inbox)
-            await self._follow(conn, inbox, "inbox", _valid_id(since))
+            await self._follow(conn, inbox, "inbox", since)
 
             async def handle(c: Connection, text: str) -> None:
                 await self._handle(c, text, followed)
@@ -73,16 +79,31 @@ class EventsEndpoint:
             await receive_loop(conn, self._settings, handle)
         except DOWN as exc:
             log.warning("events dependency failed", extra={"err": str(exc)})
-            conn.close_with = conn.close_with or (1011, "service unavailable; retry")
+            conn.close_with = conn.close_with or UNAVAILABLE
         except Exception:
             log.exception("events socket failed", extra={"user": conn.user_id})
             conn.close_with = conn.close_with or (1011, "internal error")
         finally:
-            self._m.watched.discard(conn)
+            self._m.sessions.discard(conn)
             for key in followed:
                 self._reader.unfollow(key, conn)
             await conn.stop()
+            await self._m.quota.release(conn.user_id, conn.sid)
             await self._m.close(conn)
+
+    async def _inbox_since(self, conn: Connection) -> str | None:
+        """`?inbox_since=`, checked as a `since` is; a bad one is told (the one frame sent so
+        far: no writer task yet) and the socket closed 1008, rather than Redis refusing it."""
+        raw = conn.ws.query_params.get("inbox_since")
+        if raw is None:
+            return None
+        try:
+            return stream_id(raw)
+        except ValueError as exc:
+            told = ErrorMsg(detail=f"invalid inbox_since: {exc}")
+            await conn.ws.send_text(told.model_dump_json())
+            conn.close_with = (1008, "invalid inbox_since")
+            return None
 
     async def _open(self, ws: WebSocket) -> Connection | None:
         caller = await authenticate(
@@ -91,8 +112,7 @@ class EventsEndpoint:
         if caller is None:
             return None
         principal, token = caller.principal, caller.token
-        await ws.accept(subprotocol=caller.subprotocol)
-        return Connection(
+        conn = Connection(
             ws,
             principal,
             "",
@@ -101,6 +121,7 @@ class EventsEndpoint:
             _nothing_to_ack,
             self._keys.session(token_hash(token)),
         )
+        return await self._m.accept(conn, caller.subprotocol)
 
     async def _handle(self, conn: Connection, text: str, followed: set[str]) -> None:
         msg = parse(conn, events_client_message, text)
@@ -118,7 +139,19 @@ class EventsEndpoint:
             conn.push(Unsubscribed(document_id=msg.document_id))
 
     async def _subscribe(self, conn: Connection, msg: Subscribe, followed: set[str]) -> None:
-        doc_id = msg.document_id
+        doc_id = msg.document_id  # canonical (shared/messages.py): one spelling, one key
+        # Before any lookup: each subscribe costs a Redis and a Postgres read.
+        settings = self._settings
+        decision = await self._m.scripts.gcra(
+            self._keys.rate_limit("subscribe", conn.user_id),
+            max(1, settings.subscribe_period_s * 1000 // settings.subscribe_rate),
+            settings.subscribe_rate,
+            wall_ms(),
+        )
+        if not decision.allowed:
+            retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
+            conn.push(RateLimitedMsg(retry_after=retry_after, document_id=doc_id))
+            return
         key = self._keys.doc_events(doc_id)
         # The inbox is one of `followed`, hence the + 1.
         if key not in followed and len(followed) >= self._settings.ws_max_subscriptions + 1:
@@ -172,6 +205,9 @@ class EventsEndpoint:
             else:
                 pipe.xrevrange(key, min=start, count=room)
             info, entries = await pipe.execute(raise_on_error=False)
+        if since == STREAM_ID_MAX:
+            # Nothing can come after the largest id, and Redis refuses it as an exclusive start.
+            entries = []
         if kind == "inbox" and isinstance(entries, list):
             entries.reverse()
         if isinstance(info, Exception):  # no such stream (never written, or expired)
@@ -198,12 +234,3 @@ def _list(entries: Any) -> list[tuple[str, dict[str, str]]]:
 
 def _last(entries: Any, default: str) -> str:
     return str(entries[-1][0]) if entries else default
-
-
-def _valid_id(raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    with contextlib.suppress(ValueError):
-        pos(raw)
-        return raw
-    return None

@@ -2,14 +2,16 @@
 
 A refused handshake has no close code on the wire (RFC 6455 §4.2.2: the server answers the
 upgrade request with an HTTP error instead), so we answer with a problem+json HTTP response —
-401 for a missing or bad token, 403 for a foreign Origin, 503 for a down dependency — through
-the ASGI denial-response extension, and fall back to a close with 1008 (which the server turns
-into a 403) where the server does not offer it. Either way nothing is accepted or allocated.
+401 for a missing or bad token, 403 for a foreign Origin, 429 (with Retry-After) for a user at
+the socket cap, 503 for a down dependency — through the ASGI denial-response extension, and fall
+back to a close with 1008 (1013 for 429 and 503: try again later; the server turns either into a
+403) where the server does not offer it. Either way nothing is accepted or allocated.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -17,6 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from shared.accounts import Accounts, Principal
+
+if TYPE_CHECKING:
+    from services.matcher.quota import SocketQuota
 from shared.errors import Unauthenticated
 
 BEARER_SUBPROTOCOL = "bearer"
@@ -28,7 +33,8 @@ DOWN = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Time
 class Caller:
     principal: Principal
     token: str
-    subprotocol: str | None  # to accept with: "bearer" when the token came that way
+    # To accept with: the client's own spelling of "bearer" when the token came that way.
+    subprotocol: str | None
 
 
 async def authenticate(
@@ -64,24 +70,58 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
 
 def bearer(ws: WebSocket) -> tuple[str | None, str | None]:
     """(token, subprotocol to accept). Browsers cannot set Authorization on a WebSocket, so they
-    send `Sec-WebSocket-Protocol: bearer, <token>`; we then accept the `bearer` subprotocol."""
+    send `Sec-WebSocket-Protocol: bearer, <token>`; we then accept the `bearer` subprotocol,
+    spelled exactly as offered (RFC 6455 §4.1: a client fails a connection whose selected
+    subprotocol is not one it offered, and token comparison there is case-sensitive)."""
     scheme, _, token = ws.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip(), None
     offered = ws.scope.get("subprotocols") or []
     if len(offered) >= 2 and offered[0].lower() == BEARER_SUBPROTOCOL and offered[1]:
-        return offered[1], BEARER_SUBPROTOCOL
+        return offered[1], offered[0]
     return None, None
 
 
-async def refuse(ws: WebSocket, status: int, detail: str) -> None:
+async def refuse(
+    ws: WebSocket, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        titles = {401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}
-        body = {"type": "about:blank", "title": titles.get(status, "Error"), "status": status}
+        body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status}
         body["detail"] = detail
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = dict(headers or {})
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         await ws.send_denial_response(
             JSONResponse(body, status, headers=headers, media_type="application/problem+json")
         )
     else:
-        await ws.close(1008 if status != 503 else 1011, detail)
+        await ws.close(1013 if status in (429, 503) else 1008, detail)
+
+
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+# How long a user at the socket cap is told to wait: until they close a socket, really; a place
+# held by a process that died lapses within pool_ttl_s.
+SOCKETS_RETRY_S = 10
+
+
+async def admit(ws: WebSocket, quota: SocketQuota, user_id: str, socket_id: str) -> bool:
+    """Count the socket in its user's cap, or refuse the handshake (429, or 503)."""
+    try:
+        taken = await quota.take(user_id, socket_id)
+    except DOWN:
+        await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
+        return False
+    if not taken:
+        await refuse(
+            ws,
+            429,
+            f"at most {quota.limit} open sockets per user: close one first",
+            {"Retry-After": str(SOCKETS_RETRY_S)},
+        )
+    return taken

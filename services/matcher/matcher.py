@@ -19,8 +19,10 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.matcher.connection import SLOW_CLIENT, Connection, parse, receive_loop
-from services.matcher.handshake import DOWN, authenticate, refuse
+from services.matcher.handshake import DOWN, admit, authenticate, refuse
 from services.matcher.hub import Hub
+from services.matcher.quota import SocketQuota
+from services.matcher.sessions import SessionWatch
 from shared import profiles, trending
 from shared.accounts import Accounts, Principal, token_hash
 from shared.documents import Documents
@@ -49,8 +51,9 @@ from shared.settings import Settings
 
 log = logging.getLogger("redline.matcher")
 
-# Failures of a dependency: Redis or Postgres down or slow. Never a crash of the socket's task.
 REFRESH_BATCH = 500
+# A store the socket needs failed mid-session: not the client's fault, come back shortly.
+UNAVAILABLE = (1013, "service unavailable; retry")
 
 
 class Matcher:
@@ -79,18 +82,27 @@ class Matcher:
         self.metrics.count_sockets(lambda: len(self.hub))
         self._interval_ms = max(1, settings.match_period_s * 1000 // settings.match_rate)
         self._heartbeat: asyncio.Task[None] | None = None
-        # Sockets not in the hub (events sockets) whose sessions the heartbeat checks too.
-        self.watched: set[Connection] = set()
+        # Every local socket (match and events) by session: ended with its session.
+        self.sessions = SessionWatch(state, keys, settings.ws_session_check_s)
+        self._revocations: asyncio.Task[None] | None = None
+        self.quota = SocketQuota(state, keys, settings.ws_max_sockets_per_user, settings.pool_ttl_s)
 
     async def start(self) -> None:
         await self.hub.start()
+        await self.sessions.start()
+        self._revocations = asyncio.create_task(
+            self.accounts.listen(on_revoked=self.sessions.revoked, on_live=self.sessions.set_live),
+            name="session revocations",
+        )
         self._heartbeat = asyncio.create_task(self._refresh_loop(), name="matcher-heartbeat")
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._revocations):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.sessions.stop()
         await self.hub.stop()
 
     # A socket's life -----------------------------------------------------------------------
@@ -100,6 +112,7 @@ class Matcher:
             return
         conn = opened
         try:
+            self.sessions.add(conn)
             await self.hub.attach(conn)
             waiting = await self._drain_inbox(conn)
             if not waiting:
@@ -107,7 +120,7 @@ class Matcher:
             await self._receive_loop(conn)
         except DOWN as exc:
             log.warning("matcher dependency failed", extra={"err": str(exc)})
-            conn.close_with = conn.close_with or (1011, "service unavailable; retry")
+            conn.close_with = conn.close_with or UNAVAILABLE
         except Exception:
             # A bug must cost one socket (closed 1011), never the process or a hung client.
             log.exception("matcher socket failed", extra={"user": conn.user_id})
@@ -115,8 +128,10 @@ class Matcher:
         finally:
             if conn.close_with == SLOW_CLIENT:
                 self.metrics.slow_clients.inc()
+            self.sessions.discard(conn)
             await conn.stop()
             await self.hub.detach(conn)
+            await self.quota.release(conn.user_id, conn.sid)
             if conn.in_pool:
                 with contextlib.suppress(*DOWN):
                     await self.pool.leave(conn.language, conn.user_id, conn.ticket)
@@ -138,9 +153,20 @@ class Matcher:
         if profile is None:
             await refuse(ws, 401, "the session's user no longer exists")
             return None
-        await ws.accept(subprotocol=caller.subprotocol)
         session = self.keys.session(token_hash(caller.token))
-        return self._connection(ws, caller.principal, profile, session)
+        conn = self._connection(ws, caller.principal, profile, session)
+        return await self.accept(conn, caller.subprotocol)
+
+    async def accept(self, conn: Connection, subprotocol: str | None) -> Connection | None:
+        """Take the socket's place in its user's cap (else refused: 429), then accept."""
+        if not await admit(conn.ws, self.quota, conn.user_id, conn.sid):
+            return None
+        try:
+            await conn.ws.accept(subprotocol=subprotocol)
+        except BaseException:
+            await self.quota.release(conn.user_id, conn.sid)
+            raise
+        return conn
 
     def _connection(
         self, ws: WebSocket, principal: Principal, profile: Profile, session: str
@@ -340,9 +366,12 @@ class Matcher:
             started = time.perf_counter()
             try:
                 await self.refresh()
-                await self.end_logged_out()
             except DOWN as exc:
                 log.warning("pool heartbeat failed", extra={"err": str(exc)})
+            try:
+                await self.quota.renew(self.sessions.connections())
+            except DOWN as exc:
+                log.warning("socket count renewal failed", extra={"err": str(exc)})
             log.debug("pool heartbeat", extra={"s": round(time.perf_counter() - started, 3)})
 
     async def refresh(self) -> None:
@@ -360,16 +389,3 @@ class Matcher:
                 for conn in batch:
                     if conn.user_id in lost and conn.in_pool:
                         await self._enter(conn, rejoin=False)
-
-    async def end_logged_out(self) -> None:
-        """Close the sockets whose session ended (logout, expiry) since they connected."""
-        conns = [*self.hub.connections(), *self.watched]
-        for i in range(0, len(conns), REFRESH_BATCH):
-            batch = conns[i : i + REFRESH_BATCH]
-            async with self.state.pipeline(transaction=False) as pipe:
-                for conn in batch:
-                    pipe.exists(conn.session)
-                alive = await pipe.execute()
-            for conn, exists in zip(batch, alive, strict=True):
-                if not exists:
-                    conn.cut(1008, "session ended")
