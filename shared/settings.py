@@ -121,6 +121,20 @@ class Settings(BaseSettings):
     doc_events_ttl_s: int = Field(86_400, ge=60, description="a stream lives this long idle")
     ws_max_subscriptions: int = Field(200, ge=1, description="documents one events socket follows")
 
+    # The HTTP edge of every listener (shared/edge.py): slow or oversized requests are cut.
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="request line and headers must arrive within this"
+    )
+    http_body_timeout_s: float = Field(30.0, gt=0, description="a whole body must arrive within")
+    http_max_header_bytes: int = Field(16_384, ge=1024, description="request line plus headers")
+    api_max_connections: int = Field(2048, ge=1, description="open connections per api process")
+    matcher_max_connections: int = Field(
+        16_384, ge=1, description="open connections (sockets included) per matcher process"
+    )
+    # Operator surfaces (/metrics everywhere, the global part of /v1/stats/cache) need
+    # `Authorization: Bearer <token>` when set; in production without it /metrics answers 403.
+    operator_token: str | None = Field(None, min_length=16, repr=False)
+
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0)
@@ -139,6 +153,14 @@ class Settings(BaseSettings):
             if v.startswith("["):
                 return tuple(json.loads(v))
             return tuple(o.strip().rstrip("/") for o in v.split(",") if o.strip())
+        return v
+
+    @field_validator("operator_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, v: object) -> object:
+        # compose passes `${REDLINE_OPERATOR_TOKEN:-}`: unset there means unset here.
+        if isinstance(v, str) and not v.strip():
+            return None
         return v
 
     @field_validator("flush_interval")

@@ -1,7 +1,13 @@
 """GET /v1/stats/cache: the cache's and the write-behind's health at a glance, with a status.
 
 The cache counters are this process's (every api process keeps its own); the Redis and queue
-numbers are global. Any part that cannot be read is null and makes the status a warning."""
+numbers are global. Any part that cannot be read is null and makes the status a warning.
+
+An operator surface (shared/health.py `OperatorGate`): with REDLINE_OPERATOR_TOKEN set it answers
+only `Authorization: Bearer <operator token>` (no session needed; a signed-in user gets 401, not
+a per-process subset: these figures are an operator's dashboard, nothing in them is a user's);
+in production without a token it is 403 for everyone; in development and test without a token
+any signed-in user reads it, as before."""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from services.api.deps import Caller, Res
+from services.api.deps import Res, bearer
 from services.api.resources import Resources
 from shared import dirty
 from shared.cache import CACHE_ERRORS
+from shared.errors import Forbidden, Unauthenticated
+from shared.health import OperatorGate
 from shared.models import CacheRedisStats, CacheStatsOut
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
@@ -22,6 +30,17 @@ log = logging.getLogger("redline.api")
 
 # Below this many lookups the hit rate says nothing yet.
 MIN_LOOKUPS = 100
+
+
+async def _operator_only(request: Request, res: Resources) -> None:
+    authorization = request.headers.get("authorization")
+    gate = OperatorGate.of(res.settings)
+    if gate.open:
+        await res.accounts.resolve(bearer(authorization or ""))
+        return
+    denied = gate.denial(authorization)
+    if denied is not None:
+        raise (Forbidden if denied[0] == 403 else Unauthenticated)(denied[1])
 
 
 async def _cache_redis(res: Resources) -> CacheRedisStats:
@@ -78,7 +97,8 @@ def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> li
 
 
 @router.get("/cache", response_model=CacheStatsOut)
-async def cache_stats(_: Caller, res: Res) -> CacheStatsOut:
+async def cache_stats(request: Request, res: Res) -> CacheStatsOut:
+    await _operator_only(request, res)
     redis, dirt, depth = await asyncio.gather(_cache_redis(res), _dirty(res), _queue_depth(res))
     cache = res.profiles.cache
     out: dict[str, Any] = {
