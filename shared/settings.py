@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     session_cache_s: float = Field(5.0, ge=0)
     login_rate: int = Field(10, ge=1, description="login attempts per login_period_s")
     login_period_s: int = Field(60, ge=1)
+    # Login limiting by name (services/api/ratelimit.py): failures per (name, address), and
+    # attempts per name from addresses that have not logged into it within login_known_ttl_s.
+    login_pair_failures: int = Field(5, ge=1, description="per name and address, per period")
+    login_name_attempts: int = Field(20, ge=1, description="per name from unknown addresses")
+    login_known_ttl_s: int = Field(30 * 86_400, ge=60, description="an address stays known")
+    # Costly operations, per user per period.
+    create_rate: int = Field(60, ge=1, description="documents created per create_period_s")
+    create_period_s: int = Field(60, ge=1)
+    snapshot_rate: int = Field(30, ge=1, description="snapshots requested per snapshot_period_s")
+    snapshot_period_s: int = Field(60, ge=1)
     # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(65_536, ge=8)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -37,7 +36,9 @@ EDGE = dict(
 
 
 @pytest.fixture(scope="module")
-async def api_port(migrated: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[int]:
+async def api_port(
+    migrated: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[int]:
     port = free_port()
     env = settings_env(make_settings(migrated, api_port=port, **EDGE))
     log_dir = tmp_path_factory.mktemp("edge-api")
@@ -215,10 +216,13 @@ async def test_spoofed_forwarded_for_from_loopback_is_not_believed(api_port: int
     codes = []
     for i in range(15):
         body = json.dumps({"username": f"spoof{i}", "password": "wrong password"}).encode()
-        request = LOGIN_HEAD + (
-            f"X-Forwarded-For: 203.0.113.{i + 1}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
+        request = (
+            LOGIN_HEAD
+            + (
+                f"X-Forwarded-For: 203.0.113.{i + 1}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+        )
         answer, _ = await exchange(api_port, request + body)
         codes.append(status_of(answer))
     assert 429 in codes, codes

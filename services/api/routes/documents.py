@@ -29,6 +29,7 @@ log = logging.getLogger("redline.api")
 @router.post("", status_code=201, response_model=DocumentOut)
 async def create(request: Request, who: Caller, res: Res) -> DocumentOut:
     body = await json_body(request, DocumentCreate)
+    await res.limiter.hit(res.limiter.create, who.user_id)  # per user (REDLINE_CREATE_RATE)
     return await res.documents.create(who, body.title, body.content)
 
 

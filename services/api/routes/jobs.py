@@ -33,6 +33,7 @@ async def save(doc_id: UUID, who: Caller, res: Res) -> JSONResponse:
 @router.post("/v1/documents/{doc_id}/snapshots", status_code=202, response_model=JobAccepted)
 async def snapshot(doc_id: UUID, request: Request, who: Caller, res: Res) -> JSONResponse:
     body = await json_body(request, SnapshotCreate)
+    await res.limiter.hit(res.limiter.snapshot, who.user_id)  # per user (REDLINE_SNAPSHOT_RATE)
     current = await res.documents.status(who, str(doc_id))
     job_id = await enqueue_snapshot(
         res.queue, res.keys, who, str(doc_id), current.version, body.label
