@@ -103,6 +103,7 @@ async def test_forwarded_for_is_used_only_from_a_trusted_proxy(migrated: Servers
 
 # Login limiting (services/api/ratelimit.py `login_attempt`) ---------------------------------
 PROXY = ("198.51.100.4", 5555)
+WRONG = "wrong guess"
 
 
 def login_settings(migrated: Servers, **overrides: object) -> Settings:
@@ -145,10 +146,10 @@ async def test_the_owner_logs_in_from_a_known_address_during_an_attack(migrated:
         await signup(api, "alice")
         assert (await login(api, "alice", "correct horse", "192.0.2.10")).status_code == 200
         # The attack: one address until its pair budget is spent, then many addresses.
-        pair = [(await login(api, "alice", "wrong guess", "203.0.113.1")).status_code for _ in range(5)]
+        pair = [(await login(api, "alice", WRONG, "203.0.113.1")).status_code for _ in range(5)]
         assert pair == [401] * 3 + [429] * 2
         spread = [
-            (await login(api, "alice", "wrong guess", f"203.0.113.{i + 2}")).status_code for i in range(4)
+            (await login(api, "alice", WRONG, f"203.0.113.{i + 2}")).status_code for i in range(4)
         ]
         # The name's 5: alice's first login (from an address then unknown), 3, and 1.
         assert spread == [401, 429, 429, 429]
@@ -174,7 +175,7 @@ async def test_wrong_passwords_from_one_address_do_not_lock_out_the_owner(
         resources(app).limiter.clock = Clock()
         await signup(api, "alice")
         # Ten wrong passwords under alice's name (the old per-name limit locked her out here).
-        codes = [(await login(api, "alice", "wrong guess", "203.0.113.1")).status_code for _ in range(10)]
+        codes = [(await login(api, "alice", WRONG, "203.0.113.1")).status_code for _ in range(10)]
         assert codes == [401] * 3 + [429] * 7
         # Refused attempts are not password checks: the name budget was charged only 3 times,
         # so alice logs in even from an address new to her account.
