@@ -49,6 +49,7 @@ def _env(stack: Stack, port: int, flush_interval: int) -> dict[str, str]:
         REDLINE_ARGON2_TIME_COST=1,
         REDLINE_ARGON2_PARALLELISM=1,
         REDLINE_LOGIN_RATE=100_000,
+        REDLINE_CREATE_RATE=100_000,  # the workload creates its documents as one user
         # 100 typists at thousands of edits/s is ~50 edits/s each on one document, the default
         # limit: lift it so the bench measures the edit path (the GCRA check in edit.lua still
         # runs on every edit, so its cost is counted).

@@ -196,6 +196,7 @@ class Documents:
                     retry_after_s=max(1, math.ceil(reply.version / 1000)),
                     limit=self._edit_rate[1],
                     window_s=self._edit_period_s,
+                    policy="edit",
                 )
             if reply.status is not EditStatus.NOT_LOADED:
                 break

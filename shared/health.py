@@ -4,7 +4,7 @@ A service builds an `Observability` in `create_app` (its registry), mounts `heal
 and once its lifespan has opened its clients, tells it what to check (`obs.watch(...)`) and what
 to refresh before a scrape (`obs.on_scrape(...)`):
 
-    obs = Observability(new_registry(), timeout_s=settings.readiness_timeout_s)
+    obs = Observability.of(new_registry(), settings)
     app.include_router(health_router(obs))
     ...  # in the lifespan
     obs.watch(redis_check("state_redis", state), postgres_check("postgres", pool))
@@ -13,24 +13,32 @@ to refresh before a scrape (`obs.on_scrape(...)`):
 - `GET /readyz`: every check at once, each bounded by the timeout; 200, or 503 problem+json
   naming what is down. A non-critical check (e.g. a cache with a Postgres fallback) is reported
   but does not make the service unready.
-- `GET /metrics`: Prometheus text exposition of the service's registry.
+- `GET /metrics`: Prometheus text exposition of the service's registry, an operator surface
+  (`OperatorGate`): with REDLINE_OPERATOR_TOKEN set it needs `Authorization: Bearer <token>`
+  (401 otherwise); in production without a token it answers 403 telling the operator to set one
+  (rather than refusing to start: a missing metrics secret must not take the service down, and
+  /healthz and /readyz, which orchestrators poll, stay open either way). In development and
+  test without a token it is open, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from shared.edge import EdgeLimits
 from shared.metrics import CONTENT_TYPE, render
+from shared.settings import Settings
 
 log = logging.getLogger("redline.health")
 
@@ -60,14 +68,59 @@ def postgres_check(name: str, pool: asyncpg.Pool, *, critical: bool = True) -> C
     return Check(name, select_one, critical)
 
 
+@dataclass(frozen=True)
+class OperatorGate:
+    """Who may read operator surfaces (metrics, global stats)."""
+
+    token: str | None = None
+    production: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> OperatorGate:
+        return cls(settings.operator_token, settings.env == "production")
+
+    @property
+    def open(self) -> bool:
+        """No token and not production: anyone (development and test convenience)."""
+        return self.token is None and not self.production
+
+    def denial(self, authorization: str | None) -> tuple[int, str] | None:
+        """None when `authorization` (the header's value) may read; else (status, detail)."""
+        if self.token is None:
+            if not self.production:
+                return None
+            return 403, "operator surfaces are closed: set REDLINE_OPERATOR_TOKEN to open them"
+        scheme, _, offered = (authorization or "").partition(" ")
+        # Constant-time: the comparison must not tell an attacker how much of a guess was right.
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            offered.strip().encode(), self.token.encode()
+        ):
+            return None
+        return 401, "send Authorization: Bearer <operator token>"
+
+
 @dataclass
 class Observability:
-    """What the routes read: the registry, the readiness checks and the scrape-time refreshers."""
+    """What the routes read: the registry, the readiness checks and the scrape-time refreshers,
+    who may scrape, and the HTTP edge limits of a worker's probe listener."""
 
     registry: CollectorRegistry
     timeout_s: float = 1.0
     checks: list[Check] = field(default_factory=list)
     refreshers: list[Refresh] = field(default_factory=list)
+    operator: OperatorGate = field(default_factory=OperatorGate)
+    probe_limits: EdgeLimits = field(default_factory=lambda: EdgeLimits(10.0, 10.0, 16_384, 64))
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry, settings: Settings) -> Observability:
+        """The service's observability as its settings configure it."""
+        return cls(
+            registry,
+            timeout_s=settings.readiness_timeout_s,
+            operator=OperatorGate.of(settings),
+            # A probe port serves one scraper and one health checker: a few connections.
+            probe_limits=EdgeLimits.of(settings, 64),
+        )
 
     def watch(self, *checks: Check) -> None:
         self.checks.extend(checks)
@@ -102,6 +155,9 @@ class Observability:
             except Exception as exc:  # a scrape must never fail because a gauge could not
                 log.warning("metrics refresh failed: %s: %s", type(exc).__name__, exc)
         return render(self.registry)
+
+
+_TITLES = {401: "Unauthorized", 403: "Forbidden"}
 
 
 def health_router(obs: Observability) -> APIRouter:
@@ -153,10 +209,21 @@ def health_router(obs: Observability) -> APIRouter:
             200: {
                 "description": "Prometheus text exposition",
                 "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
-            }
+            },
+            401: {"description": "the operator token is missing or wrong"},
+            403: {"description": "production without REDLINE_OPERATOR_TOKEN: closed"},
         },
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        denied = obs.operator.denial(request.headers.get("authorization"))
+        if denied is not None:
+            status, detail = denied
+            body = {"type": "about:blank", "title": _TITLES[status], "status": status}
+            body["detail"] = detail
+            headers = {"WWW-Authenticate": 'Bearer realm="operator"'} if status == 401 else None
+            return JSONResponse(
+                body, status, headers=headers, media_type="application/problem+json"
+            )
         return Response(await obs.scrape(), media_type=CONTENT_TYPE)
 
     return router

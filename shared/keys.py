@@ -80,6 +80,11 @@ class Keys:
     def rate_limit(self, policy: str, subject: str) -> str:
         return f"{self.prefix}:ratelimit:{policy}:{subject}"
 
+    def login_known(self, username: str) -> str:
+        """Sorted set of the addresses that logged into `username` (lower case) successfully,
+        scored by when each stops counting as known (ms); services/api/ratelimit.py."""
+        return f"{self.prefix}:login:known:{username}"
+
     # Trending (state Redis) ----------------------------------------------------------------
     def trending(self, day: date) -> str:
         """Sorted set of interest slugs scored by that UTC day's matches; expires after 2 days."""

@@ -17,6 +17,7 @@ from collections.abc import Generator
 
 import uvicorn
 
+from shared.edge import edge_protocol
 from shared.health import Observability, probe_app
 
 log = logging.getLogger("redline.health")
@@ -39,6 +40,9 @@ class ProbeServer:
             access_log=False,
             lifespan="off",
             ws="none",
+            # The same edge as the services: slow or oversized requests are cut.
+            http=edge_protocol(obs.probe_limits),
+            proxy_headers=False,
             timeout_graceful_shutdown=2,
         )
         self._server = _GuestServer(config)

@@ -136,6 +136,11 @@ class Scripts:
         }
         self._edit = self._s["edit"]  # the hot path: one lookup fewer per edit
 
+    @property
+    def redis(self) -> Redis:
+        """The client the scripts run on (plain reads that need no script, e.g. a GCRA peek)."""
+        return self._redis
+
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._s[name](keys=keys, args=args)
 

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     session_cache_s: float = Field(5.0, ge=0)
     login_rate: int = Field(10, ge=1, description="login attempts per login_period_s")
     login_period_s: int = Field(60, ge=1)
+    # Login limiting by name (services/api/ratelimit.py): failures per (name, address), and
+    # attempts per name from addresses that have not logged into it within login_known_ttl_s.
+    login_pair_failures: int = Field(5, ge=1, description="per name and address, per period")
+    login_name_attempts: int = Field(20, ge=1, description="per name from unknown addresses")
+    login_known_ttl_s: int = Field(30 * 86_400, ge=60, description="an address stays known")
+    # Costly operations, per user per period.
+    create_rate: int = Field(60, ge=1, description="documents created per create_period_s")
+    create_period_s: int = Field(60, ge=1)
+    snapshot_rate: int = Field(30, ge=1, description="snapshots requested per snapshot_period_s")
+    snapshot_period_s: int = Field(60, ge=1)
     # argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(65_536, ge=8)
@@ -134,6 +144,20 @@ class Settings(BaseSettings):
     subscribe_rate: int = Field(100, ge=1)
     subscribe_period_s: int = Field(10, ge=1)
 
+    # The HTTP edge of every listener (shared/edge.py): slow or oversized requests are cut.
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="request line and headers must arrive within this"
+    )
+    http_body_timeout_s: float = Field(30.0, gt=0, description="a whole body must arrive within")
+    http_max_header_bytes: int = Field(16_384, ge=1024, description="request line plus headers")
+    api_max_connections: int = Field(2048, ge=1, description="open connections per api process")
+    matcher_max_connections: int = Field(
+        16_384, ge=1, description="open connections (sockets included) per matcher process"
+    )
+    # Operator surfaces (/metrics everywhere, the global part of /v1/stats/cache) need
+    # `Authorization: Bearer <token>` when set; in production without it /metrics answers 403.
+    operator_token: str | None = Field(None, min_length=16, repr=False)
+
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0)
@@ -152,6 +176,14 @@ class Settings(BaseSettings):
             if v.startswith("["):
                 return tuple(json.loads(v))
             return tuple(o.strip().rstrip("/") for o in v.split(",") if o.strip())
+        return v
+
+    @field_validator("operator_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, v: object) -> object:
+        # compose passes `${REDLINE_OPERATOR_TOKEN:-}`: unset there means unset here.
+        if isinstance(v, str) and not v.strip():
+            return None
         return v
 
     @field_validator("flush_interval")

@@ -80,6 +80,7 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         argon2_parallelism=1,
         login_rate=1000,
         edit_rate=100_000,  # load and fault tests type fast; test_editlane.py tests the limit
+        create_rate=100_000,  # some tests create hundreds of documents; test_ratelimit.py tests it
         max_document_bytes=64 * 1024,
         db_pool_min=0,
         # Tests that want the flusher's metrics port give it a free one.

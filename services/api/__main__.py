@@ -3,6 +3,7 @@
 import uvicorn
 
 from services.api.app import create_app
+from shared.edge import EdgeLimits, edge_protocol
 from shared.logs import configure_logging
 from shared.settings import Settings
 
@@ -17,6 +18,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         ws="none",
+        http=edge_protocol(EdgeLimits.of(settings, settings.api_max_connections)),
+        # Off: X-Forwarded-For is believed only through REDLINE_TRUSTED_PROXIES (ratelimit.py).
+        proxy_headers=False,
         # Longer than clients' and load balancers' idle timeouts, so the server is never the one
         # closing a keep-alive connection just as a client reuses it (a spurious ReadError).
         timeout_keep_alive=75,

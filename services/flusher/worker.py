@@ -80,7 +80,7 @@ async def _start_probes(ctx: Ctx) -> None:
     metrics: FlushMetrics = ctx["flush_metrics"]
     queue_probe = redis_client(settings.queue_url)
     ctx["queue_probe"] = queue_probe
-    obs = Observability(ctx["registry"], timeout_s=settings.readiness_timeout_s)
+    obs = Observability.of(ctx["registry"], settings)
     obs.watch(
         redis_check("state_redis", ctx["state"]),
         redis_check("queue_redis", queue_probe),

@@ -5,6 +5,7 @@ import logging
 import uvicorn
 
 from services.matcher.app import create_app
+from shared.edge import EdgeLimits, edge_protocol
 from shared.logs import configure_logging
 from shared.settings import Settings
 
@@ -29,6 +30,10 @@ def main() -> None:
         port=settings.matcher_port,
         log_config=None,
         access_log=False,
+        # Slow or oversized handshakes are cut, and sockets per process capped (503).
+        http=edge_protocol(EdgeLimits.of(settings, settings.matcher_max_connections)),
+        # Off: a forwarded address is believed only through REDLINE_TRUSTED_PROXIES.
+        proxy_headers=False,
         # Per-message compression costs ~30 KB a socket in zlib state for small JSON frames.
         ws_per_message_deflate=False,
         ws_max_size=settings.ws_max_message_bytes,

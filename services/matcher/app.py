@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
     settings.require_urls()
     # Built here, not in the lifespan: one registry per app, its metrics registered once.
     registry = new_registry()
-    obs = Observability(registry, timeout_s=settings.readiness_timeout_s)
+    obs = Observability.of(registry, settings)
     metrics = MatcherMetrics(registry)
 
     @asynccontextmanager

@@ -83,10 +83,17 @@ async def empty(acl_port: int) -> None:
     await admin.aclose()
 
 
+OPERATOR_TOKEN = "acl-test-operator-token"
+
+
 def acl_settings(servers: Servers, port: int, service: str) -> Settings:
     # The ACL's key patterns are for the default prefix.
     return make_settings(
-        servers, redis_url=service_url(port, service), key_prefix="rl", env="production"
+        servers,
+        redis_url=service_url(port, service),
+        key_prefix="rl",
+        env="production",
+        operator_token=OPERATOR_TOKEN,  # production closes /metrics without one
     )
 
 
@@ -336,7 +343,8 @@ async def test_the_matcher_does_its_whole_job_as_its_user_in_production(
                 edited, _ = await until(ev, event("document.edited", document_id=doc))
                 assert edited["version"] == 1
             async with httpx.AsyncClient() as client:
-                text = (await client.get(f"{http}/metrics")).text
+                operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+                text = (await client.get(f"{http}/metrics", headers=operator)).text
             assert "redline_matcher_matches_total 2.0" in text
         # Trending was counted (a pipeline the matcher runs after both results are out).
         day = datetime.now(UTC).date()

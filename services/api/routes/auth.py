@@ -31,12 +31,9 @@ async def signup(request: Request, body: NewCredentials, res: Res) -> SessionOut
 
 @router.post("/auth/login", response_model=SessionOut, responses=responses(401, 413, 422, 429, 503))
 async def login(request: Request, body: NewCredentials, res: Res) -> SessionOut:
-    limiter = res.limiter
-    # Two budgets: per address (one client spraying names) and per username (many addresses
-    # guessing one password).
-    await limiter.hit(limiter.login, limiter.client_address(request))
-    await limiter.hit(limiter.login, f"user:{body.username.lower()}")
-    who, token = await res.accounts.login(body.username, body.password)
+    # Per address, per (name, address) and per name from unknown addresses (ratelimit.py).
+    async with res.limiter.login_attempt(body.username, res.limiter.client_address(request)):
+        who, token = await res.accounts.login(body.username, body.password)
     await res.profiles.touch(who.user_id)  # the warming job preloads recently seen users
     return SessionOut(user_id=who.user_id, tenant_id=who.tenant_id, token=token)
 

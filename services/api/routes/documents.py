@@ -32,6 +32,7 @@ log = logging.getLogger("redline.api")
 async def create(
     who: Caller, body: Annotated[DocumentCreate, parsed_body(DocumentCreate)], res: Res
 ) -> DocumentOut:
+    await res.limiter.hit(res.limiter.create, who.user_id)  # per user (REDLINE_CREATE_RATE)
     return await res.documents.create(who, body.title, body.content)
 
 

@@ -53,6 +53,7 @@ async def snapshot(
     body: Annotated[SnapshotCreate, parsed_body(SnapshotCreate)],
     res: Res,
 ) -> JSONResponse:
+    await res.limiter.hit(res.limiter.snapshot, who.user_id)  # per user (REDLINE_SNAPSHOT_RATE)
     current = await res.documents.status(who, str(doc_id))
     job_id = await enqueue_snapshot(
         res.queue, res.keys, who, str(doc_id), current.version, body.label

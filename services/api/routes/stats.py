@@ -1,22 +1,30 @@
 """GET /v1/stats/cache: the cache's and the write-behind's health at a glance, with a status.
 
 The cache counters are this process's (every api process keeps its own); the Redis and queue
-numbers are global. Any part that cannot be read is null and makes the status a warning."""
+numbers are global. Any part that cannot be read is null and makes the status a warning.
+
+An operator surface (shared/health.py `OperatorGate`): with REDLINE_OPERATOR_TOKEN set it answers
+only `Authorization: Bearer <operator token>` (no session needed; a signed-in user gets 401, not
+a per-process subset: these figures are an operator's dashboard, nothing in them is a user's);
+in production without a token it is 403 for everyone; in development and test without a token
+any signed-in user reads it, as before."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from services.api.deps import Caller, Res
+from services.api.deps import Res, Token
 from services.api.problems import responses
 from services.api.resources import Resources
 from shared import dirty
 from shared.accounts import Principal
 from shared.cache import CACHE_ERRORS
+from shared.errors import Forbidden, Unauthenticated
+from shared.health import OperatorGate
 from shared.models import CacheRedisStats, CacheStatsOut
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
@@ -26,6 +34,21 @@ log = logging.getLogger("redline.api")
 MIN_LOOKUPS = 100
 # Quarantined ids read (longest-quarantined first) to pick those the caller may see.
 QUARANTINE_IDS = 50
+
+
+async def _viewer(token: Token, res: Res) -> Principal | None:
+    """Who reads the stats: while operator surfaces are open (development, no operator token)
+    any signed-in user; otherwise only the operator token's holder (None: sees everything)."""
+    gate = OperatorGate.of(res.settings)
+    if gate.open:
+        return await res.accounts.resolve(token)
+    denied = gate.denial(f"Bearer {token}")
+    if denied is not None:
+        raise (Forbidden if denied[0] == 403 else Unauthenticated)(denied[1])
+    return None
+
+
+Viewer = Annotated[Principal | None, Depends(_viewer)]
 
 
 async def _cache_redis(res: Resources) -> CacheRedisStats:
@@ -46,12 +69,15 @@ async def _dirty(res: Resources) -> tuple[int, float | None] | None:
         return None
 
 
-async def _quarantine(res: Resources, who: Principal) -> tuple[int, list[str]] | None:
+async def _quarantine(res: Resources, who: Principal | None) -> tuple[int, list[str]] | None:
     """The quarantine's size, and the ids in it the caller may open: another tenant's document
-    ids are never shown (their count is, as the dirty count is)."""
+    ids are never shown to a user (their count is, as the dirty count is); the operator (None)
+    sees them all."""
     try:
         async with asyncio.timeout(2):
             count, ids = await dirty.quarantined(res.state, res.keys, QUARANTINE_IDS)
+            if who is None:
+                return count, ids
             return count, [d for d in ids if await res.documents.readable(who, d)]
     except CACHE_ERRORS as exc:
         log.info("stats: state Redis unreachable: %r", exc)
@@ -99,8 +125,8 @@ def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> li
     return warnings
 
 
-@router.get("/cache", response_model=CacheStatsOut, responses=responses(401, 503))
-async def cache_stats(who: Caller, res: Res) -> CacheStatsOut:
+@router.get("/cache", response_model=CacheStatsOut, responses=responses(401, 403, 503))
+async def cache_stats(who: Viewer, res: Res) -> CacheStatsOut:
     redis, dirt, depth, held = await asyncio.gather(
         _cache_redis(res), _dirty(res), _queue_depth(res), _quarantine(res, who)
     )

@@ -64,7 +64,13 @@ async def test_login_is_rate_limited_per_address_with_retry_after(
 
 async def test_forwarded_address_is_trusted_from_configured_proxies(migrated: Servers) -> None:
     app = create_app(
-        make_settings(migrated, login_rate=3, login_period_s=60, trusted_proxies="10.0.0.0/8")
+        make_settings(
+            migrated,
+            login_rate=3,
+            login_name_attempts=3,
+            login_period_s=60,
+            trusted_proxies="10.0.0.0/8",
+        )
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("10.0.0.7", 1234))
@@ -78,9 +84,10 @@ async def test_forwarded_address_is_trusted_from_configured_proxies(migrated: Se
             # Another client behind the same proxy has its own budget.
             r = await attempt(api, "user4", **{"X-Forwarded-For": "203.0.113.2, 10.0.0.3"})
             assert r.status_code == 401
-            # One name guessed from many addresses runs out of its own budget.
+            # One name guessed from many addresses runs out of its own budget (login-name).
             for i in range(2):
                 r = await attempt(api, "user4", **{"X-Forwarded-For": f"198.51.100.{i}"})
                 assert r.status_code == 401
             r = await attempt(api, "user4", **{"X-Forwarded-For": "198.51.100.99"})
             assert r.status_code == 429
+            assert r.headers["ratelimit-policy"] == '"login-name";q=3;w=60'

@@ -97,7 +97,7 @@ async def test_edits_are_rate_limited_per_user_and_document(
     assert refused.headers["content-type"] == "application/problem+json"
     # One edit per 20 s after the burst of 3 a minute.
     assert 1 <= int(refused.headers["retry-after"]) <= 20
-    assert refused.headers["ratelimit-policy"] == '"default";q=3;w=60'
+    assert refused.headers["ratelimit-policy"] == '"edit";q=3;w=60'
     # Through the regular route (an uppercase id) the same budget applies.
     assert (await edit(api, alice, doc_id.upper(), "still too fast")).status_code == 429
     # A refused edit is not applied.
