@@ -160,6 +160,11 @@ class Observability:
 _TITLES = {401: "Unauthorized", 403: "Forbidden"}
 
 
+# The api's OpenAPI document defines `Problem` (services/api/problems.py); the other services
+# publish no document.
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
 def health_router(obs: Observability) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -210,8 +215,11 @@ def health_router(obs: Observability) -> APIRouter:
                 "description": "Prometheus text exposition",
                 "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
             },
-            401: {"description": "the operator token is missing or wrong"},
-            403: {"description": "production without REDLINE_OPERATOR_TOKEN: closed"},
+            401: {"description": "the operator token is missing or wrong", "content": _PROBLEM},
+            403: {
+                "description": "production without REDLINE_OPERATOR_TOKEN: closed",
+                "content": _PROBLEM,
+            },
         },
     )
     async def metrics(request: Request) -> Response:
