@@ -38,9 +38,14 @@ DOWN_S = 1.0
 RECOVERY_S = 5.0
 
 
-def _point(now: float) -> str:
-    """Where in the 1 s flush cycle the kill landed (the cron runs on whole seconds)."""
-    return f"flush cycle {int((now % 1) * 3) * 33}-{int((now % 1) * 3) * 33 + 33}%"
+async def _at_phase(third: int) -> str:
+    """Sleep into the given third of the 1 s flush cycle (the cron runs on whole seconds, so a
+    third is before, around or after a pass); the point's label."""
+    await asyncio.sleep(0.3)
+    frac = time.time() % 1
+    target = (third + random.random()) / 3
+    await asyncio.sleep((target - frac) % 1)
+    return f"flush cycle third {third + 1}/3"
 
 
 async def test_state_valkey_sigkill_with_aof_loses_no_acked_edit(
@@ -60,15 +65,15 @@ async def test_state_valkey_sigkill_with_aof_loses_no_acked_edit(
                 ledger = editors.ledger
                 await asyncio.sleep(1.5)
                 for kill in range(KILLS + 1):
-                    await asyncio.sleep(random.uniform(0.3, 1.3))
                     if kill == KILLS:
-                        client_url = valkey.url
-                        await _bgrewriteaof(client_url)
-                        info = await valkey_info(client_url, "persistence")
-                        running = info.get("aof_rewrite_in_progress") == 1
-                        points.add(f"BGREWRITEAOF {'in progress' if running else 'just done'}")
+                        # A rewrite that lasts (the delay is per key, in µs, and is not
+                        # persisted): the kill lands while the child is writing the new AOF.
+                        await _bgrewriteaof(valkey.url, key_delay_us=20_000)
+                        info = await valkey_info(valkey.url, "persistence")
+                        assert info.get("aof_rewrite_in_progress") == 1, info
+                        points.add("during BGREWRITEAOF")
                     else:
-                        points.add(_point(time.time()))
+                        points.add(await _at_phase(kill % 3))
                     ledger.phase = "down"
                     await asyncio.to_thread(valkey.kill)
                     await asyncio.sleep(DOWN_S)
@@ -110,10 +115,12 @@ async def _recovered(s: Stack, editors: Editors, acked: int) -> bool:
     return await s.ready() and editors.ledger.acked > acked
 
 
-async def _bgrewriteaof(url: str) -> None:
+async def _bgrewriteaof(url: str, key_delay_us: int) -> None:
     client = Redis.from_url(url, socket_timeout=2)
     try:
+        await client.config_set("rdb-key-save-delay", key_delay_us)
         await client.bgrewriteaof()
+        await asyncio.sleep(0.05)  # the fork has started
     finally:
         await client.aclose()
 
