@@ -197,9 +197,24 @@ class Postgres:
     def restart(self, timeout: float = 60) -> None:
         """Start again on the same data; after a crash, pg_ctl start runs crash recovery (a stale
         postmaster.pid from a dead postmaster is ignored by the server itself)."""
-        if self.running():
+        if self.is_running():
             self.stop()
         self.start(timeout)
+
+    def is_running(self) -> bool:
+        """The postmaster is alive (its pid file names a live process). Unlike `running`, not
+        fooled by a busy server that is slow to accept a connection."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, as another user (pgserver, when we are root)
+            return True
+        return True
 
     def running(self) -> bool:
         try:
