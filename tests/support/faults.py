@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -136,6 +137,8 @@ class Ledger:
     answers: Counter[str] = field(default_factory=Counter)
     refusals: Counter[tuple[str, str]] = field(default_factory=Counter)
     acks_in: Counter[str] = field(default_factory=Counter)  # acks by the phase they came back in
+    # Seconds each acked edit took, by phase.
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     phase: str = "steady"
 
     @property
@@ -144,6 +147,10 @@ class Ledger:
 
     def highest(self, doc_id: str) -> int:
         return max((v for v, _ in self.acks[doc_id]), default=0)
+
+    def p99(self, phase: str) -> float:
+        values = sorted(self.latencies[phase])
+        return values[min(len(values) - 1, int(len(values) * 0.99))] if values else float("nan")
 
     def reissued(self) -> list[tuple[str, int]]:
         """Acked versions handed out twice with different content: the earlier one was lost."""
@@ -187,6 +194,7 @@ class Editors:
             n += 1
             content = f"{name} edit {n}\n{FILLER}"
             user = self.users[i % len(self.users)]
+            sent = time.monotonic()
             try:
                 r = await self.client.put(
                     f"/v1/documents/{doc_id}/content", json={"content": content}, headers=user.auth
@@ -198,6 +206,7 @@ class Editors:
                     self.ledger.acks[doc_id].append((r.json()["version"], content))
                     self.ledger.answers["202"] += 1
                     self.ledger.acks_in[self.ledger.phase] += 1
+                    self.ledger.latencies[self.ledger.phase].append(time.monotonic() - sent)
                 else:
                     self._refused(str(r.status_code))
             await asyncio.sleep(self._pause_s)
@@ -341,3 +350,29 @@ async def valkey_info(url: str, section: str) -> dict[str, object]:
         return dict(await client.info(section))
     finally:
         await client.aclose()
+
+
+# Postgres as a paused process -----------------------------------------------------------------
+def postgres_pids(pgdata: Path) -> list[int]:
+    """The postmaster (from its pid file) and its children (from /proc; Linux). Each backend is
+    in a session of its own (the postmaster's children call setsid), so a process-group signal
+    would not reach them: they are signalled one by one."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def signal_postgres(pgdata: Path, sig: int) -> int:
+    """Send `sig` to every Postgres process; how many there were."""
+    pids = postgres_pids(pgdata)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return len(pids)
