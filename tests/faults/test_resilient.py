@@ -1,0 +1,80 @@
+"""The flusher's resilient arq Worker (services/flusher/resilient.py), in process: its poll loop
+rides out a queue Redis that refuses connections (through the fault proxy), logs the outage once
+and the recovery once, and its backoff is capped and jittered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import httpx
+import pytest
+from arq.connections import RedisSettings, create_pool
+
+from services.flusher.resilient import Backoff, Outage, ResilientWorker
+from shared.settings import Settings
+from tests.support.faultproxy import fault_proxy
+
+
+async def _noop(ctx: dict[str, Any]) -> None:
+    return None
+
+
+def test_backoff_is_jittered_under_a_doubling_cap_and_resets() -> None:
+    backoff = Backoff(base_s=0.1, cap_s=2.0, rng=random.Random(3))
+    delays = [backoff.next_delay() for _ in range(8)]
+    ceilings = [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
+    assert len(set(delays)) == len(delays)  # jittered, not in step
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
+
+
+def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    outage = Outage("queue Redis")
+    with caplog.at_level(logging.WARNING, "redline.flusher"):
+        outage.ok()
+        for _ in range(5):
+            outage.failed(ConnectionError("refused"))
+        outage.ok()
+        outage.ok()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("queue Redis unavailable (ConnectionError: refused)")
+    assert messages[1].startswith("queue Redis recovered after")
+    assert outage.outages == 1 and not outage.down
+
+
+async def test_poll_loop_rides_out_a_refused_queue_redis(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = httpx.URL(settings.queue_url)
+    assert url.host and url.port
+    async with fault_proxy(url.host, url.port) as proxy:
+        pool = await create_pool(RedisSettings(host="127.0.0.1", port=proxy.port, conn_retries=0))
+        worker = ResilientWorker(
+            [_noop],
+            redis_pool=pool,
+            queue_name=f"{settings.key_prefix}:resilient-test",
+            handle_signals=False,
+            poll_delay=0.01,
+            backoff=Backoff(0.01, 0.05, rng=random.Random(0)),
+        )
+        try:
+            await worker._poll_iteration()
+            with caplog.at_level(logging.WARNING, "redline.flusher"):
+                proxy.set("refuse")
+                polling = asyncio.create_task(worker._poll_iteration())
+                await asyncio.sleep(0.5)
+                # arq's own loop would have raised ConnectionError here and ended main().
+                assert not polling.done(), polling
+                proxy.set("pass")
+                await asyncio.wait_for(polling, 5)
+            messages = [r.getMessage() for r in caplog.records if r.name == "redline.flusher"]
+            assert sum("unavailable" in m for m in messages) == 1, messages
+            assert sum("recovered" in m for m in messages) == 1, messages
+            assert worker.backoff.attempt == 0
+        finally:
+            await pool.aclose()
