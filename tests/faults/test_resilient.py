@@ -5,6 +5,7 @@ and the recovery once, and its backoff is capped and jittered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -12,8 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.flusher.resilient import Backoff, Outage, ResilientWorker
+from shared.clients import reset_safe
 from shared.settings import Settings
 from tests.support.faultproxy import fault_proxy
 
@@ -78,3 +82,38 @@ async def test_poll_loop_rides_out_a_refused_queue_redis(
             assert worker.backoff.attempt == 0
         finally:
             await pool.aclose()
+
+
+def test_a_write_on_a_reset_connection_is_a_redis_connection_error_under_uvloop(
+    settings: Settings,
+) -> None:
+    """uvloop raises RuntimeError ("the handler is closed") for a write on a transport the peer
+    reset; redis-py lets it through, so the api answered 500 in the proxy's reset phase. Through
+    `reset_safe` it is a redis ConnectionError, which every caller treats as Redis unavailable."""
+    uvloop = pytest.importorskip("uvloop")
+    url = httpx.URL(settings.state_url)
+    assert url.host and url.port
+
+    async def write_after_reset(**options: Any) -> BaseException | None:
+        async with fault_proxy(url.host, url.port) as proxy:  # type: ignore[arg-type]
+            client = Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0", **options)
+            try:
+                await client.ping()
+                proxy.set("reset")
+                proxy.set("pass")
+                # One loop turn: uvloop has closed the transport, redis-py has not noticed yet.
+                await asyncio.sleep(0)
+                try:
+                    await client.ping()
+                except BaseException as exc:  # the test looks at what it was
+                    return exc
+                return None
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    plain = uvloop.run(write_after_reset())
+    if not isinstance(plain, RuntimeError):
+        pytest.skip(f"this uvloop does not raise RuntimeError here (got {plain!r})")
+    safe = uvloop.run(write_after_reset(**reset_safe("redis://127.0.0.1/0")))
+    assert isinstance(safe, RedisConnectionError), repr(safe)
