@@ -9,10 +9,40 @@ from typing import Any, cast
 import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.settings import Settings
+
+
+class ResetSafeConnection(Connection):
+    """A redis-py connection whose writes on a connection the server reset fail as a redis
+    ConnectionError, as they do under asyncio's own loop. Under uvloop (uvicorn's loop for the api
+    and the matcher) the write raises `RuntimeError: unable to perform operation on
+    <TCPTransport closed=True>; the handler is closed` (MagicStack/uvloop#506), which redis-py
+    re-raises as is: the api answered 500 and a reader loop catching RedisError would die."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:  # redis-py has already disconnected this connection
+            raise RedisConnectionError(f"Error writing to socket: {exc}") from exc
+
+
+class ResetSafeSSLConnection(ResetSafeConnection, SSLConnection):
+    pass
+
+
+def reset_safe(url: str) -> dict[str, Any]:
+    """The `connection_class` option for `Redis.from_url(url, ...)` (TCP and TLS URLs; a unix
+    socket keeps redis-py's own class)."""
+    if url.startswith("rediss://"):
+        return {"connection_class": ResetSafeSSLConnection}
+    if url.startswith("redis://"):
+        return {"connection_class": ResetSafeConnection}
+    return {}
 
 
 class _Cluster(RedisCluster):
@@ -40,7 +70,7 @@ def redis_client(url: str, *, cluster: bool = False) -> Redis:
     )
     if cluster:
         return cast(Redis, _Cluster.from_url(url, **options))
-    client: Redis = Redis.from_url(url, **options)
+    client: Redis = Redis.from_url(url, **options, **reset_safe(url))
     return client
 
 
@@ -54,6 +84,7 @@ def pubsub_client(settings: Settings) -> Redis:
         decode_responses=True,
         socket_connect_timeout=2,
         health_check_interval=15,
+        **reset_safe(settings.state_url),
     )
     return client
 
@@ -68,6 +99,7 @@ def cache_client(url: str, timeout_s: float) -> Redis:
         socket_timeout=timeout_s,
         retry_on_timeout=False,
         health_check_interval=30,
+        **reset_safe(url),
     )
     return client
 

@@ -6,6 +6,7 @@ ours, and are started, stopped and restarted as real processes (fault tests rely
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -82,6 +83,23 @@ class Valkey:
         # Own session: a Ctrl-C in the terminal reaches the runner, which stops us in order.
         self.proc = subprocess.Popen(args, start_new_session=True)
         _wait_port(self.port, timeout, "valkey", self.proc)
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server and any child of its (a BGREWRITEAOF or BGSAVE fork): they share
+        its process group, and an orphaned rewrite child would outlive the server."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self, timeout: float = 15) -> None:
+        """Start again on the same port and data (a dead one replays its AOF, if any)."""
+        self.stop()
+        self.start(timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -175,6 +193,28 @@ class Postgres:
             "pg_ctl", "-w", "-t", str(int(timeout)), "-D", str(self.pgdata), "-m", mode, "stop",
             timeout=timeout + 5,
         )  # fmt: skip
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start again on the same data; after a crash, pg_ctl start runs crash recovery (a stale
+        postmaster.pid from a dead postmaster is ignored by the server itself)."""
+        if self.is_running():
+            self.stop()
+        self.start(timeout)
+
+    def is_running(self) -> bool:
+        """The postmaster is alive (its pid file names a live process). Unlike `running`, not
+        fooled by a busy server that is slow to accept a connection."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, as another user (pgserver, when we are root)
+            return True
+        return True
 
     def running(self) -> bool:
         try:

@@ -13,6 +13,7 @@ from arq import cron
 from arq.worker import Worker, func
 
 from services.flusher.flush import TRANSIENT, Flusher, FlushStats
+from services.flusher.resilient import ResilientWorker
 from services.flusher.saves import save_document, snapshot_document
 from services.flusher.warming import warm_profiles
 from shared.cache import Cache
@@ -271,4 +272,5 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         health_check_key=keys.flusher_health,
     )
     options.update(overrides)
-    return Worker(**options)
+    # arq's Worker, made to survive the queue Redis going away (services/flusher/resilient.py).
+    return ResilientWorker(**options)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
-from shared.clients import cancel_requested
+from shared.clients import cancel_requested, reset_safe
 from shared.keys import Keys
 from shared.messages import Delivery
 
@@ -35,7 +35,11 @@ class Hub:
     ) -> None:
         # Its own client with no read timeout: a pub/sub connection is idle most of the time.
         self._redis: Redis = Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, health_check_interval=15
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            health_check_interval=15,
+            **reset_safe(url),
         )
         self._pubsub = self._redis.pubsub()
         self._keys = keys

@@ -30,7 +30,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
-from shared.clients import cancel_requested
+from shared.clients import cancel_requested, reset_safe
 from shared.events import StreamPos, doc_event, inbox_event, pos
 from shared.keys import Keys
 from shared.messages import Event
@@ -69,7 +69,9 @@ class StreamReader:
             socket_timeout=block_ms / 1000 + 10,
         )
         self._redis: Redis = (
-            RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
+            RedisCluster.from_url(url, **options)
+            if cluster
+            else Redis.from_url(url, **options, **reset_safe(url))
         )
         self._cluster = cluster
         self._block_ms = block_ms

@@ -9,6 +9,7 @@ to shut down, and every acknowledged edit must still reach Postgres.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import signal
 import time
@@ -23,10 +24,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded import free_port
+from shared.embedded import Valkey, free_port
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
+from tests.support.faultproxy import fault_proxy
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env
 from tests.support.users import User, add_member, create_doc, signup
 
@@ -400,3 +402,78 @@ async def test_sigterm_mid_batch_drains_and_exits_cleanly(
         assert code == 0, f"flusher exited with {code}\n{s.flusher.tail()}"
         assert "drained" in s.flusher.log(current_run=True), s.flusher.tail()
         await check_landed(s, users[0], ledger, within_s=0)
+
+
+# 4. Redis going away and coming back (issue 13) ------------------------------------------------
+async def test_flusher_started_while_redis_is_down_waits_then_runs(
+    migrated: Servers, tmp_path: Path
+) -> None:
+    """Nothing listens on the Redis port yet: the flusher says so once and waits (it used to
+    exit 1); once a Valkey listens there, it starts and is ready within 5 s."""
+    valkey = Valkey(tmp_path / "valkey", free_port(), aof=False)
+    settings = stack_settings(
+        dataclasses.replace(migrated, redis_url=valkey.url), flusher_metrics_port=free_port()
+    )
+    service = Service(
+        "flusher",
+        "services.flusher",
+        settings_env(settings),
+        tmp_path / "flusher.log",
+        log_ready("unavailable"),
+    )
+    try:
+        await service.start()
+        await asyncio.sleep(2)
+        assert service.alive, service.tail()
+        assert service.log().count("queue Redis unavailable") == 1, service.tail()
+        await asyncio.to_thread(valkey.start)
+        started = time.monotonic()
+        await until("the flusher ready", 5, lambda: _logged(service, "flusher ready"))
+        print(f"flusher ready {time.monotonic() - started:.2f}s after Redis came up")
+        assert "queue Redis recovered" in service.log()
+    finally:
+        await service.terminate()
+        valkey.kill()
+
+
+async def test_sigterm_drains_even_with_the_queue_redis_gone(
+    migrated: Servers, tmp_path: Path
+) -> None:
+    """The queue Redis (behind a proxy) refuses connections; the state Redis and Postgres are up.
+    The job loop rides it out, and a SIGTERM still runs the drain (arq's own close() would raise
+    on its first queue call and skip it) and exits 0 with every acknowledged edit saved."""
+    now = time.localtime()
+    if now.tm_min * 60 + now.tm_sec > 3600 - 30:
+        await asyncio.sleep(3600 - (now.tm_min * 60 + now.tm_sec) + 1)
+    async with fault_proxy("127.0.0.1", _port(migrated.redis_url)) as proxy:
+        queue_url = migrated.redis_url.replace(_hostport(migrated.redis_url), proxy.url_host)
+        async with stack(migrated, tmp_path, flush_interval=3600) as s:
+            s.flusher.env["REDLINE_QUEUE_REDIS_URL"] = queue_url
+            await s.flusher.restart()
+            users, doc_ids = await team(s.client, docs=4)
+            async with Editors(s.client, users, doc_ids, per_doc=1) as editors:
+                await asyncio.sleep(1)
+                ledger = await editors.stop()
+            no_refusals(ledger)
+            proxy.set("refuse")
+            await until(
+                "the outage logged", 10, lambda: _logged(s.flusher, "queue Redis (job loop)")
+            )
+            assert s.flusher.alive, s.flusher.tail()
+            s.flusher.send(signal.SIGTERM)
+            code = await s.flusher.wait(30)
+            assert code == 0, f"flusher exited with {code}\n{s.flusher.tail()}"
+            assert "drained" in s.flusher.log(current_run=True), s.flusher.tail()
+            await check_landed(s, users[0], ledger, within_s=0)
+
+
+async def _logged(service: Service, text: str) -> bool:
+    return text in service.log(current_run=True)
+
+
+def _hostport(url: str) -> str:
+    return url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+
+
+def _port(url: str) -> int:
+    return int(_hostport(url).rsplit(":", 1)[1])
