@@ -1,5 +1,5 @@
-"""The write-behind scenarios on a real 3-master Redis Cluster (DESIGN §3: every script and
-multi-key call shares a hash tag, so it runs unchanged on a cluster).
+"""The write-behind scenarios on a real 3-master Redis Cluster (docs/architecture.md §4: every
+script and multi-key call shares a hash tag, so it runs unchanged on a cluster).
 
 The scenario tests are the suite's own, imported here so that they run with this folder's
 cluster-mode fixtures (conftest.py): edits and read-your-writes through the API, flushes that

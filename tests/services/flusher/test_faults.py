@@ -1,4 +1,4 @@
-"""Fault tests of the write-behind path, with real processes (DESIGN §2, invariant 1).
+"""Fault tests of the write-behind path, with real processes (docs/architecture.md §3, invariant 1).
 
 The API and the flusher run as `python -m services.api` / `python -m services.flusher` against
 the session's Valkey and Postgres. Editors drive the API over HTTP on 127.0.0.1 and record every
