@@ -20,7 +20,6 @@ from services.matcher.handshake import DOWN, authenticate
 from services.matcher.matcher import UNAVAILABLE, Matcher
 from services.matcher.streams import Kind, StreamReader, frame
 from shared.accounts import token_hash
-from shared.events import pos
 from shared.messages import (
     STREAM_ID_MAX,
     ErrorMsg,
@@ -33,6 +32,7 @@ from shared.messages import (
     Unsubscribe,
     Unsubscribed,
     events_client_message,
+    pos,
     stream_id,
 )
 from shared.pool import wall_ms

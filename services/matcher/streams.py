@@ -31,9 +31,8 @@ from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
 from shared.clients import cancel_requested, reset_safe
-from shared.events import StreamPos, doc_event, inbox_event, pos
 from shared.keys import Keys
-from shared.messages import Event
+from shared.messages import Event, StreamPos, doc_event, inbox_event, pos
 
 log = logging.getLogger("redline.matcher.streams")
 
