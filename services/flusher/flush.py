@@ -1,6 +1,6 @@
 """The write-behind engine: move dirty documents from Redis to Postgres in batches.
 
-Protocol (DESIGN §4): claim a shard's oldest dirty ids (a lease keeps other flushers off it),
+Protocol (docs/architecture.md, write-behind): claim a shard's oldest dirty ids (a lease keeps other flushers off it),
 read each document's version and content atomically, write the whole batch in one guarded
 statement, then mark each clean only if its version is still the one written. Nothing here
 removes a dirty mark before the Postgres commit, so a crash anywhere loses nothing.
@@ -27,10 +27,11 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import dirty, queries
-from shared.keys import Keys
-from shared.scripts import QuarantineStatus, Scripts
+from shared.domain import dirty
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
+from shared.store.scripts import QuarantineStatus, Scripts
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.pool import wall_ms
+from deploy.embedded import free_port
+from services.matcher.pool import wall_ms
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import make_user, matcher_server, open_socket, recv, send
 from tests.services.matcher.test_events import (

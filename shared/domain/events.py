@@ -3,8 +3,9 @@ this module appends the rest) and the users' inboxes. How an entry becomes an `E
 the matcher's (services/matcher/messages.py), the only reader.
 
 An inbox (`Keys.inbox`) is short-lived and capped: a result waits there for a user who may be
-reconnecting. Match results are stored as field `d` (a `Delivery`, see shared/messages.py);
-every other inbox entry is flat fields like a document stream's (`type`, ...).
+reconnecting. Match results are stored as field `d` (a `Delivery`, see
+services/matcher/messages.py); every other inbox entry is flat fields like a document stream's
+(`type`, ...).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from shared.keys import Keys
 from shared.settings import Settings
+from shared.store.keys import Keys
 
 INBOX_MAXLEN = 32
 JOB_COMPLETED = "job.completed"

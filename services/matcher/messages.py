@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from shared.models import Region, Slug
+from shared.domain.models import Region, Slug
 
 
 class _Client(BaseModel):
