@@ -1,8 +1,8 @@
 """Flush throughput: a backlog of N dirty documents in Redis, then one timed
 `Flusher.flush_dirty()` (services/flusher/flush.py), as the flusher's cron runs it.
 
-Documents are inserted with COPY, seeded into Redis and edited through shared/scripts.py, under a
-key prefix of their own so that nothing else is dirty when the flush runs.
+Documents are inserted with COPY, seeded into Redis and edited through shared/store/scripts.py,
+under a key prefix of their own so that nothing else is dirty when the flush runs.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from bench.stack import Stack
 from bench.systems import redline_settings
 from bench.workload import text
 from services.flusher.flush import Flusher
-from shared import queries
-from shared.clients import create_db_pool, redis_client
-from shared.documents import acl_of, now_ms
-from shared.keys import Keys
-from shared.scripts import EditStatus, Scripts
+from shared.domain.documents import acl_of, now_ms
+from shared.infra.clients import create_db_pool, redis_client
+from shared.store import queries
+from shared.store.keys import Keys
+from shared.store.scripts import EditStatus, Scripts
 
 PREFIX = "rlflush"
 CONCURRENCY = 64

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from shared.embedded import Postgres, Valkey, free_port
-from shared.migrations import migrate_url
+from deploy.embedded import Postgres, Valkey, free_port
 from shared.settings import Settings
+from shared.store.migrations import migrate_url
 from tests.support.processes import http_ready, running, settings_env
 from tests.support.users import create_doc, signup
 from tests.support.valkeys import valkey_cluster

@@ -3,7 +3,7 @@
 1. Edit -> `document.edited`: one real matcher process, `sockets` authenticated sockets each
    subscribed to one of `docs` documents (so each document has sockets/docs followers), and an
    open-loop writer applying `rate` edits/s spread over the documents through the edit script
-   (shared/lua/edit.lua via its wrapper: the api's one Redis call, without its HTTP hop). The
+   (shared/store/lua/edit.lua via its wrapper: the api's one Redis call, without its HTTP hop). The
    latency of an event is from just before its edit call to its arrival on a follower's socket,
    for every follower.
 2. `POST /v1/documents/{id}/save` -> `job.completed`: the api and a flusher (real processes)
@@ -30,11 +30,11 @@ from bench.processes import say
 from bench.results import EventsRun, percentile
 from bench.stack import Stack
 from bench.systems import start as start_system
-from shared.accounts import Principal
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.scripts import Scripts
+from deploy.embedded import free_port
+from shared.domain.accounts import Principal
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import Scripts
 
 TICK_S = 0.01
 

@@ -2,7 +2,7 @@
 
 1. Script latency: one language pool filled with 1,000 / 10,000 / 100,000 users (5 interests
    each out of 200, skewed like real interests: a few are very popular), then sequential
-   find_match calls (shared/lua/match.lua through its wrapper, one round trip each) by seekers
+   find_match calls (shared/store/lua/match.lua through its wrapper, one round trip each) by seekers
    with 5 interests. The pool is kept at its size: a matched partner is put back and an unmatched
    seeker removed, outside the timed call. Reported: client round trip p50/p99 and Valkey's own
    microseconds per script call (INFO commandstats).
@@ -32,13 +32,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.processes import child_env, say
 from bench.results import IdleSockets, NotifyLatency, PoolLatency, percentile
 from bench.stack import Stack
-from shared.accounts import Principal, token_hash
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.messages import Delivery, MatchFound
-from shared.pool import Pool
-from shared.scripts import MatchStatus, PoolEntry, Scripts
+from deploy.embedded import free_port
+from services.matcher.messages import Delivery, MatchFound
+from services.matcher.pool import Pool
+from shared.domain.accounts import Principal, token_hash
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import MatchStatus, PoolEntry, Scripts
 
 VOCABULARY = [f"interest-{n}" for n in range(200)]
 # Zipf-like popularity: interest n is chosen with weight 1 / (n + 1).

@@ -12,7 +12,7 @@ import asyncpg
 import psutil
 from redis.asyncio import Redis
 
-from shared.keys import Keys
+from shared.store.keys import Keys
 
 # Rows inserted, updated or deleted, per table. Backends publish these counters when they go
 # idle (at most once a second, else 10 s later, and at exit), so read them after the writers have

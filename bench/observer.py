@@ -1,4 +1,5 @@
-"""What the request observer (shared/observer.py: request id, metrics, access log) costs a request.
+"""What the request observer (shared/infra/observer.py: request id, metrics, access log) costs
+a request.
 
 `python -m bench.observer [--requests N] [--rounds R]` builds the API twice, with and without the
 middleware, and times the same requests through each, alternating rounds and keeping each
@@ -28,12 +29,12 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from deploy.embedded import Postgres, Valkey, free_port
 from services.api.app import create_app
-from shared.embedded import Postgres, Valkey, free_port
-from shared.logs import configure_logging
-from shared.migrations import migrate_url
-from shared.observer import RequestObserver
+from shared.infra.logs import configure_logging
+from shared.infra.observer import RequestObserver
 from shared.settings import Settings
+from shared.store.migrations import migrate_url
 
 Variant = Callable[[int], Awaitable[float]]
 

@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from shared.clients import create_db_pool, redis_client
-from shared.logs import configure_logging
+from shared.infra.clients import create_db_pool, redis_client
+from shared.infra.logs import configure_logging
 from shared.settings import Settings
 
 # The naive peer's table: the same shape (columns, defaults, checks, indexes) as Redline's.

@@ -17,8 +17,8 @@ from bench.options import OPEN_LOOP, Options
 from bench.processes import say
 from bench.results import LoadRun
 from bench.stack import Stack
-from shared.clients import redis_client
-from shared.keys import Keys
+from shared.infra.clients import redis_client
+from shared.store.keys import Keys
 
 WARM_CONNECTIONS = 16
 TICK_S = 5.0

@@ -13,8 +13,8 @@ import psutil
 
 from bench.peers import NAIVE_DDL
 from bench.processes import Children, say
-from shared.embedded import Postgres, Valkey, free_port
-from shared.migrations import migrate_url
+from deploy.embedded import Postgres, Valkey, free_port
+from shared.store.migrations import migrate_url
 
 
 class Stack:

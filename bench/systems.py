@@ -14,9 +14,9 @@ import redis
 
 from bench.processes import child_env, say
 from bench.stack import Stack
-from shared.embedded import free_port
-from shared.keys import Keys
+from deploy.embedded import free_port
 from shared.settings import Settings
+from shared.store.keys import Keys
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import urllib.request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.keys import Keys
 from shared.settings import Settings
+from shared.store.keys import Keys
 
 
 def http_ok(port: int, path: str) -> bool:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from shared.migrations import migrate_url
 from shared.settings import Settings
+from shared.store.migrations import migrate_url
 
 
 def main() -> int:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from shared.embedded import Postgres, Valkey
-from shared.migrations import migrate_url
+from deploy.embedded import Postgres, Valkey
 from shared.settings import Settings
+from shared.store.migrations import migrate_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"

@@ -105,9 +105,9 @@ class Settings(BaseSettings):
     stats_max_queue_depth: int = Field(1000, ge=0)
     stats_max_memory_ratio: float = Field(0.9, gt=0, le=1)
 
-    # Observability (shared/health.py, shared/metrics.py, shared/observer.py).
+    # Observability (shared/infra/health.py, shared/infra/metrics.py, shared/infra/observer.py).
     access_log: bool = True
-    # Successful autosave edits are not access-logged by default (see shared/observer.py).
+    # Successful autosave edits are not access-logged by default (see shared/infra/observer.py).
     access_log_edits: bool = False
     readiness_timeout_s: float = Field(1.0, gt=0, le=30)
     flusher_metrics_host: str = "127.0.0.1"
@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     subscribe_rate: int = Field(100, ge=1)
     subscribe_period_s: int = Field(10, ge=1)
 
-    # The HTTP edge of every listener (shared/edge.py): slow or oversized requests are cut.
+    # The HTTP edge of every listener (shared/infra/edge.py): slow or oversized requests are cut.
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="request line and headers must arrive within this"
     )

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from deploy.embedded import Postgres, Valkey, free_port
 from services.api.app import create_app
-from shared.embedded import Postgres, Valkey, free_port
-from shared.migrations import migrate_url
 from shared.settings import Settings
+from shared.store.migrations import migrate_url
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("document_members", "documents", "users", "tenants")

@@ -1,6 +1,6 @@
 -- Runs once, when the compose postgres container initialises an empty data volume
 -- (/docker-entrypoint-initdb.d). The database and its owner `redline` come from POSTGRES_DB /
--- POSTGRES_USER; the schema itself is applied by `python -m deploy.migrate` (shared/migrations/,
+-- POSTGRES_USER; the schema itself is applied by `python -m deploy.migrate` (shared/store/migrations/,
 -- numbered, under an advisory lock), never here, so upgrades take the same path as new installs.
 
 -- Timestamps are stored as timestamptz; UTC sessions keep logs and ad-hoc queries unambiguous.

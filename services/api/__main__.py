@@ -3,8 +3,8 @@
 import uvicorn
 
 from services.api.app import create_app
-from shared.edge import EdgeLimits, edge_protocol
-from shared.logs import configure_logging
+from shared.infra.edge import EdgeLimits, edge_protocol
+from shared.infra.logs import configure_logging
 from shared.settings import Settings
 
 

@@ -19,19 +19,19 @@ from services.api.editlane import EditLane
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
 from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
-from shared.accounts import Accounts
-from shared.cache import Cache
-from shared.clients import cache_client, create_db_pool, redis_client
-from shared.documents import Documents
-from shared.health import Observability, health_router
-from shared.jobs import arq_settings
-from shared.keys import Keys
-from shared.metrics import CacheCounters, HttpMetrics, new_registry
-from shared.observer import RequestObserver
-from shared.permissions import check_redis_users, service_urls
-from shared.profile_cache import ProfileCache
-from shared.scripts import Scripts, events_options
+from shared.domain.accounts import Accounts
+from shared.domain.documents import Documents
+from shared.domain.jobs import arq_settings
+from shared.domain.profile_cache import ProfileCache
+from shared.infra.cache import Cache
+from shared.infra.clients import cache_client, create_db_pool, redis_client
+from shared.infra.health import Observability, health_router
+from shared.infra.metrics import CacheCounters, HttpMetrics, new_registry
+from shared.infra.observer import RequestObserver
+from shared.infra.permissions import check_redis_users, service_urls
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import Scripts, events_options
 
 log = logging.getLogger("redline.api")
 
@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Added before BodyLimit, so it runs inside it: the edit lane's bodies are capped the same way.
     app.add_middleware(EditLane, api=app)
     # JSON escaping can double a document's size on the wire; the exact content limit is
-    # enforced on the decoded content (shared/documents.py).
+    # enforced on the decoded content (shared/domain/documents.py).
     app.add_middleware(BodyLimit, limit=settings.max_document_bytes * 2 + 65_536)
     # Outermost of ours: it times, counts and logs every answer, 413s and 503s included.
     app.add_middleware(

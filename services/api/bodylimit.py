@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.problems import problem
-from shared.errors import TooLarge
+from shared.domain.errors import TooLarge
 
 
 class BodyLimit:

@@ -22,8 +22,8 @@ from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ValidationError
 
 from services.api.resources import Resources
-from shared.accounts import Principal
-from shared.errors import Unauthenticated
+from shared.domain.accounts import Principal
+from shared.domain.errors import Unauthenticated
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.api import problems
 from services.api.deps import bearer
 from services.api.resources import Resources
-from shared.models import ContentEdit
+from shared.domain.models import ContentEdit
 
 PATH = re.compile(
     r"/v1/documents/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/content"

@@ -18,8 +18,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from shared import errors
-from shared.models import Problem, ValidationProblem
+from shared.domain import errors
+from shared.domain.models import Problem, ValidationProblem
 
 log = logging.getLogger("redline.api")
 
@@ -128,7 +128,7 @@ async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette runs this outside every middleware, so the request id comes from the scope
-    # (shared/observer.py puts it there), not from the contextvar.
+    # (shared/infra/observer.py puts it there), not from the contextvar.
     rid = request.scope.get("request_id")
     log.exception(
         "unhandled error in %s %s",

@@ -11,7 +11,7 @@ failing on purpose under their name (a per-name budget that everyone spends). Th
 2. `login-pair`, per (name, address), failures only: one address guessing one account. A
    correct password is never charged here, so the owner's own mistakes cost only themselves.
 3. `login-name`, per name, attempts from addresses that have not logged into that account in
-   `login_known_ttl_s` (a successful login records its address per user, shared/keys.py
+   `login_known_ttl_s` (a successful login records its address per user, shared/store/keys.py
    `login_known`). A distributed guesser has only unknown addresses, so all its addresses share
    this budget; the owner's known addresses skip it, so an attack on the name does not lock
    the owner out where they usually log in.
@@ -37,11 +37,11 @@ from ipaddress import ip_address
 
 from starlette.requests import HTTPConnection
 
-from shared.documents import now_ms
-from shared.errors import RateLimited, Unauthenticated
-from shared.keys import Keys
-from shared.scripts import RateDecision, Scripts
+from shared.domain.documents import now_ms
+from shared.domain.errors import RateLimited, Unauthenticated
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import RateDecision, Scripts
 
 
 @dataclass(frozen=True)

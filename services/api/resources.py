@@ -9,11 +9,11 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from services.api.ratelimit import RateLimiter
-from shared.accounts import Accounts
-from shared.documents import Documents
-from shared.keys import Keys
-from shared.profile_cache import ProfileCache
+from shared.domain.accounts import Accounts
+from shared.domain.documents import Documents
+from shared.domain.profile_cache import ProfileCache
 from shared.settings import Settings
+from shared.store.keys import Keys
 
 
 @dataclass(frozen=True)

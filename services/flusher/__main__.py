@@ -4,7 +4,7 @@ import asyncio
 
 from services.flusher.resilient import wait_for_dependencies
 from services.flusher.worker import create_worker
-from shared.logs import configure_logging
+from shared.infra.logs import configure_logging
 from shared.settings import Settings
 
 

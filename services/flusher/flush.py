@@ -1,9 +1,10 @@
 """The write-behind engine: move dirty documents from Redis to Postgres in batches.
 
-Protocol (docs/architecture.md §5): claim a shard's oldest dirty ids (a lease keeps other
-flushers off it), read each document's version and content atomically, write the whole batch in
-one guarded statement, then mark each clean only if its version is still the one written.
-Nothing here removes a dirty mark before the Postgres commit, so a crash anywhere loses nothing.
+Protocol (docs/architecture.md, "The write-behind protocol"): claim a shard's oldest dirty ids (a
+lease keeps other flushers off it), read each document's version and content atomically, write
+the whole batch in one guarded statement, then mark each clean only if its version is still the
+one written. Nothing here removes a dirty mark before the Postgres commit, so a crash anywhere
+loses nothing.
 
 One bad document never blocks the others: a batch that Postgres refuses for its data (a
 DATA_ERRORS failure, say a NUL that reached Redis before the API refused it) is split in halves,
@@ -27,10 +28,11 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import dirty, queries
-from shared.keys import Keys
-from shared.scripts import QuarantineStatus, Scripts
+from shared.domain import dirty
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
+from shared.store.scripts import QuarantineStatus, Scripts
 
 log = logging.getLogger(__name__)
 

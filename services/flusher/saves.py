@@ -16,11 +16,12 @@ from typing import Any
 from arq.worker import Retry
 
 from services.flusher.flush import DATA_ERRORS, TRANSIENT, Flusher
-from shared import events, queries, snapshots
-from shared.errors import NotFound
-from shared.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
-from shared.keys import Keys
+from shared.domain import events, snapshots
+from shared.domain.errors import NotFound
+from shared.domain.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
 
 log = logging.getLogger("redline.flusher")
 
@@ -37,7 +38,7 @@ def _last_try(ctx: Ctx) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    # The same wording GET /v1/jobs/{id} shows (shared/jobs.py).
+    # The same wording GET /v1/jobs/{id} shows (shared/domain/jobs.py).
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

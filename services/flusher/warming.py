@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from services.flusher.flush import TRANSIENT
-from shared.profile_cache import ProfileCache
+from shared.domain.profile_cache import ProfileCache
 from shared.settings import Settings
 
 log = logging.getLogger("redline.flusher")

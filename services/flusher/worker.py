@@ -13,21 +13,27 @@ from arq import cron
 from arq.worker import Worker, func
 
 from services.flusher.flush import TRANSIENT, Flusher, FlushStats
+from services.flusher.probes import ProbeServer
 from services.flusher.resilient import ResilientWorker
 from services.flusher.saves import save_document, snapshot_document
 from services.flusher.warming import warm_profiles
-from shared.cache import Cache
-from shared.clients import cache_client, create_db_pool, redis_client
-from shared.health import Observability, postgres_check, redis_check
-from shared.jobs import FLUSH_DOCUMENT, SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, arq_settings, traced
-from shared.keys import Keys
-from shared.metrics import FlushMetrics, JobMetrics, new_registry
-from shared.permissions import check_redis_users, service_urls
-from shared.probe_server import ProbeServer
-from shared.profile_cache import ProfileCache
-from shared.queries import prepare_flush_connection
-from shared.scripts import Scripts, events_options
+from shared.domain.jobs import (
+    FLUSH_DOCUMENT,
+    SAVE_DOCUMENT,
+    SNAPSHOT_DOCUMENT,
+    arq_settings,
+    traced,
+)
+from shared.domain.profile_cache import ProfileCache
+from shared.infra.cache import Cache
+from shared.infra.clients import cache_client, create_db_pool, redis_client
+from shared.infra.health import Observability, postgres_check, redis_check
+from shared.infra.metrics import FlushMetrics, JobMetrics, new_registry
+from shared.infra.permissions import check_redis_users, service_urls
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.queries import prepare_flush_connection
+from shared.store.scripts import Scripts, events_options
 
 log = logging.getLogger("redline.flusher")
 

@@ -5,8 +5,8 @@ import logging
 import uvicorn
 
 from services.matcher.app import create_app
-from shared.edge import EdgeLimits, edge_protocol
-from shared.logs import configure_logging
+from shared.infra.edge import EdgeLimits, edge_protocol
+from shared.infra.logs import configure_logging
 from shared.settings import Settings
 
 

@@ -13,16 +13,16 @@ from fastapi import FastAPI, WebSocket
 from services.matcher.events import EventsEndpoint
 from services.matcher.matcher import Matcher
 from services.matcher.streams import StreamReader
-from shared.accounts import Accounts
-from shared.clients import create_db_pool, redis_client
-from shared.documents import Documents
-from shared.health import Observability, health_router, postgres_check, redis_check
-from shared.keys import Keys
-from shared.metrics import HttpMetrics, MatcherMetrics, new_registry
-from shared.observer import RequestObserver
-from shared.permissions import check_redis_users, service_urls
-from shared.scripts import Scripts, events_options
+from shared.domain.accounts import Accounts
+from shared.domain.documents import Documents
+from shared.infra.clients import create_db_pool, redis_client
+from shared.infra.health import Observability, health_router, postgres_check, redis_check
+from shared.infra.metrics import HttpMetrics, MatcherMetrics, new_registry
+from shared.infra.observer import RequestObserver
+from shared.infra.permissions import check_redis_users, service_urls
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import Scripts, events_options
 
 log = logging.getLogger("redline.matcher")
 

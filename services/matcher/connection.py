@@ -20,10 +20,10 @@ from typing import TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket
 
-from shared.accounts import Principal
-from shared.messages import ErrorMsg
-from shared.scripts import PoolEntry
+from services.matcher.messages import ErrorMsg
+from shared.domain.accounts import Principal
 from shared.settings import Settings
+from shared.store.scripts import PoolEntry
 
 SLOW_CLIENT = (1008, "too slow: send queue full")
 IDLE = (1000, "idle timeout")

@@ -2,7 +2,7 @@
 subscribe to, from the process's one `StreamReader`.
 
 The handshake is the match socket's (Origin, then bearer token, before accept). Subscribing
-needs read access to the document (shared/documents.py decides); a document the user may not
+needs read access to the document (shared/domain/documents.py decides); a document the user may not
 read gets exactly the error frame of one that does not exist.
 """
 
@@ -18,10 +18,7 @@ from starlette.websockets import WebSocket
 from services.matcher.connection import Connection, parse, receive_loop
 from services.matcher.handshake import DOWN, authenticate
 from services.matcher.matcher import UNAVAILABLE, Matcher
-from services.matcher.streams import Kind, StreamReader, frame
-from shared.accounts import token_hash
-from shared.events import pos
-from shared.messages import (
+from services.matcher.messages import (
     STREAM_ID_MAX,
     ErrorMsg,
     Ping,
@@ -33,10 +30,13 @@ from shared.messages import (
     Unsubscribe,
     Unsubscribed,
     events_client_message,
+    pos,
     stream_id,
 )
-from shared.pool import wall_ms
-from shared.scripts import PoolEntry
+from services.matcher.pool import wall_ms
+from services.matcher.streams import Kind, StreamReader, frame
+from shared.domain.accounts import token_hash
+from shared.store.scripts import PoolEntry
 
 log = logging.getLogger("redline.matcher.events")
 
@@ -139,7 +139,7 @@ class EventsEndpoint:
             conn.push(Unsubscribed(document_id=msg.document_id))
 
     async def _subscribe(self, conn: Connection, msg: Subscribe, followed: set[str]) -> None:
-        doc_id = msg.document_id  # canonical (shared/messages.py): one spelling, one key
+        doc_id = msg.document_id  # canonical (services/matcher/messages.py): one spelling, one key
         # Before any lookup: each subscribe costs a Redis and a Postgres read.
         settings = self._settings
         decision = await self._m.scripts.gcra(

@@ -18,11 +18,11 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from shared.accounts import Accounts, Principal
+from shared.domain.accounts import Accounts, Principal
 
 if TYPE_CHECKING:
     from services.matcher.quota import SocketQuota
-from shared.errors import Unauthenticated
+from shared.domain.errors import Unauthenticated
 
 BEARER_SUBPROTOCOL = "bearer"
 # A store the matcher needs is away: a 503 before accept, an error frame after.

@@ -18,9 +18,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
-from shared.clients import cancel_requested, reset_safe
-from shared.keys import Keys
-from shared.messages import Delivery
+from services.matcher.messages import Delivery
+from shared.infra.clients import cancel_requested, reset_safe
+from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.hub")
 

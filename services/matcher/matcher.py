@@ -21,15 +21,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from services.matcher.connection import SLOW_CLIENT, Connection, parse, receive_loop
 from services.matcher.handshake import DOWN, admit, authenticate, refuse
 from services.matcher.hub import Hub
-from services.matcher.quota import SocketQuota
-from services.matcher.sessions import SessionWatch
-from shared import profiles, trending
-from shared.accounts import Accounts, Principal, token_hash
-from shared.documents import Documents
-from shared.errors import RedlineError
-from shared.events import to_inbox
-from shared.keys import Keys
-from shared.messages import (
+from services.matcher.messages import (
     Cancel,
     Cancelled,
     Delivery,
@@ -43,11 +35,19 @@ from shared.messages import (
     RateLimitedMsg,
     client_message,
 )
-from shared.metrics import MatcherMetrics
-from shared.models import Profile
-from shared.pool import Pool, clean_interests, language_key, wall_ms
-from shared.scripts import MatchReply, MatchStatus, PoolEntry, Scripts
+from services.matcher.pool import Pool, clean_interests, language_key, wall_ms
+from services.matcher.quota import SocketQuota
+from services.matcher.sessions import SessionWatch
+from shared.domain import profiles, trending
+from shared.domain.accounts import Accounts, Principal, token_hash
+from shared.domain.documents import Documents
+from shared.domain.errors import RedlineError
+from shared.domain.events import to_inbox
+from shared.domain.models import Profile
+from shared.infra.metrics import MatcherMetrics
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import MatchReply, MatchStatus, PoolEntry, Scripts
 
 log = logging.getLogger("redline.matcher")
 

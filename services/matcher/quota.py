@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from services.matcher.connection import Connection
 from services.matcher.handshake import DOWN
-from shared.keys import Keys
-from shared.pool import wall_ms
+from services.matcher.pool import wall_ms
+from shared.store.keys import Keys
 
 BATCH = 500
 

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 
 from services.matcher.connection import Connection
 from services.matcher.handshake import DOWN
-from shared.clients import cancel_requested
-from shared.keys import Keys
+from shared.infra.clients import cancel_requested
+from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.sessions")
 

@@ -30,10 +30,9 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
-from shared.clients import cancel_requested, reset_safe
-from shared.events import StreamPos, doc_event, inbox_event, pos
-from shared.keys import Keys
-from shared.messages import Event
+from services.matcher.messages import Event, StreamPos, doc_event, inbox_event, pos
+from shared.infra.clients import cancel_requested, reset_safe
+from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.streams")
 

@@ -2,7 +2,7 @@
 none of them can wipe, list or reconfigure the server.
 
 The api, the flusher and the matcher run here with REDLINE_ENV=production, so their start-up
-permission check (shared/permissions.py) must accept their users.
+permission check (shared/infra/permissions.py) must accept their users.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from services.api.app import create_app
 from services.flusher import worker
-from shared.keys import Keys
-from shared.permissions import _dryrun, _queued, can_flushall
-from shared.pool import Pool
-from shared.scripts import PoolEntry, Scripts
+from services.matcher.pool import Pool
+from shared.infra.permissions import _dryrun, _queued, can_flushall
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import PoolEntry, Scripts
 from tests.conftest import ROOT, Servers, make_settings
 from tests.services.matcher.conftest import (
     matcher_server,

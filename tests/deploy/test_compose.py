@@ -2,8 +2,7 @@
 
 No Docker engine runs here, so this is what CI can prove: the file is valid Compose, every command
 runs a module that exists, every port is the one the service listens on, every REDLINE_* variable
-is a real Settings field with a valid value, and the Redis configs say what
-docs/architecture.md §1 requires.
+is a real Settings field with a valid value, and the Redis configs say what docs/deploy.md requires.
 Each check is a function that returns its findings, and a test feeds it a drifted copy to show
 that it fails when the files drift.
 """

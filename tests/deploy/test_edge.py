@@ -1,4 +1,4 @@
-"""The HTTP edge of real service processes (shared/edge.py), over raw sockets: a client that
+"""The HTTP edge of real service processes (shared/infra/edge.py), over raw sockets: a client that
 sends headers or a body too slowly is cut within the configured bound, an oversized header is
 refused, connections over the per-process cap get 503, a forwarded address from loopback is not
 believed, and normal requests are unaffected.
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.client import connect
 
-from shared.embedded import free_port
+from deploy.embedded import free_port
 from tests.conftest import Servers, make_settings
 from tests.support.processes import http_ready, running, settings_env
 

@@ -10,9 +10,9 @@ import sys
 from redis.asyncio import Redis
 
 from deploy import healthcheck
-from shared.embedded import free_port
-from shared.keys import Keys
+from deploy.embedded import free_port
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import ROOT, Servers
 
 

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded import free_port
-from shared.keys import Keys
+from deploy.embedded import free_port
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import make_user, open_socket, recv, recv_type, send
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env

@@ -1,4 +1,4 @@
-"""Operator surfaces (shared/health.py `OperatorGate`): /metrics on the api, the matcher and a
+"""Operator surfaces (shared/infra/health.py `OperatorGate`): /metrics on the api, the matcher and a
 worker's probe port, and /v1/stats/cache, need the operator token when one is set; in
 production without one /metrics is 403 naming the setting; /healthz and /readyz stay open."""
 
@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from shared.health import Observability, OperatorGate, probe_app
-from shared.metrics import new_registry
-from shared.probe_server import ProbeServer
+from services.flusher.probes import ProbeServer
+from shared.infra.health import Observability, OperatorGate, probe_app
+from shared.infra.metrics import new_registry
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import matcher_server

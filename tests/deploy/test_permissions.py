@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from services.api.app import create_app
 from services.flusher import worker
-from shared.permissions import _dryrun, _queued, can_flushall, service_urls
+from shared.infra.permissions import _dryrun, _queued, can_flushall, service_urls
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 
@@ -46,7 +46,7 @@ async def test_outside_production_a_service_starts_with_a_warning(
     migrated: Servers, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(make_settings(migrated, env="development"))
-    with caplog.at_level(logging.WARNING, logger="shared.permissions"):
+    with caplog.at_level(logging.WARNING, logger="shared.infra.permissions"):
         async with app.router.lifespan_context(app):
             pass
     assert any("can run FLUSHALL" in r.getMessage() for r in caplog.records)

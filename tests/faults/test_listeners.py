@@ -1,7 +1,7 @@
 """The long-lived Redis readers of the api and the matcher come back by themselves after the state
 Valkey is SIGKILLed and restarted: the matcher's event-stream reader (services/matcher/streams.py)
 delivers edits again on a socket opened before the outage, the api's cache listener
-(shared/cache.py) is subscribed again, and both services' /readyz report the outage and
+(shared/infra/cache.py) is subscribed again, and both services' /readyz report the outage and
 recover within 5 s. Real processes, a private Valkey (AOF everysec)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from shared.embedded import free_port
+from deploy.embedded import free_port
 from tests.conftest import Servers
 from tests.support.faults import stack, stack_settings, state_valkey, team, until
 from tests.support.processes import http_ready, running, settings_env

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from shared.keys import Keys
+from shared.store.keys import Keys
 from tests.conftest import Servers
 from tests.support.faults import (
     Editors,

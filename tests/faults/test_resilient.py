@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.flusher.resilient import Backoff, Outage, ResilientWorker
-from shared.clients import reset_safe
+from shared.infra.clients import reset_safe
 from shared.settings import Settings
 from tests.support.faultproxy import fault_proxy
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from redis import Redis
 
+from deploy.embedded import Postgres, Valkey, free_port
 from deploy.run import CRASH_LOOP, Restarts, Supervisor
-from shared.embedded import Postgres, Valkey, free_port
 from tests.conftest import Servers, make_settings
 from tests.support.processes import ROOT, settings_env
 

@@ -16,14 +16,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import profiles, queries
-from shared.cache import Cache, Entry, Family
-from shared.clients import cache_client, create_db_pool
-from shared.embedded import Valkey, free_port
-from shared.keys import Keys
-from shared.models import Profile
-from shared.scripts import CacheScripts
+from deploy.embedded import Valkey, free_port
+from shared.domain import profiles
+from shared.domain.models import Profile
+from shared.infra.cache import Cache, Entry, Family
+from shared.infra.clients import cache_client, create_db_pool
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
+from shared.store.scripts import CacheScripts
 
 FAMILY = Family.of_model("profile", Profile, ttl_s=60, negative_ttl_s=5)
 

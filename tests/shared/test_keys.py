@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from shared.keys import Keys
+from shared.store.keys import Keys
 
 TAG = re.compile(r"\{([^}]*)\}")
 

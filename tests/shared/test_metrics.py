@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from shared.cache import CacheStats
-from shared.clients import redis_client
-from shared.health import Check, Observability, health_router, redis_check
-from shared.logs import JsonFormatter, RequestIdFilter, accept_request_id, request_id
-from shared.metrics import (
+from shared.infra.cache import CacheStats
+from shared.infra.clients import redis_client
+from shared.infra.health import Check, Observability, health_router, redis_check
+from shared.infra.logs import JsonFormatter, RequestIdFilter, accept_request_id, request_id
+from shared.infra.metrics import (
     CacheCounters,
     FlushMetrics,
     HttpMetrics,

@@ -10,11 +10,11 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 
-from shared.embedded import free_port
-from shared.jobs import traced
-from shared.logs import request_id
-from shared.metrics import HttpMetrics, JobMetrics, new_registry, render
-from shared.observer import RequestObserver
+from deploy.embedded import free_port
+from shared.domain.jobs import traced
+from shared.infra.logs import request_id
+from shared.infra.metrics import HttpMetrics, JobMetrics, new_registry, render
+from shared.infra.observer import RequestObserver
 from tests.support.metrics import sample
 
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from shared.keys import Keys
-from shared.scripts import EditStatus, QuarantineStatus, Scripts
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import EditStatus, QuarantineStatus, Scripts
 
 TTL = 60_000
 GRANTS = ("t:tenant-a", "u:alice")

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded import Valkey, free_port
-from shared.keys import Keys
+from deploy.embedded import Valkey, free_port
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env
 from tests.support.users import User, add_member, create_doc

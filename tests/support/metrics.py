@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.embedded import free_port
+from deploy.embedded import free_port
 
 
 def closed_port_url(url: str) -> str:

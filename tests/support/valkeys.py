@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded import Valkey, free_port
+from deploy.embedded import Valkey, free_port
 
 CLI = Valkey.binary().with_name("valkey-cli")
 

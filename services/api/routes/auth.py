@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, Response
 
 from services.api.deps import Caller, Res, Token, parsed_body
 from services.api.problems import responses
-from shared.errors import Forbidden
-from shared.models import Credentials, MemberOut, MeOut, SessionOut
+from shared.domain.errors import Forbidden
+from shared.domain.models import Credentials, MemberOut, MeOut, SessionOut
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 

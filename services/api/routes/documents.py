@@ -12,8 +12,8 @@ from redis.exceptions import RedisError
 
 from services.api.deps import Caller, Res, parsed_body
 from services.api.problems import responses
-from shared.jobs import enqueue_flush
-from shared.models import (
+from shared.domain.jobs import enqueue_flush
+from shared.domain.models import (
     ContentEdit,
     DocumentCreate,
     DocumentOut,

@@ -1,4 +1,5 @@
-"""Liveness, readiness and metrics: the shared routes (shared/health.py) with the API's checks."""
+"""Liveness, readiness and metrics: the shared routes (shared/infra/health.py) with the API's
+checks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from shared.health import Check, postgres_check, redis_check
+from shared.infra.health import Check, postgres_check, redis_check
 
 
 def checks(state: Redis, queue: ArqRedis, pool: asyncpg.Pool, cache: Redis) -> list[Check]:

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import Caller, Res, parsed_body
 from services.api.problems import responses
-from shared import snapshots
-from shared.errors import NotFound
-from shared.jobs import enqueue_save, enqueue_snapshot, job_state
-from shared.models import JobAccepted, JobOut, SnapshotCreate, SnapshotDetail, SnapshotOut
+from shared.domain import snapshots
+from shared.domain.errors import NotFound
+from shared.domain.jobs import enqueue_save, enqueue_snapshot, job_state
+from shared.domain.models import JobAccepted, JobOut, SnapshotCreate, SnapshotDetail, SnapshotOut
 
 router = APIRouter(tags=["jobs"], responses=responses(401, 503))
 

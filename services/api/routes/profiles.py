@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Response
 
 from services.api.deps import Caller, Res, parsed_body
 from services.api.problems import responses
-from shared.accounts import Principal
-from shared.models import Profile, ProfilePatch, PublicProfile
+from shared.domain.accounts import Principal
+from shared.domain.models import Profile, ProfilePatch, PublicProfile
 
 router = APIRouter(prefix="/v1/users", tags=["profiles"], responses=responses(401, 503))
 

@@ -3,11 +3,11 @@
 The cache counters are this process's (every api process keeps its own); the Redis and queue
 numbers are global. Any part that cannot be read is null and makes the status a warning.
 
-An operator surface (shared/health.py `OperatorGate`): with REDLINE_OPERATOR_TOKEN set it answers
-only `Authorization: Bearer <operator token>` (no session needed; a signed-in user gets 401, not
-a per-process subset: these figures are an operator's dashboard, nothing in them is a user's);
-in production without a token it is 403 for everyone; in development and test without a token
-any signed-in user reads it, as before."""
+An operator surface (shared/infra/health.py `OperatorGate`): with REDLINE_OPERATOR_TOKEN set it
+answers only `Authorization: Bearer <operator token>` (no session needed; a signed-in user gets 401,
+not a per-process subset: these figures are an operator's dashboard, nothing in them is a user's);
+in production without a token it is 403 for everyone; in development and test without a token any
+signed-in user reads it, as before."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from fastapi import APIRouter, Depends
 from services.api.deps import Res, Token
 from services.api.problems import responses
 from services.api.resources import Resources
-from shared import dirty
-from shared.accounts import Principal
-from shared.cache import CACHE_ERRORS
-from shared.errors import Forbidden, Unauthenticated
-from shared.health import OperatorGate
-from shared.models import CacheRedisStats, CacheStatsOut
+from shared.domain import dirty
+from shared.domain.accounts import Principal
+from shared.domain.errors import Forbidden, Unauthenticated
+from shared.domain.models import CacheRedisStats, CacheStatsOut
+from shared.infra.cache import CACHE_ERRORS
+from shared.infra.health import OperatorGate
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
 log = logging.getLogger("redline.api")

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Path, Query
 
 from services.api.deps import Caller, Res
 from services.api.problems import responses
-from shared import trending
-from shared.errors import NotFound
-from shared.models import TrendingInterest, TrendingRank
+from shared.domain import trending
+from shared.domain.errors import NotFound
+from shared.domain.models import TrendingInterest, TrendingRank
 
 router = APIRouter(prefix="/v1/trending", tags=["trending"], responses=responses(401, 503))
 

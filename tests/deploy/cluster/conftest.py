@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.flusher.flush import Flusher
-from shared.clients import create_db_pool
-from shared.keys import Keys
-from shared.queries import prepare_flush_connection
-from shared.scripts import Scripts
+from shared.infra.clients import create_db_pool
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.queries import prepare_flush_connection
+from shared.store.scripts import Scripts
 from tests.conftest import ROOT, Servers, make_settings
 from tests.support.valkeys import Cluster, valkey_cluster
 

@@ -1,5 +1,5 @@
-"""The write-behind scenarios on a real 3-master Redis Cluster (docs/architecture.md §4: every
-script and multi-key call shares a hash tag, so it runs unchanged on a cluster).
+"""The write-behind scenarios on a real 3-master Redis Cluster (docs/deploy.md: every script and
+multi-key call shares a hash tag, so it runs unchanged on a cluster).
 
 The scenario tests are the suite's own, imported here so that they run with this folder's
 cluster-mode fixtures (conftest.py): edits and read-your-writes through the API, flushes that
@@ -16,9 +16,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from shared.clients import redis_client
-from shared.keys import Keys
+from shared.infra.clients import redis_client
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.services.api.test_documents import (  # noqa: F401  (collected here, in cluster mode)
     test_create_edit_read_your_writes,

@@ -18,10 +18,10 @@ from redis.asyncio.cluster import RedisCluster
 from websockets.exceptions import ConnectionClosed
 
 from services.api.app import create_app
-from shared.accounts import Accounts, token_hash
-from shared.clients import redis_client
-from shared.keys import Keys
+from shared.domain.accounts import Accounts, token_hash
+from shared.infra.clients import redis_client
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.services.matcher.conftest import (  # noqa: F401
     make_user,
     matcher_server,

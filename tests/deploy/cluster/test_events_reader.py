@@ -15,8 +15,8 @@ from redis.crc import key_slot
 
 from services.matcher.connection import Connection
 from services.matcher.streams import StreamReader
-from shared.keys import Keys
 from shared.settings import Settings
+from shared.store.keys import Keys
 
 
 class Collector:

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.keys import Keys
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.support.users import add_member, create_doc, edit, signup
 
 JSON = {"content-type": "application/json"}

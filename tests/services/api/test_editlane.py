@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.embedded import Valkey, free_port
 from services.api.app import create_app
-from shared.embedded import Valkey, free_port
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.users import User, create_doc, edit, signup

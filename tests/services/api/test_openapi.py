@@ -23,10 +23,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import snapshots, trending
-from shared.embedded import free_port
-from shared.keys import Keys
+from deploy.embedded import free_port
+from shared.domain import snapshots, trending
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.support.processes import http_ready, running, settings_env
 from tests.support.users import create_doc, signup
 

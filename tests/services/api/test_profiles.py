@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.embedded import Valkey, free_port
+from deploy.embedded import Valkey, free_port
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
 from tests.support.apps import api_app, resources

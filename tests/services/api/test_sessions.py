@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.api.app import create_app
-from shared.accounts import Principal, SessionCache, token_hash
+from shared.domain.accounts import Principal, SessionCache, token_hash
 from shared.settings import Settings
 from tests.support.users import create_doc, edit, signup
 
@@ -63,7 +63,7 @@ async def test_logout_on_one_instance_ends_the_cached_session_on_another(
 
 def test_cache_is_used_only_while_revocations_are_heard(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr("shared.accounts.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("shared.domain.accounts.time.monotonic", lambda: now[0])
     who = Principal("u", "t", "alice", "owner")
     cache = SessionCache(ttl_s=5)
     cache.put("h", who, cache.epoch)

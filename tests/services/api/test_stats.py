@@ -3,7 +3,7 @@ the status the thresholds give."""
 
 from __future__ import annotations
 
-from shared.jobs import enqueue_flush
+from shared.domain.jobs import enqueue_flush
 from tests.conftest import Servers, make_settings
 from tests.support.apps import api_app, resources
 from tests.support.users import create_doc, edit, signup

@@ -1,4 +1,4 @@
-"""Trending interests: today's counts from shared/trending.bump, top-N and rank over HTTP."""
+"""Trending interests: today's counts from shared/domain/trending.bump, top-N and rank over HTTP."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import timedelta
 import httpx
 from redis.asyncio import Redis
 
-from shared import trending
-from shared.keys import Keys
+from shared.domain import trending
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.support.users import signup
 
 

@@ -8,12 +8,12 @@ from arq.connections import ArqRedis, create_pool
 from redis.asyncio import Redis
 
 from services.flusher.flush import Flusher
-from shared.clients import create_db_pool
-from shared.jobs import arq_settings
-from shared.keys import Keys
-from shared.queries import prepare_flush_connection
-from shared.scripts import Scripts
+from shared.domain.jobs import arq_settings
+from shared.infra.clients import create_db_pool
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.queries import prepare_flush_connection
+from shared.store.scripts import Scripts
 from tests.support.worker import worker_context
 
 

@@ -1,4 +1,4 @@
-"""Fault tests of the write-behind path, with real processes (docs/architecture.md §3, invariant 1).
+"""Fault tests of the write-behind path, with real processes (docs/architecture.md, invariant 1).
 
 The API and the flusher run as `python -m services.api` / `python -m services.flusher` against
 the session's Valkey and Postgres. Editors drive the API over HTTP on 127.0.0.1 and record every
@@ -24,9 +24,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded import Valkey, free_port
-from shared.keys import Keys
+from deploy.embedded import Valkey, free_port
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.faultproxy import fault_proxy
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env

@@ -14,9 +14,9 @@ import httpx
 from redis.asyncio import Redis
 
 from services.flusher.flush import Flusher
-from shared import queries
-from shared.keys import Keys
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
 from tests.support.users import User, create_doc, edit, signup
 
 T = TypeVar("T")

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
+from deploy.embedded import free_port
 from services.flusher import worker
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.logs import RequestIdFilter
-from shared.metrics import render
+from shared.infra.logs import RequestIdFilter
+from shared.infra.metrics import render
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.metrics import closed_port_url, sample
 from tests.support.processes import http_ready, running, settings_env

@@ -14,14 +14,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from deploy.embedded import free_port
 from services.flusher import worker
 from services.flusher.flush import Flusher
 from services.flusher.saves import Unsaveable, save_document, snapshot_document
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.metrics import render
-from shared.scripts import EditStatus, Scripts
+from shared.infra.metrics import render
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import EditStatus, Scripts
 from tests.conftest import Servers, make_settings
 from tests.services.flusher.test_flush import blocked_on_lock, row_locked
 from tests.support.metrics import sample

@@ -16,7 +16,7 @@ import pytest
 from arq.worker import Retry
 
 from services.flusher.saves import _retry_or_raise, save_document, snapshot_document
-from shared.errors import NotFound
+from shared.domain.errors import NotFound
 from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.support.processes import Service, log_ready, running, settings_env

@@ -9,13 +9,13 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from deploy.embedded import free_port
 from services.flusher import worker
 from services.flusher.warming import warm_profiles
-from shared import queries
-from shared.cache import Entry
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.models import Profile
+from shared.domain.models import Profile
+from shared.infra.cache import Entry
+from shared.store import queries
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.apps import api_app, resources
 from tests.support.users import signup

@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 
 from services.api.app import create_app
 from services.flusher import worker
-from shared.jobs import enqueue_flush
-from shared.keys import Keys
+from shared.domain.jobs import enqueue_flush
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.users import create_doc, edit, signup
 

@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
+from deploy.embedded import free_port
 from services.matcher.app import create_app
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.pool import Pool
-from shared.scripts import Scripts
+from services.matcher.pool import Pool
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import Scripts
 from tests.support.users import User, signup
 
 Serve = Callable[..., Any]

@@ -19,15 +19,15 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from deploy.embedded import free_port
 from services.flusher.saves import save_document, snapshot_document
-from shared.accounts import Principal
-from shared.clients import create_db_pool, redis_client
-from shared.documents import Documents
-from shared.embedded import free_port
-from shared.events import job_finished
-from shared.keys import Keys
-from shared.scripts import Scripts
+from shared.domain.accounts import Principal
+from shared.domain.documents import Documents
+from shared.domain.events import job_finished
+from shared.infra.clients import create_db_pool, redis_client
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import Scripts
 from tests.conftest import make_settings
 from tests.services.matcher.conftest import matcher_server, recv, send
 from tests.support.processes import http_ready, log_ready, running, settings_env

@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.pool import wall_ms
+from deploy.embedded import free_port
+from services.matcher.pool import wall_ms
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import make_user, matcher_server, open_socket, recv, send
 from tests.services.matcher.test_events import (
@@ -55,7 +55,11 @@ def spellings(doc_id: str) -> list[str]:
     out += ["{" + u.hex + "}", "urn:uuid:" + u.hex, "URN:UUID:" + u.hex.upper()]
     out += [str(u)[:9] + str(u)[9:].upper(), "{" + u.hex.upper() + "}", str(u).title()]
     out += ["urn:uuid:{" + str(u) + "}", str(u)[:18] + str(u)[18:].upper()]
-    out = list(dict.fromkeys(out))
+    # Partial upper-casings coincide with others when the id's hex letters sit elsewhere (an id
+    # whose first 8 characters are digits): more candidates, then the first 16 distinct ones.
+    out += [str(u)[:i] + str(u)[i:].upper() for i in (4, 14, 24, 30, 34)]
+    out += ["urn:uuid:{" + str(u).upper() + "}", "urn:uuid:{" + u.hex + "}"]
+    out = list(dict.fromkeys(out))[:16]
     assert len(out) == 16, out
     return out
 

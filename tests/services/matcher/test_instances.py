@@ -10,9 +10,9 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from shared.embedded import free_port
-from shared.keys import Keys
+from deploy.embedded import free_port
 from shared.settings import Settings
+from shared.store.keys import Keys
 from tests.services.matcher.conftest import make_user, open_socket, recv_type, send
 from tests.support.processes import http_ready, running, settings_env
 

@@ -1,4 +1,4 @@
-"""The matcher's health and metrics routes (shared/health.py), and its own metric group."""
+"""The matcher's health and metrics routes (shared/infra/health.py), and its own metric group."""
 
 from __future__ import annotations
 

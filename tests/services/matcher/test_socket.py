@@ -11,12 +11,12 @@ import pytest
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from shared.embedded import free_port
-from shared.keys import Keys
-from shared.messages import Delivery, MatchFound
-from shared.pool import Pool
-from shared.scripts import PoolEntry
+from deploy.embedded import free_port
+from services.matcher.messages import Delivery, MatchFound
+from services.matcher.pool import Pool
 from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import PoolEntry
 from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import (
     make_user,

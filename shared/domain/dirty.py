@@ -7,7 +7,7 @@ import time
 
 from redis.asyncio import Redis
 
-from shared.keys import Keys
+from shared.store.keys import Keys
 
 
 async def dirty_count(redis: Redis, keys: Keys) -> tuple[int, float | None]:

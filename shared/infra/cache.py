@@ -45,9 +45,9 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.clients import cancel_requested
-from shared.keys import Keys
-from shared.scripts import CacheScripts
+from shared.infra.clients import cancel_requested
+from shared.store.keys import Keys
+from shared.store.scripts import CacheScripts
 
 log = logging.getLogger("redline.cache")
 

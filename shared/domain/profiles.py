@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.models import Profile
-from shared.queries import Conn, Record
+from shared.domain.models import Profile
+from shared.store.queries import Conn, Record
 
 _SELECT = """
 SELECT u.id::text AS user_id, u.tenant_id::text AS tenant_id, u.username,

@@ -15,11 +15,9 @@ from typing import Any, cast
 import asyncpg
 from redis.asyncio import Redis
 
-from shared import queries
-from shared.accounts import Principal
-from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, TooLarge
-from shared.keys import Keys
-from shared.models import (
+from shared.domain.accounts import Principal
+from shared.domain.errors import Conflict, InvalidInput, NotFound, RateLimited, TooLarge
+from shared.domain.models import (
     DocState,
     DocumentOut,
     DocumentPage,
@@ -27,8 +25,10 @@ from shared.models import (
     EditOut,
     StatusOut,
 )
-from shared.scripts import EditStatus, Scripts
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
+from shared.store.scripts import EditStatus, Scripts
 
 Fields = Mapping[str, str]
 

@@ -59,7 +59,7 @@ class _Cluster(RedisCluster):
 def redis_client(url: str, *, cluster: bool = False) -> Redis:
     """A client for one role. With `cluster`, a Redis Cluster client that finds every node from
     the one in `url`; every Lua script and multi-key call shares a hash tag, so each runs on one
-    node (shared/keys.py). Typed as Redis: the two classes share the command API we use."""
+    node (shared/store/keys.py). Typed as Redis: the two classes share the command API we use."""
     # Short timeouts: a dead Redis must turn into a quick 503, never a hung request.
     options: dict[str, Any] = dict(
         decode_responses=True,

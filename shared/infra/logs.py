@@ -89,7 +89,7 @@ def configure_logging(level: str = "INFO", *, access_log: bool = True) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log is one line a request: too much at keystroke rate.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    # Ours (shared/observer.py) is one compact line with the route and request id; it can be
+    # Ours (shared/infra/observer.py) is one compact line with the route and request id; it can be
     # turned off (REDLINE_ACCESS_LOG=false) where even that is too much.
     if not access_log:
         logging.getLogger("redline.access").setLevel(logging.WARNING)

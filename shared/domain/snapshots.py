@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from shared.models import SnapshotDetail, SnapshotOut
-from shared.queries import Conn, Record
+from shared.domain.models import SnapshotDetail, SnapshotOut
+from shared.store.queries import Conn, Record
 
 _COLUMNS = "id::text, document_id::text, label, version, created_by::text, created_at"
 

@@ -17,8 +17,8 @@ from collections.abc import Generator
 
 import uvicorn
 
-from shared.edge import edge_protocol
-from shared.health import Observability, probe_app
+from shared.infra.edge import edge_protocol
+from shared.infra.health import Observability, probe_app
 
 log = logging.getLogger("redline.health")
 

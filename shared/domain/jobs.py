@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job, JobStatus
 
-from shared.accounts import Principal
-from shared.documents import Documents
-from shared.keys import Keys
-from shared.logs import request_id
-from shared.metrics import JobMetrics
-from shared.models import JobOut, JobState
+from shared.domain.accounts import Principal
+from shared.domain.documents import Documents
+from shared.domain.models import JobOut, JobState
+from shared.infra.logs import request_id
+from shared.infra.metrics import JobMetrics
+from shared.store.keys import Keys
 
 FLUSH_DOCUMENT = "flush_document"
 SAVE_DOCUMENT = "save_document"

@@ -99,7 +99,7 @@ class HttpMetrics:
 
 
 class CacheCounters(Collector):
-    """The profile cache's own per-family counters (shared/cache.py CacheStats), exported at
+    """The profile cache's own per-family counters (shared/infra/cache.py CacheStats), exported at
     scrape time as `redline_cache_<outcome>_total{family}`: the cache counts once, in plain
     integers on its hot path, and nothing is double-booked."""
 

@@ -145,7 +145,8 @@ class Keys:
 
     def inbox(self, user_id: str) -> str:
         """Capped stream of results waiting for a user who may be reconnecting (60 s): each
-        entry's field `d` is a `shared.messages.Delivery` in JSON; deleted once delivered."""
+        entry's field `d` is a `services.matcher.messages.Delivery` in JSON; deleted once
+        delivered."""
         return f"{self.prefix}:inbox:{user_id}"
 
     def user_sockets(self, user_id: str) -> str:

@@ -3,13 +3,15 @@ message, parsed through discriminated unions (an unknown `type` or field is an e
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from shared.models import Region, Slug
+from shared.domain.models import Region, Slug
 
 
 class _Client(BaseModel):
@@ -208,3 +210,71 @@ EventsServerMessage = Annotated[
     Field(discriminator="type"),
 ]
 events_server_message: TypeAdapter[EventsServerMessage] = TypeAdapter(EventsServerMessage)
+
+
+# Stream entries as frames ------------------------------------------------------------------
+StreamPos = tuple[int, int]
+
+
+def pos(stream_id: str) -> StreamPos:
+    """A stream id as a comparable pair ("1700000000000-3" -> (1700000000000, 3)). Only for ids
+    from Redis or checked by `stream_id` above: int() alone takes "1_0" and digits of
+    other scripts, which Redis then refuses."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def doc_event(entry_id: str, f: Mapping[str, str]) -> Event:
+    editors = f.get("editors")
+    return Event(
+        stream="doc",
+        id=entry_id,
+        event=f.get("type", "unknown"),
+        document_id=f.get("document_id"),
+        version=_int(f.get("version")),
+        by=f.get("by") or None,
+        at=_int(f.get("at")),
+        editors=None if editors is None else [e for e in editors.split(",") if e],
+        label=f.get("label"),
+        snapshot_id=f.get("snapshot_id"),
+    )
+
+
+def inbox_event(entry_id: str, f: Mapping[str, str]) -> Event | None:
+    """None for an entry that is not for the events socket (a requeue note, garbage)."""
+    if "d" in f:
+        try:
+            delivery = Delivery.model_validate_json(f["d"])
+        except ValidationError:
+            return None
+        frame = delivery.frame
+        if frame is None:
+            return None
+        return Event(
+            stream="inbox",
+            id=entry_id,
+            event="match.found",
+            document_id=frame.document_id,
+            match=frame,
+        )
+    if "type" not in f:
+        return None
+    try:
+        result = json.loads(f["result"]) if f.get("result") else None
+    except ValueError:
+        result = None
+    return Event(
+        stream="inbox",
+        id=entry_id,
+        event=f["type"],
+        job_id=f.get("job_id"),
+        status=f.get("status"),
+        result=result if isinstance(result, dict) else None,
+        error=f.get("error"),
+        at=_int(f.get("at")),
+        document_id=f.get("document_id"),
+    )

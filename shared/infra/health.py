@@ -36,8 +36,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from shared.edge import EdgeLimits
-from shared.metrics import CONTENT_TYPE, render
+from shared.infra.edge import EdgeLimits
+from shared.infra.metrics import CONTENT_TYPE, render
 from shared.settings import Settings
 
 log = logging.getLogger("redline.health")

@@ -1,4 +1,4 @@
--- Profiles and interests. A user without a row has the default profile (see shared/profiles.py).
+-- Profiles and interests. A user without a row has the default profile (see shared/domain/profiles.py).
 CREATE TABLE profiles (
     user_id       uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
     display_name  text NOT NULL DEFAULT '',

@@ -1,12 +1,12 @@
 """Per-request observation for the HTTP services, as one pure ASGI middleware (no extra task, no
 Request object): request id, request metrics, access log.
 
-- Request id: the client's `X-Request-ID` if well-formed (shared/logs.py), else a new one; echoed
-  in the response header and set in the contextvar every log record is stamped from, and that
-  `shared/jobs.py` copies into the jobs a request enqueues.
+- Request id: the client's `X-Request-ID` if well-formed (shared/infra/logs.py), else a new one;
+  echoed in the response header and set in the contextvar every log record is stamped from, and that
+  `shared/domain/jobs.py` copies into the jobs a request enqueues.
 - Metrics: count and latency per method, route template (`/v1/documents/{doc_id}`, never the
   raw path; `unmatched` when answered before routing: a 404, BodyLimit's 413) and status
-  (shared/metrics.py).
+  (shared/infra/metrics.py).
 - Access log: one INFO line per request on the `redline.access` logger, except successful answers
   on `quiet_routes` (the autosave edit: at keystroke rate its lines would be most of the log and
   about a fifth of the edit's CPU; /metrics counts them, and their errors are still logged).
@@ -22,8 +22,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.logs import accept_request_id, request_id
-from shared.metrics import HttpMetrics
+from shared.infra.logs import accept_request_id, request_id
+from shared.infra.metrics import HttpMetrics
 
 access = logging.getLogger("redline.access")
 

@@ -14,7 +14,7 @@
 -- The rate check lives here, not in a call of its own, so an edit stays one round trip and a
 -- refused edit is never applied; its key shares the document's hash tag (Redis Cluster).
 -- The `document.edited` event is appended here too, for the same reason: no second round trip.
--- An applied edit takes the document out of quarantine (shared/lua/quarantine.lua) and marks it
+-- An applied edit takes the document out of quarantine (shared/store/lua/quarantine.lua) and marks it
 -- dirty: the flusher writes the new content; if that is refused too, it is quarantined again.
 local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then

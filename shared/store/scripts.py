@@ -1,4 +1,4 @@
-"""Typed wrappers around the Lua scripts in shared/lua/. Each script is read once, registered
+"""Typed wrappers around the Lua scripts in shared/store/lua/. Each script is read once, registered
 once per client (EVALSHA, reloaded by redis-py if the server lost it) and called only from here."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, TypedDict
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from shared.keys import Keys
 from shared.settings import Settings
+from shared.store.keys import Keys
 
 LUA_DIR = Path(__file__).parent / "lua"
 NAMES = (
@@ -51,7 +51,7 @@ class EditStatus(IntEnum):
 
 
 class QuarantineStatus(IntEnum):
-    """What shared/lua/quarantine.lua did with one refused document."""
+    """What shared/store/lua/quarantine.lua did with one refused document."""
 
     QUARANTINED = 1
     ALREADY = 2  # in quarantine from an earlier flush (a save job retried it)

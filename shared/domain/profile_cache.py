@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared import profiles
-from shared.cache import CACHE_ERRORS, Cache, Family
-from shared.errors import InvalidInput, NotFound, Unavailable
-from shared.models import Profile, ProfilePatch
+from shared.domain import profiles
+from shared.domain.errors import InvalidInput, NotFound, Unavailable
+from shared.domain.models import Profile, ProfilePatch
+from shared.infra.cache import CACHE_ERRORS, Cache, Family
 from shared.settings import Settings
 
 NULLABLE = {"region"}

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 from redis.asyncio import Redis
 
-from shared.keys import Keys
+from shared.store.keys import Keys
 
 # Today's set is read until midnight and yesterday's may still be read a day later.
 TRENDING_TTL_S = 2 * 86_400

@@ -219,8 +219,8 @@ class Profile(BaseModel):
 
 def _null_only_clears_region(schema: dict[str, Any]) -> None:
     # A field left out is unchanged; null clears a field only where clearing means something
-    # (region), and is refused elsewhere (shared/profile_cache.py). Say so in the JSON schema,
-    # which otherwise reads `X | None = None` as "null allowed".
+    # (region), and is refused elsewhere (shared/domain/profile_cache.py). Say so in the JSON
+    # schema, which otherwise reads `X | None = None` as "null allowed".
     for name, prop in schema.get("properties", {}).items():
         branches = prop.get("anyOf")
         if name == "region" or not isinstance(branches, list):

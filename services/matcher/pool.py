@@ -1,6 +1,6 @@
 """The live interest pool, one per language, in the state Redis. Each call is one Lua script on the
-language's hash tag (shared/lua/match.lua, pool_refresh.lua, pool_leave.lua); this module adds the
-settings, the clock and the language and interest normalisation."""
+language's hash tag (shared/store/lua/match.lua, pool_refresh.lua, pool_leave.lua); this module
+adds the settings, the clock and the language and interest normalisation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from shared.scripts import MatchReply, PoolEntry, Scripts
 from shared.settings import Settings
+from shared.store.scripts import MatchReply, PoolEntry, Scripts
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 _SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")

@@ -19,11 +19,11 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import queries
-from shared.clients import cancel_requested, pubsub_client
-from shared.errors import Conflict, Unauthenticated
-from shared.keys import Keys
+from shared.domain.errors import Conflict, Unauthenticated
+from shared.infra.clients import cancel_requested, pubsub_client
 from shared.settings import Settings
+from shared.store import queries
+from shared.store.keys import Keys
 
 Role = Literal["owner", "member"]
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class SessionCache:
 class Accounts:
     def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool, keys: Keys) -> None:
         self._redis = redis
-        # Where revocations are heard: a cluster client has no pubsub() (shared/clients.py).
+        # Where revocations are heard: a cluster client has no pubsub() (shared/infra/clients.py).
         # Created lazily by redis-py: no connection until listen() subscribes.
         self._subscriber = pubsub_client(settings) if settings.redis_cluster else redis
         self._pool = pool
