@@ -113,6 +113,22 @@ class ResilientWorker(Worker):
             self.backoff.reset()
             return
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq takes a job slot (its semaphore and job counter) before the Redis calls that start
+        # a job and gives it back on every path but an exception: each connection reset there
+        # leaked a slot, and after max_jobs of them the worker never ran a job again (crons
+        # stopped; seen in tests/faults/test_proxy.py). One id at a time, so a failed start
+        # gives its own slot back.
+        for job_id in job_ids:
+            counter = self.job_counter
+            try:
+                await super().start_jobs([job_id])
+            except OUTAGE:
+                if self.job_counter > counter and job_id.decode() not in self.tasks:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
     async def close(self) -> None:
         # arq's close, with the queue Redis allowed to be down: the drain (on_shutdown) needs
         # the state Redis and Postgres, not the queue, and must run either way.

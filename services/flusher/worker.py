@@ -1,5 +1,8 @@
-"""The flusher's arq worker: cron flushes, immediate per-document flushes, presence sweeps, and a
-drain on shutdown. `create_worker(settings)` builds it; `python -m services.flusher` runs it."""
+"""The flusher's arq worker. Jobs: `flush_dirty` (cron, every flush_interval), `flush_document`
+(an immediate, deduplicated flush when the last editor leaves), `save_document` and
+`snapshot_document` (users' "save now" and snapshots, results kept for polling),
+`sweep_presence` and `warm_profiles` (crons); and a drain on shutdown. `create_worker(settings)`
+builds it; `python -m services.flusher` runs it."""
 
 from __future__ import annotations
 

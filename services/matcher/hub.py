@@ -69,9 +69,6 @@ class Hub:
         for conns in self._local.values():
             yield from conns
 
-    def of(self, user_id: str) -> set[Connection]:
-        return self._local.get(user_id, set())
-
     def __len__(self) -> int:
         return sum(len(c) for c in self._local.values())
 

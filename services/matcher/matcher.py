@@ -51,6 +51,8 @@ from shared.store.scripts import MatchReply, MatchStatus, PoolEntry, Scripts
 
 log = logging.getLogger("redline.matcher")
 
+# Sockets per pipelined round trip when the heartbeat refreshes pool entries or redelivers inbox
+# results: bounded replies, one round trip per batch.
 REFRESH_BATCH = 500
 # A store the socket needs failed mid-session: not the client's fault, come back shortly.
 UNAVAILABLE = (1013, "service unavailable; retry")

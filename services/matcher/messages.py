@@ -89,7 +89,6 @@ ServerMessage = Annotated[
     Queued | MatchFound | NoMatchFound | Cancelled | RateLimitedMsg | ErrorMsg | Pong,
     Field(discriminator="type"),
 ]
-server_message: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 
 class Delivery(BaseModel):
@@ -209,7 +208,6 @@ EventsServerMessage = Annotated[
     Event | Subscribed | Unsubscribed | Reset | RateLimitedMsg | ErrorMsg | Pong,
     Field(discriminator="type"),
 ]
-events_server_message: TypeAdapter[EventsServerMessage] = TypeAdapter(EventsServerMessage)
 
 
 # Stream entries as frames ------------------------------------------------------------------

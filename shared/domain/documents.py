@@ -30,8 +30,6 @@ from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import EditStatus, Scripts
 
-Fields = Mapping[str, str]
-
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

@@ -117,3 +117,32 @@ def test_a_write_on_a_reset_connection_is_a_redis_connection_error_under_uvloop(
         pytest.skip(f"this uvloop does not raise RuntimeError here (got {plain!r})")
     safe = uvloop.run(write_after_reset(**reset_safe("redis://127.0.0.1/0")))
     assert isinstance(safe, RedisConnectionError), repr(safe)
+
+
+async def test_a_job_start_cut_by_a_reset_gives_its_slot_back(settings: Settings) -> None:
+    """arq takes a job slot before the Redis calls that start a job; a connection error there
+    used to keep it, so after max_jobs resets the worker ran nothing again."""
+    url = httpx.URL(settings.queue_url)
+    assert url.host and url.port
+    async with fault_proxy(url.host, url.port) as proxy:
+        pool = await create_pool(RedisSettings(host="127.0.0.1", port=proxy.port, conn_retries=0))
+        worker = ResilientWorker(
+            [_noop],
+            redis_pool=pool,
+            queue_name=f"{settings.key_prefix}:resilient-slots",
+            handle_signals=False,
+            max_jobs=2,
+        )
+        try:
+            slots = worker.sem._value
+            proxy.set("refuse")
+            await pool.connection_pool.disconnect()
+            for _ in range(3):  # more failed starts than slots
+                with pytest.raises(RedisConnectionError):
+                    await worker.start_jobs([b"a-job"])
+            assert worker.job_counter == 0
+            assert worker.sem._value == slots  # every slot back
+        finally:
+            proxy.set("pass")
+            with contextlib.suppress(Exception):
+                await worker.close()
