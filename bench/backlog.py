@@ -22,8 +22,9 @@ from bench.stack import Stack
 from bench.systems import redline_settings
 from bench.workload import text
 from services.flusher.flush import Flusher
-from shared.domain.documents import acl_of, now_ms
+from shared.domain.documents import acl_of
 from shared.infra.clients import create_db_pool, redis_client
+from shared.infra.clock import now_ms
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import EditStatus, Scripts

@@ -32,6 +32,7 @@ from bench.stack import Stack
 from bench.systems import start as start_system
 from deploy.embedded import free_port
 from shared.domain.accounts import Principal
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
@@ -51,7 +52,7 @@ async def _documents(stack: Stack, redis: Redis, keys: Keys, owner: Principal, n
         )
     finally:
         await conn.close()
-    now = str(int(time.time() * 1000))
+    now = str(now_ms())
     async with redis.pipeline(transaction=False) as pipe:
         for d in ids:
             pipe.hset(
@@ -183,7 +184,7 @@ async def _edit(
     # version each gets is known before the reply.
     versions[doc_id] += 1
     sent[(doc_id, versions[doc_id])] = time.perf_counter()
-    await scripts.edit(doc_id, content, None, author, int(time.time() * 1000), grants)
+    await scripts.edit(doc_id, content, None, author, now_ms(), grants)
 
 
 async def save_latency(stack: Stack, port: int, saves: int) -> dict[str, Any]:
@@ -204,7 +205,7 @@ async def save_latency(stack: Stack, port: int, saves: int) -> dict[str, Any]:
             timeout=30,
         ) as client:
             for i in range(saves):
-                now = int(time.time() * 1000)
+                now = now_ms()
                 await scripts.edit(doc_id, f"v{i}", None, user.user_id, now, grants)
                 started = time.perf_counter()
                 r = await client.post(f"/v1/documents/{doc_id}/save")

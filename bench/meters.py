@@ -12,6 +12,7 @@ import asyncpg
 import psutil
 from redis.asyncio import Redis
 
+from shared.infra.clock import now_ms
 from shared.store.keys import Keys
 
 # Rows inserted, updated or deleted, per table. Backends publish these counters when they go
@@ -106,9 +107,9 @@ class DirtySampler:
                 pipe.zcard(self.keys.dirty(shard))
                 pipe.zrange(self.keys.dirty(shard), 0, 0, withscores=True)
             replies = await pipe.execute()
-        now_ms = time.time() * 1000
+        now = now_ms()
         oldest = [r[0][1] for r in replies[1::2] if r]
-        age = (now_ms - min(oldest)) / 1000 if oldest else None
+        age = (now - min(oldest)) / 1000 if oldest else None
         s = DirtySample(time.perf_counter() - t0, int(sum(replies[0::2])), age)
         self.samples.append(s)
         return s

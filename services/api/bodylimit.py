@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.problems import problem
 from shared.domain.errors import TooLarge
+from shared.infra.problems import problem
 
 
 class BodyLimit:

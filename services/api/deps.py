@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from services.api.resources import Resources
 from shared.domain.accounts import Principal
 from shared.domain.errors import Unauthenticated
+from shared.infra.bearer import bearer_token
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,12 +39,12 @@ async def resources(request: Request) -> Resources:
 Res = Annotated[Resources, Depends(resources)]
 
 
-def bearer(header: str) -> str:
-    """The token of an `Authorization: Bearer <token>` header value."""
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+def bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header value, or 401."""
+    token = bearer_token(header)
+    if token is None:
         raise Unauthenticated("send Authorization: Bearer <token>")
-    return token.strip()
+    return token
 
 
 class BearerToken(SecurityBase):

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from pydantic.json_schema import models_json_schema
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from shared.domain import errors
 from shared.domain.models import Problem, ValidationProblem
+from shared.infra.dependencies import DOWN, which
+from shared.infra.problems import MEDIA_TYPE, problem, rate_limit_headers
 
 log = logging.getLogger("redline.api")
 
@@ -33,31 +32,6 @@ STATUS: dict[type[errors.RedlineError], int] = {
     errors.RateLimited: 429,
     errors.Unavailable: 503,
 }
-
-# Failures of a dependency, not of the request: 503, and the client may retry; nothing was lost.
-DEPENDENCY_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
-    (RedisError, "redis"),
-    (asyncpg.exceptions.PostgresConnectionError, "postgres"),
-    (asyncpg.exceptions.CannotConnectNowError, "postgres"),
-    (asyncpg.exceptions.OperatorInterventionError, "postgres"),
-    (asyncpg.exceptions.TooManyConnectionsError, "postgres"),
-    (asyncpg.InterfaceError, "postgres"),
-    (ConnectionError, "a dependency"),
-    (OSError, "a dependency"),
-    (TimeoutError, "a dependency"),
-)
-
-
-MEDIA_TYPE = "application/problem+json"
-
-
-def problem(
-    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
-    body["detail"] = detail
-    body.update(extra)
-    return JSONResponse(body, status, headers=headers, media_type=MEDIA_TYPE)
 
 
 async def _domain(_: Request, exc: Exception) -> JSONResponse:
@@ -73,10 +47,7 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
         extra["limit"] = exc.limit
     elif isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(exc.retry_after_s)
-        # draft-ietf-httpapi-ratelimit-headers-10: the policy's quota q per window w seconds,
-        # and what is left of it now, r units, until t seconds from now.
-        headers["RateLimit-Policy"] = f'"{exc.policy}";q={exc.limit};w={exc.window_s}'
-        headers["RateLimit"] = f'"{exc.policy}";r=0;t={exc.retry_after_s}'
+        headers |= rate_limit_headers(exc.policy, exc.limit, exc.window_s, 0, exc.retry_after_s)
     elif isinstance(exc, errors.Unavailable):
         headers["Retry-After"] = "1"
     return problem(status, exc.detail, headers, **extra)
@@ -113,7 +84,9 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def _dependency(request: Request, exc: Exception) -> JSONResponse:
-    dependency = next(name for cls, name in DEPENDENCY_ERRORS if isinstance(exc, cls))
+    # A failure of a dependency, not of the request: 503, and the client may retry; nothing
+    # was applied, so nothing was lost.
+    dependency = which(exc)
     log.warning(
         "%s unavailable during %s %s: %r", dependency, request.method, request.url.path, exc
     )
@@ -150,8 +123,8 @@ def handlers() -> dict[type[Exception], Handler]:
     }
     # Registered class by class so Starlette answers them in its exception middleware, as it
     # does for the domain errors, instead of treating them as crashes.
-    for cls, _ in DEPENDENCY_ERRORS:
-        table[cast(type[Exception], cls)] = _dependency
+    for cls in DOWN:
+        table[cls] = _dependency
     table[ClientDisconnect] = _disconnected
     table[Exception] = _unexpected
     return table

@@ -30,15 +30,16 @@ password is not even checked (no argon2 cost, no oracle)."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address
 
 from starlette.requests import HTTPConnection
 
-from shared.domain.documents import now_ms
 from shared.domain.errors import RateLimited, Unauthenticated
+from shared.infra.clock import Clock, now_ms
+from shared.infra.problems import rate_limit_headers
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import RateDecision, Scripts
@@ -73,7 +74,7 @@ class RateLimiter:
         # Edits are limited inside lua/edit.lua (no extra round trip); match attempts by the
         # matcher service itself.
         # Epoch milliseconds; tests replace it to move time instead of sleeping.
-        self.clock: Callable[[], int] = now_ms
+        self.clock: Clock = now_ms
 
     def client_address(self, conn: HTTPConnection) -> str:
         peer = conn.client.host if conn.client else "unknown"
@@ -156,7 +157,6 @@ class RateLimiter:
     def headers(policy: Policy, decision: RateDecision) -> dict[str, str]:
         """IETF RateLimit fields for an allowed request: what is left, and when it is all back."""
         reset_s = math.ceil(decision.reset_after_ms / 1000)
-        return {
-            "RateLimit-Policy": f'"{policy.name}";q={policy.limit};w={policy.window_s}',
-            "RateLimit": f'"{policy.name}";r={decision.remaining};t={reset_s}',
-        }
+        return rate_limit_headers(
+            policy.name, policy.limit, policy.window_s, decision.remaining, reset_s
+        )

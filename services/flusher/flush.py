@@ -29,6 +29,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.domain import dirty
+from shared.infra.clock import now_ms
+from shared.infra.dependencies import DOWN
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
@@ -41,14 +43,9 @@ log = logging.getLogger(__name__)
 PARALLEL = 2
 ROUND = 4
 
-# What a retry may outlive: Postgres or Redis down, restarting, or a deadlock between flushers.
-TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    RedisError,
-)
+# What a retry may outlive: a dependency down or restarting (DOWN), and any other refusal of
+# Postgres's: a deadlock or serialization failure between flushers, a statement timeout.
+TRANSIENT: tuple[type[Exception], ...] = (*DOWN, asyncpg.PostgresError)
 
 # What no retry can fix: Postgres refused the rows themselves, and the same rows fail the same way
 # every time. Class 22 (data exception: NUL 22021, untranslatable character 22P05, string too
@@ -240,7 +237,7 @@ class Flusher:
         stats = FlushStats(batches=1)
         started = time.perf_counter()
         ids = [doc_id for shard_ids in batch.by_shard.values() for doc_id in shard_ids]
-        read_ms = time.time_ns() // 1_000_000
+        read_ms = now_ms()
         docs = await self._scripts.read_docs(list(batch.by_shard.values()))
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []

@@ -30,6 +30,7 @@ from shared.domain.jobs import (
 from shared.domain.profile_cache import ProfileCache
 from shared.infra.cache import Cache
 from shared.infra.clients import cache_client, create_db_pool, redis_client
+from shared.infra.clock import now_ms
 from shared.infra.health import Observability, postgres_check, redis_check
 from shared.infra.metrics import FlushMetrics, JobMetrics, new_registry
 from shared.infra.permissions import check_redis_users, service_urls
@@ -189,7 +190,7 @@ async def shutdown(ctx: Ctx) -> None:
 async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
     settings: Settings = ctx["settings"]
     flusher: Flusher = ctx["flusher"]
-    started_ms = time.time_ns() // 1_000_000
+    started_ms = now_ms()
     # Stop retrying before the next tick, which carries on where this one stopped.
     try:
         stats = await _observed(
@@ -226,7 +227,7 @@ async def sweep_presence(ctx: Ctx) -> int:
     """Drop expired editors; flush each document whose last editor vanished. Returns that count."""
     keys: Keys = ctx["keys"]
     scripts: Scripts = ctx["scripts"]
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     async with ctx["state"].pipeline(transaction=False) as pipe:
         for shard in range(keys.shards):
             pipe.zrange(keys.presence(shard), "-inf", now, byscore=True)

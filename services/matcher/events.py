@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection, parse, receive_loop
-from services.matcher.handshake import DOWN, authenticate
+from services.matcher.handshake import authenticate
 from services.matcher.matcher import UNAVAILABLE, Matcher
 from services.matcher.messages import (
     STREAM_ID_MAX,
@@ -33,9 +33,10 @@ from services.matcher.messages import (
     pos,
     stream_id,
 )
-from services.matcher.pool import wall_ms
 from services.matcher.streams import Kind, StreamReader, frame
 from shared.domain.accounts import token_hash
+from shared.infra.clock import now_ms
+from shared.infra.dependencies import DOWN
 from shared.store.scripts import PoolEntry
 
 log = logging.getLogger("redline.matcher.events")
@@ -146,7 +147,7 @@ class EventsEndpoint:
             self._keys.rate_limit("subscribe", conn.user_id),
             max(1, settings.subscribe_period_s * 1000 // settings.subscribe_rate),
             settings.subscribe_rate,
-            wall_ms(),
+            now_ms(),
         )
         if not decision.allowed:
             retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))

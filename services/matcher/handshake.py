@@ -11,22 +11,17 @@ back to a close with 1008 (1013 for 429 and 503: try again later; the server tur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import asyncpg
-from redis.exceptions import RedisError
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from services.matcher.quota import SocketQuota
 from shared.domain.accounts import Accounts, Principal
-
-if TYPE_CHECKING:
-    from services.matcher.quota import SocketQuota
 from shared.domain.errors import Unauthenticated
+from shared.infra.bearer import bearer_token
+from shared.infra.dependencies import DOWN
+from shared.infra.problems import problem
 
 BEARER_SUBPROTOCOL = "bearer"
-# A store the matcher needs is away: a 503 before accept, an error frame after.
-DOWN = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +68,9 @@ def bearer(ws: WebSocket) -> tuple[str | None, str | None]:
     send `Sec-WebSocket-Protocol: bearer, <token>`; we then accept the `bearer` subprotocol,
     spelled exactly as offered (RFC 6455 §4.1: a client fails a connection whose selected
     subprotocol is not one it offered, and token comparison there is case-sensitive)."""
-    scheme, _, token = ws.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip(), None
+    token = bearer_token(ws.headers.get("authorization"))
+    if token is not None:
+        return token, None
     offered = ws.scope.get("subprotocols") or []
     if len(offered) >= 2 and offered[0].lower() == BEARER_SUBPROTOCOL and offered[1]:
         return offered[1], offered[0]
@@ -86,25 +81,14 @@ async def refuse(
     ws: WebSocket, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> None:
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status}
-        body["detail"] = detail
         headers = dict(headers or {})
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        await ws.send_denial_response(
-            JSONResponse(body, status, headers=headers, media_type="application/problem+json")
-        )
+        await ws.send_denial_response(problem(status, detail, headers))
     else:
         await ws.close(1013 if status in (429, 503) else 1008, detail)
 
 
-TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    429: "Too Many Requests",
-    503: "Service Unavailable",
-}
 # How long a user at the socket cap is told to wait: until they close a socket, really; a place
 # held by a process that died lapses within pool_ttl_s.
 SOCKETS_RETRY_S = 10

@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
 from services.matcher.messages import Delivery
-from shared.infra.clients import cancel_requested, reset_safe
+from shared.infra.clients import reset_safe
+from shared.infra.listener import cancel_requested
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.hub")

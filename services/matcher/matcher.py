@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.matcher.connection import SLOW_CLIENT, Connection, parse, receive_loop
-from services.matcher.handshake import DOWN, admit, authenticate, refuse
+from services.matcher.handshake import admit, authenticate, refuse
 from services.matcher.hub import Hub
 from services.matcher.messages import (
     Cancel,
@@ -35,7 +35,7 @@ from services.matcher.messages import (
     RateLimitedMsg,
     client_message,
 )
-from services.matcher.pool import Pool, clean_interests, language_key, wall_ms
+from services.matcher.pool import Pool, clean_interests, language_key
 from services.matcher.quota import SocketQuota
 from services.matcher.sessions import SessionWatch
 from shared.domain import profiles, trending
@@ -44,12 +44,16 @@ from shared.domain.documents import Documents
 from shared.domain.errors import RedlineError
 from shared.domain.events import to_inbox
 from shared.domain.models import Profile
+from shared.infra.clock import now_ms
+from shared.infra.dependencies import DOWN
 from shared.infra.metrics import MatcherMetrics
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import MatchReply, MatchStatus, PoolEntry, Scripts
 
 log = logging.getLogger("redline.matcher")
+# A room that could not be opened: a store down, or Postgres or the domain refused the rows.
+ROOM_FAILURES: tuple[type[Exception], ...] = (*DOWN, asyncpg.PostgresError, RedlineError)
 
 # Sockets per pipelined round trip when the heartbeat refreshes pool entries or redelivers inbox
 # results: bounded replies, one round trip per batch.
@@ -230,7 +234,7 @@ class Matcher:
             self.keys.rate_limit("match", conn.user_id),
             self._interval_ms,
             self.settings.match_rate,
-            wall_ms(),
+            now_ms(),
         )
         if not decision.allowed:
             conn.push(RateLimitedMsg(retry_after=max(1, math.ceil(decision.retry_after_ms / 1000))))
@@ -267,7 +271,7 @@ class Matcher:
             doc = await self.documents.create(
                 conn.principal, title[:200], "", members=[conn.user_id, partner]
             )
-        except (*DOWN, RedlineError) as exc:
+        except ROOM_FAILURES as exc:
             log.warning("room creation failed; both back in the pool", extra={"err": str(exc)})
             await self._publish(partner, Delivery(requeue=True, ticket=reply.partner_ticket))
             await self._enter(conn, rejoin=True)
@@ -319,7 +323,7 @@ class Matcher:
     async def _drain_inbox(self, conn: Connection) -> bool:
         """Send results that waited for this user; True when one is a match (then the user is
         on their way to a room and does not re-enter the pool by connecting)."""
-        oldest = wall_ms() - self.settings.match_inbox_ttl_s * 1000
+        oldest = now_ms() - self.settings.match_inbox_ttl_s * 1000
         entries = await self.state.xrange(self.keys.inbox(conn.user_id), min=f"{oldest}-0")
         matched = False
         for inbox_id, fields in entries:
@@ -336,7 +340,7 @@ class Matcher:
         """After a pub/sub outage: send every local socket the results still in its inbox
         (delivered ones were deleted; one in flight right now may arrive twice)."""
         conns = list(self.hub.connections())
-        oldest = f"{wall_ms() - self.settings.match_inbox_ttl_s * 1000}-0"
+        oldest = f"{now_ms() - self.settings.match_inbox_ttl_s * 1000}-0"
         for i in range(0, len(conns), REFRESH_BATCH):
             batch = conns[i : i + REFRESH_BATCH]
             try:

@@ -5,19 +5,15 @@ adds the settings, the clock and the language and interest normalisation."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
+from shared.infra.clock import Clock, now_ms
 from shared.settings import Settings
 from shared.store.scripts import MatchReply, PoolEntry, Scripts
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 _SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 MAX_INTERESTS = 20
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def language_key(language: str | None) -> str:
@@ -38,9 +34,7 @@ def clean_interests(slugs: Iterable[str]) -> tuple[str, ...]:
 
 
 class Pool:
-    def __init__(
-        self, settings: Settings, scripts: Scripts, clock: Callable[[], int] = wall_ms
-    ) -> None:
+    def __init__(self, settings: Settings, scripts: Scripts, clock: Clock = now_ms) -> None:
         self._scripts = scripts
         self._clock = clock
         self._ttl_ms = settings.pool_ttl_s * 1000

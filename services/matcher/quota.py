@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 
 from services.matcher.connection import Connection
-from services.matcher.handshake import DOWN
-from services.matcher.pool import wall_ms
+from shared.infra.clock import now_ms
+from shared.infra.dependencies import DOWN
 from shared.store.keys import Keys
 
 BATCH = 500
@@ -39,7 +39,7 @@ class SocketQuota:
     async def take(self, user_id: str, socket_id: str) -> bool:
         """Count this socket in; False (and not counted) when the user is at the cap."""
         key = self._keys.user_sockets(user_id)
-        now = wall_ms()
+        now = now_ms()
         async with self._state.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zadd(key, {socket_id: now + self._lease_ms})
@@ -67,7 +67,7 @@ class SocketQuota:
             await self._renew(batch)
 
     async def _renew(self, conns: list[Connection]) -> None:
-        until = wall_ms() + self._lease_ms
+        until = now_ms() + self._lease_ms
         async with self._state.pipeline(transaction=False) as pipe:
             for conn in conns:
                 key = self._keys.user_sockets(conn.user_id)

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 
 from services.matcher.connection import Connection
-from services.matcher.handshake import DOWN
-from shared.infra.clients import cancel_requested
+from shared.infra.dependencies import DOWN
+from shared.infra.listener import cancel_requested
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.sessions")

@@ -31,7 +31,8 @@ from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
 from services.matcher.messages import Event, StreamPos, doc_event, inbox_event, pos
-from shared.infra.clients import cancel_requested, reset_safe
+from shared.infra.clients import reset_safe
+from shared.infra.listener import cancel_requested
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.streams")

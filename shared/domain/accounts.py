@@ -17,10 +17,10 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared.domain.errors import Conflict, Unauthenticated
-from shared.infra.clients import cancel_requested, pubsub_client
+from shared.infra.clients import pubsub_client
+from shared.infra.listener import Listener
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
@@ -211,28 +211,27 @@ class Accounts:
             if on_live is not None:
                 on_live(now)
 
-        while True:
-            try:
-                async with self._subscriber.pubsub() as pubsub:
-                    await pubsub.subscribe(self._keys.sessions_revoked)
-                    while True:
-                        message = await pubsub.get_message(timeout=1.0)
-                        if cancel_requested():
-                            raise asyncio.CancelledError
-                        if message is None:
-                            continue
-                        if message["type"] == "subscribe":
-                            live(True)
-                        elif message["type"] == "message":
-                            self.sessions.revoke(message["data"])
-                            if on_revoked is not None:
-                                on_revoked(message["data"])
-            except (RedisError, OSError) as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                if self.sessions.live:
-                    log.warning("session revocations unavailable (%r); cache off", exc)
-                live(False)
-                await asyncio.sleep(retry_s)
-            finally:
-                live(False)
+        listener = Listener(
+            "session revocations (session cache off meanwhile)",
+            on_up=lambda: live(True),
+            on_down=lambda: live(False),
+            first_delay_s=retry_s,
+            max_delay_s=max(retry_s, 2.0),
+        )
+
+        async def session() -> None:
+            async with self._subscriber.pubsub() as pubsub:
+                await pubsub.subscribe(self._keys.sessions_revoked)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    listener.check()
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        listener.up()
+                    elif message["type"] == "message":
+                        self.sessions.revoke(message["data"])
+                        if on_revoked is not None:
+                            on_revoked(message["data"])
+
+        await listener.run(session)

@@ -3,10 +3,9 @@ for a flush, and how long the oldest has waited."""
 
 from __future__ import annotations
 
-import time
-
 from redis.asyncio import Redis
 
+from shared.infra.clock import now_ms
 from shared.store.keys import Keys
 
 
@@ -19,7 +18,7 @@ async def dirty_count(redis: Redis, keys: Keys) -> tuple[int, float | None]:
         replies = await pipe.execute()
     count = sum(replies[0::2])
     oldest = [r[0][1] for r in replies[1::2] if r]
-    age = (time.time() * 1000 - min(oldest)) / 1000 if oldest else None
+    age = (now_ms() - min(oldest)) / 1000 if oldest else None
     return count, age
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import math
-import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,14 +24,11 @@ from shared.domain.models import (
     EditOut,
     StatusOut,
 )
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import EditStatus, Scripts
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _dt(ms: str | int | None) -> datetime | None:

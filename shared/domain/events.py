@@ -11,22 +11,18 @@ services/matcher/messages.py); every other inbox entry is flat fields like a doc
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 
 INBOX_MAXLEN = 32
 JOB_COMPLETED = "job.completed"
 JOB_FAILED = "job.failed"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def to_inbox(

@@ -8,7 +8,8 @@ import asyncpg
 from shared.domain import profiles
 from shared.domain.errors import InvalidInput, NotFound, Unavailable
 from shared.domain.models import Profile, ProfilePatch
-from shared.infra.cache import CACHE_ERRORS, Cache, Family
+from shared.infra.cache import Cache, Family
+from shared.infra.dependencies import REDIS_DOWN
 from shared.settings import Settings
 
 NULLABLE = {"region"}
@@ -54,7 +55,7 @@ class ProfileCache:
             raise NotFound("no such user")
         try:
             await self.cache.invalidate(self.family, user_id)
-        except CACHE_ERRORS as exc:
+        except REDIS_DOWN as exc:
             raise Unavailable(
                 "the profile was saved but the cache could not be invalidated; repeat the request",
                 dependency="cache",

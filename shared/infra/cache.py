@@ -43,9 +43,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from shared.infra.clients import cancel_requested
+from shared.infra.clock import now_ms
+from shared.infra.dependencies import REDIS_DOWN
+from shared.infra.listener import Listener
 from shared.store.keys import Keys
 from shared.store.scripts import CacheScripts
 
@@ -55,7 +56,6 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 # What a down or unreachable cache Redis raises (TimeoutError is an OSError).
-CACHE_ERRORS = (RedisError, OSError)
 # How many lease-wait rounds before a reader gives up on the cache and loads uncached.
 MAX_ROUNDS = 3
 # A generation must outlive any load in flight; past that it may go (a missing generation only
@@ -142,10 +142,6 @@ class Entry:
         return Entry(float(delta), float(expiry), payload or None)
 
 
-def _epoch_ms() -> float:
-    return time.time() * 1000
-
-
 def _unit_random() -> float:
     return 1.0 - random.random()  # (0, 1]: ln() is defined
 
@@ -160,7 +156,7 @@ class Cache:
         xfetch_beta: float = 1.0,
         retry_s: float = 1.0,
         rand: Callable[[], float] = _unit_random,
-        clock: Callable[[], float] = _epoch_ms,
+        clock: Callable[[], float] = now_ms,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -176,23 +172,28 @@ class Cache:
         self._down_until = 0.0
         self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._waiters: dict[str, set[asyncio.Queue[str]]] = {}
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = Listener(
+            "cache listener", on_up=self._subscribed_now, on_down=self._unsubscribed
+        )
+        self._listening: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
     # Lifecycle ---------------------------------------------------------------------------
     async def start(self, wait_s: float = 2.0) -> None:
         """Start the pub/sub listener; wait briefly for its subscription (not at all if the
         cache Redis is down: readers then fall back until it is back)."""
-        self._listener = asyncio.create_task(self._listen(), name="cache-listener")
+        self._listening = asyncio.create_task(
+            self._listener.run(self._session), name="cache-listener"
+        )
         try:
             await asyncio.wait_for(self._subscribed.wait(), wait_s)
         except TimeoutError:
             log.warning("cache listener not subscribed yet; waiting readers may be slower")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         flights = list(self._flights.values())
         for task in flights:
             task.cancel()
@@ -208,7 +209,7 @@ class Cache:
             return await loader()
         try:
             raw = await self._redis.get(self._keys.cache_entry(family.name, item))
-        except CACHE_ERRORS as exc:
+        except REDIS_DOWN as exc:
             self._trip(exc)
             stats.fallbacks += 1
             return await loader()
@@ -250,7 +251,7 @@ class Cache:
             got = await self._scripts.acquire(
                 family.name, item, token, self.lease_ms, token, self._gen_ttl_ms, refresh=True
             )
-        except CACHE_ERRORS as exc:
+        except REDIS_DOWN as exc:
             self._trip(exc)
             return current
         if not got.leased:
@@ -303,7 +304,7 @@ class Cache:
                     got = await self._scripts.acquire(
                         family.name, item, token, self.lease_ms, token, self._gen_ttl_ms
                     )
-                except CACHE_ERRORS as exc:
+                except REDIS_DOWN as exc:
                     self._trip(exc)
                     break
                 if got.entry is not None:
@@ -385,7 +386,7 @@ class Cache:
             stored = await self._scripts.fill(
                 family.name, item, entry.text(), ttl_s * 1000, gen, token
             )
-        except CACHE_ERRORS as exc:
+        except REDIS_DOWN as exc:
             self._trip(exc)
             return False
         if not stored:
@@ -395,7 +396,7 @@ class Cache:
     async def _release(self, family: Family[T], item: str, token: str, gen: str) -> None:
         try:
             await self._scripts.fill(family.name, item, "", 0, gen, token)
-        except CACHE_ERRORS as exc:
+        except REDIS_DOWN as exc:
             self._trip(exc)
 
     # Writes ------------------------------------------------------------------------------
@@ -457,31 +458,26 @@ class Cache:
         for inbox in self._waiters.get(channel, ()):
             inbox.put_nowait(data)
 
-    async def _listen(self) -> None:
-        delay = 0.1
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.psubscribe(self._keys.cache_ready_pattern)
-                self._subscribed.set()
-                delay = 0.1
-                while True:
-                    # A blocking read with a timeout, so health checks run; not a poll of Redis.
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if cancel_requested():
-                        raise asyncio.CancelledError
-                    if msg is not None and msg["type"] == "pmessage":
-                        self._dispatch(msg["channel"], msg["data"])
-            except Exception as exc:  # whatever it was, the listener must come back
-                self._subscribed.clear()
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                log.warning("cache listener lost the cache Redis (%r); reconnecting", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                with contextlib.suppress(*CACHE_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    async def _session(self) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.psubscribe(self._keys.cache_ready_pattern)
+            self._listener.up()
+            while True:
+                # A blocking read with a timeout, so health checks run; not a poll of Redis.
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                self._listener.check()
+                if msg is not None and msg["type"] == "pmessage":
+                    self._dispatch(msg["channel"], msg["data"])
+        finally:
+            with contextlib.suppress(*REDIS_DOWN):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _subscribed_now(self) -> None:
+        self._subscribed.set()
+
+    def _unsubscribed(self) -> None:
+        self._subscribed.clear()
 
     def _trip(self, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -129,14 +128,3 @@ async def create_db_pool(
     )
     assert pool is not None
     return pool
-
-
-def cancel_requested() -> bool:
-    """True when the current task has been asked to stop.
-
-    A pub/sub loop must check this after each read and in its error handler: redis-py's
-    `get_message(timeout=...)` can swallow a cancel that lands as its read times out (it answers
-    None, or a TimeoutError, an OSError, that a retrying loop catches), and the loop would then
-    never end: a lifespan waiting for it hangs at shutdown."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -28,7 +28,6 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
@@ -36,8 +35,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from shared.infra.bearer import bearer_token
 from shared.infra.edge import EdgeLimits
 from shared.infra.metrics import CONTENT_TYPE, render
+from shared.infra.problems import problem
 from shared.settings import Settings
 
 log = logging.getLogger("redline.health")
@@ -90,11 +91,9 @@ class OperatorGate:
             if not self.production:
                 return None
             return 403, "operator surfaces are closed: set REDLINE_OPERATOR_TOKEN to open them"
-        scheme, _, offered = (authorization or "").partition(" ")
+        offered = bearer_token(authorization)
         # Constant-time: the comparison must not tell an attacker how much of a guess was right.
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            offered.strip().encode(), self.token.encode()
-        ):
+        if offered is not None and hmac.compare_digest(offered.encode(), self.token.encode()):
             return None
         return 401, "send Authorization: Bearer <operator token>"
 
@@ -157,9 +156,6 @@ class Observability:
         return render(self.registry)
 
 
-_TITLES = {401: "Unauthorized", 403: "Forbidden"}
-
-
 # The api's OpenAPI document defines `Problem` (services/api/problems.py); the other services
 # publish no document.
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -196,15 +192,8 @@ def health_router(obs: Observability) -> APIRouter:
         if ready:
             # A non-critical dependency down (a cache with a fallback): serving, but degraded.
             return JSONResponse({"status": "degraded" if down else "ready", "checks": checks})
-        body: dict[str, Any] = {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": f"not ready: {', '.join(down)} down",
-            "checks": checks,
-        }
-        return JSONResponse(
-            body, 503, headers={"Retry-After": "1"}, media_type="application/problem+json"
+        return problem(
+            503, f"not ready: {', '.join(down)} down", {"Retry-After": "1"}, checks=checks
         )
 
     @router.get(
@@ -226,12 +215,8 @@ def health_router(obs: Observability) -> APIRouter:
         denied = obs.operator.denial(request.headers.get("authorization"))
         if denied is not None:
             status, detail = denied
-            body = {"type": "about:blank", "title": _TITLES[status], "status": status}
-            body["detail"] = detail
             headers = {"WWW-Authenticate": 'Bearer realm="operator"'} if status == 401 else None
-            return JSONResponse(
-                body, status, headers=headers, media_type="application/problem+json"
-            )
+            return problem(status, detail, headers)
         return Response(await obs.scrape(), media_type=CONTENT_TYPE)
 
     return router

@@ -4,7 +4,6 @@ once per client (EVALSHA, reloaded by redis-py if the server lost it) and called
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -14,6 +13,7 @@ from typing import Any, TypedDict
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 
@@ -113,10 +113,6 @@ def events_options(settings: Settings) -> EventsOptions:
     }
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Scripts:
     def __init__(
         self,
@@ -201,7 +197,7 @@ class Scripts:
     async def mark_clean(
         self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int, read_ms: int
     ) -> int:
-        keys, args = self._mark_clean_call(shard, written, ttl_ms, read_ms, _now_ms())
+        keys, args = self._mark_clean_call(shard, written, ttl_ms, read_ms, now_ms())
         return int(await self._call("mark_clean", keys, args))
 
     def _mark_clean_call(
@@ -225,7 +221,7 @@ class Scripts:
         read_ms: int,
     ) -> int:
         """mark_clean for several shards: one call each, all in one round trip."""
-        now = _now_ms()
+        now = now_ms()
         calls = [self._mark_clean_call(s, written, ttl_ms, read_ms, now) for s, written in shards]
         replies = await self._many("mark_clean", calls)
         return sum(int(r) for r in replies)
@@ -236,7 +232,7 @@ class Scripts:
         """Move refused (id, version) pairs from each shard's dirty index to its quarantine, each
         only if its version is still the refused one: one call a shard, one round trip."""
         k = self._keys
-        now = _now_ms()
+        now = now_ms()
         calls: list[tuple[Sequence[str], Sequence[Any]]] = []
         for shard, refused in shards:
             args: list[str | int] = [now]
@@ -299,7 +295,7 @@ class Scripts:
                 k.doc_events(doc_id),
                 k.doc_quarantine(doc_id),
             ),
-            (doc_id, tombstone_ttl_ms, _now_ms(), by),
+            (doc_id, tombstone_ttl_ms, now_ms(), by),
         )
 
     async def presence_join(

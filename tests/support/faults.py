@@ -28,6 +28,7 @@ import pytest
 from redis.asyncio import Redis
 
 from deploy.embedded import Valkey, free_port
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
@@ -283,7 +284,7 @@ async def overdue_jobs(redis_url: str, keys: Keys, older_than_s: float = 10) -> 
     """Queued jobs whose run time passed more than `older_than_s` ago: a stuck job."""
     client = Redis.from_url(redis_url)
     try:
-        cutoff = time.time() * 1000 - older_than_s * 1000
+        cutoff = now_ms() - older_than_s * 1000
         return int(await client.zcount(keys.queue_name, "-inf", cutoff))
     finally:
         await client.aclose()

@@ -24,7 +24,7 @@ from shared.domain import dirty
 from shared.domain.accounts import Principal
 from shared.domain.errors import Forbidden, Unauthenticated
 from shared.domain.models import CacheRedisStats, CacheStatsOut
-from shared.infra.cache import CACHE_ERRORS
+from shared.infra.dependencies import REDIS_DOWN
 from shared.infra.health import OperatorGate
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
@@ -55,7 +55,7 @@ async def _cache_redis(res: Resources) -> CacheRedisStats:
     try:
         async with asyncio.timeout(2):
             return CacheRedisStats(up=True, **await res.profiles.cache.info())
-    except CACHE_ERRORS as exc:
+    except REDIS_DOWN as exc:
         log.info("stats: cache Redis unreachable: %r", exc)
         return CacheRedisStats(up=False)
 
@@ -64,7 +64,7 @@ async def _dirty(res: Resources) -> tuple[int, float | None] | None:
     try:
         async with asyncio.timeout(2):
             return await dirty.dirty_count(res.state, res.keys)
-    except CACHE_ERRORS as exc:
+    except REDIS_DOWN as exc:
         log.info("stats: state Redis unreachable: %r", exc)
         return None
 
@@ -79,7 +79,7 @@ async def _quarantine(res: Resources, who: Principal | None) -> tuple[int, list[
             if who is None:
                 return count, ids
             return count, [d for d in ids if await res.documents.readable(who, d)]
-    except CACHE_ERRORS as exc:
+    except REDIS_DOWN as exc:
         log.info("stats: state Redis unreachable: %r", exc)
         return None
 
@@ -88,7 +88,7 @@ async def _queue_depth(res: Resources) -> int | None:
     try:
         async with asyncio.timeout(2):
             return int(await res.queue.zcard(res.keys.queue_name))
-    except CACHE_ERRORS as exc:
+    except REDIS_DOWN as exc:
         log.info("stats: queue Redis unreachable: %r", exc)
         return None
 

@@ -6,7 +6,6 @@ worker: its flush jobs, its metrics port, its shutdown drain."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import asyncpg
@@ -18,6 +17,7 @@ from deploy.embedded import free_port
 from services.flusher import worker
 from services.flusher.flush import Flusher
 from services.flusher.saves import Unsaveable, save_document, snapshot_document
+from shared.infra.clock import now_ms
 from shared.infra.metrics import render
 from shared.settings import Settings
 from shared.store.keys import Keys
@@ -34,7 +34,7 @@ POISON = "bad\x00content"
 async def poison(redis: Redis, keys: Keys, user: User, doc_id: str, content: str = POISON) -> int:
     """An edit of `content` through the real edit script (what the API did before issue 10)."""
     reply = await Scripts(redis, keys).edit(
-        doc_id, content, None, user.user_id, time.time_ns() // 1_000_000, [f"t:{user.tenant_id}"]
+        doc_id, content, None, user.user_id, now_ms(), [f"t:{user.tenant_id}"]
     )
     assert reply.status is EditStatus.APPLIED
     return reply.version

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from deploy.embedded import free_port
-from services.matcher.pool import wall_ms
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
@@ -229,7 +229,7 @@ async def test_a_place_held_by_a_dead_process_lapses(
     settings = make_settings(migrated, ws_max_sockets_per_user=1)
     ada = await signup(api, "ada")
     # An entry its process never renewed nor removed (it died): lapsed a moment ago.
-    await redis.zadd(keys.user_sockets(ada.user_id), {"dead-process-socket": wall_ms() - 1})
+    await redis.zadd(keys.user_sockets(ada.user_id), {"dead-process-socket": now_ms() - 1})
     async with matcher_server(settings) as url, events_socket(url, ada) as ws:
         await pong(ws)
         assert await redis.zrange(keys.user_sockets(ada.user_id), 0, -1) != ["dead-process-socket"]
