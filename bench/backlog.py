@@ -50,9 +50,9 @@ async def run(
     keys = Keys(settings.key_prefix, settings.doc_shards)
     rng = random.Random(seed)
     redis = redis_client(settings.state_url)
-    pool = await create_db_pool(settings, init=queries.prepare_flush_connection)
+    db = await create_db_pool(settings, init=queries.prepare_flush_connection)
     scripts = Scripts(redis, keys)
-    flusher = Flusher(settings, redis, pool, scripts, keys)
+    flusher = Flusher(settings, redis, db, scripts, keys)
     meter = CpuMeter({"postgres": stack.postgres_procs, "redis": stack.valkey_procs})
     out: list[FlushRun] = []
     try:
@@ -115,6 +115,6 @@ async def run(
                 f" {stats.written:,} rows written, {left} still dirty)"
             )
     finally:
-        await pool.close()
+        await db.close()
         await redis.aclose()
     return out

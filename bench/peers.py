@@ -47,24 +47,24 @@ class ContentIn(BaseModel):
 
 
 def naive_app(settings: Settings) -> FastAPI:
-    pool: asyncpg.Pool | None = None
+    db: asyncpg.Pool | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        nonlocal pool
-        pool = await create_db_pool(settings)
+        nonlocal db
+        db = await create_db_pool(settings)
         try:
             yield
         finally:
-            await pool.close()
+            await db.close()
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.put("/v1/documents/{doc_id}/content", status_code=202)
     async def edit(doc_id: UUID, request: Request) -> JSONResponse:
         body = ContentIn.model_validate_json(await request.body())
-        assert pool is not None
-        version = await pool.fetchval(NAIVE_UPDATE, doc_id, body.content)
+        assert db is not None
+        version = await db.fetchval(NAIVE_UPDATE, doc_id, body.content)
         if version is None:
             return JSONResponse({"detail": "not found"}, 404)
         out = {"id": str(doc_id), "version": version, "saved_version": version, "status": "saved"}

@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         await check_redis_users(settings, "api", service_urls(settings))
         keys = Keys(settings.key_prefix, settings.doc_shards)
         state = redis_client(settings.state_url, cluster=settings.redis_cluster)
-        pool = await create_db_pool(settings)
+        db = await create_db_pool(settings)
         queue = await create_pool(
             arq_settings(settings.queue_url), default_queue_name=keys.queue_name
         )
@@ -95,14 +95,14 @@ def create_app(settings: Settings) -> FastAPI:
             keys=keys,
             state=state,
             queue=queue,
-            pool=pool,
-            accounts=Accounts(settings, state, pool, keys),
-            documents=Documents(settings, state, pool, scripts, keys),
+            db=db,
+            accounts=Accounts(settings, state, db, keys),
+            documents=Documents(settings, state, db, scripts, keys),
             limiter=RateLimiter(settings, scripts, keys),
-            cache=cache_redis,
-            profiles=ProfileCache(settings, cache, pool),
+            cache_redis=cache_redis,
+            profiles=ProfileCache(settings, cache, db),
         )
-        obs.watch(*health.checks(state, queue, pool, cache_redis))
+        obs.watch(*health.checks(state, queue, db, cache_redis))
         accounts = app.state.resources.accounts
         revocations = asyncio.create_task(accounts.listen(), name="session revocations")
         log.info("api ready")
@@ -115,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
             revocations.cancel()
             await asyncio.gather(revocations, return_exceptions=True)
             await queue.aclose()
-            await pool.close()
+            await db.close()
             await state.aclose()
 
     app = FastAPI(

@@ -22,9 +22,9 @@ class Resources:
     keys: Keys
     state: Redis
     queue: ArqRedis
-    pool: asyncpg.Pool
+    db: asyncpg.Pool
     accounts: Accounts
     documents: Documents
     limiter: RateLimiter
-    cache: Redis
+    cache_redis: Redis
     profiles: ProfileCache

@@ -124,10 +124,10 @@ def _ms_to_dt(ms: str | None) -> datetime:
 
 class Flusher:
     def __init__(
-        self, settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, keys: Keys
+        self, settings: Settings, redis: Redis, db: asyncpg.Pool, scripts: Scripts, keys: Keys
     ) -> None:
         self._redis = redis
-        self._pool = pool
+        self._db = db
         self._scripts = scripts
         self._keys = keys
         self._batch_size = settings.flush_batch_size
@@ -252,7 +252,7 @@ class Flusher:
         stats.read = len(rows)
         refused: dict[str, BaseException] = {}
         if rows:
-            async with self._pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 # In id order, so each half of a split is a contiguous run (writes lock in order).
                 stats.written = await self._write(conn, sorted(rows, key=_id), refused)
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A

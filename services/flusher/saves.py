@@ -90,7 +90,7 @@ def _retry_or_raise(ctx: Ctx, exc: Exception) -> Retry:
 
 
 async def _saved_version(ctx: Ctx, doc_id: str) -> int:
-    async with ctx["pool"].acquire() as conn:
+    async with ctx["db"].acquire() as conn:
         row = await queries.document(conn, doc_id)
     if row is None:
         raise NotFound(f"document {doc_id} no longer exists")
@@ -123,7 +123,7 @@ async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
         raise NotFound(f"document {doc_id} no longer exists")
     if content is not None and version is not None:
         return content, int(version)
-    async with ctx["pool"].acquire() as conn:
+    async with ctx["db"].acquire() as conn:
         row = await queries.document(conn, doc_id)
     if row is None:
         raise NotFound(f"document {doc_id} no longer exists")
@@ -137,7 +137,7 @@ async def snapshot_document(
 
     async def work() -> dict[str, Any]:
         content, version = await _current(ctx, doc_id)
-        async with ctx["pool"].acquire() as conn:
+        async with ctx["db"].acquire() as conn:
             snapshot_id = await snapshots.insert(
                 conn, doc_id, label, content, version, user_id, ctx["job_id"]
             )

@@ -95,7 +95,7 @@ async def _start_probes(ctx: Ctx) -> None:
     obs.watch(
         redis_check("state_redis", ctx["state"]),
         redis_check("queue_redis", queue_probe),
-        postgres_check("postgres", ctx["pool"]),
+        postgres_check("postgres", ctx["db"]),
     )
 
     async def backlog() -> None:
@@ -131,16 +131,14 @@ async def startup(ctx: Ctx) -> None:
     await check_redis_users(settings, "flusher", service_urls(settings))
     keys = Keys(settings.key_prefix, settings.doc_shards)
     state = redis_client(settings.state_url, cluster=settings.redis_cluster)
-    pool = await create_db_pool(settings, init=prepare_flush_connection)
+    db = await create_db_pool(settings, init=prepare_flush_connection)
     scripts = Scripts(state, keys, **events_options(settings))
-    ctx.update(
-        state=state, pool=pool, keys=keys, flusher=Flusher(settings, state, pool, scripts, keys)
-    )
+    ctx.update(state=state, db=db, keys=keys, flusher=Flusher(settings, state, db, scripts, keys))
     ctx["scripts"] = scripts
     # The cache role gets its own client (it may be another, evicting, server).
     ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
     cache = Cache(cache_redis, keys, lease_ms=settings.cache_lease_ms)
-    ctx["profiles"] = ProfileCache(settings, cache, pool)
+    ctx["profiles"] = ProfileCache(settings, cache, db)
     await _start_probes(ctx)
     log.info(
         "flusher ready: every %ss, batches of %d, %d shards",
@@ -178,8 +176,8 @@ async def shutdown(ctx: Ctx) -> None:
             await ctx.pop("probe_server").stop()
         if "queue_probe" in ctx:
             await ctx.pop("queue_probe").aclose()
-        if "pool" in ctx:
-            await ctx["pool"].close()
+        if "db" in ctx:
+            await ctx["db"].close()
         if "state" in ctx:
             await ctx["state"].aclose()
         if "cache_redis" in ctx:

@@ -96,12 +96,12 @@ class SessionCache:
 
 
 class Accounts:
-    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool, keys: Keys) -> None:
+    def __init__(self, settings: Settings, redis: Redis, db: asyncpg.Pool, keys: Keys) -> None:
         self._redis = redis
         # Where revocations are heard: a cluster client has no pubsub() (shared/infra/clients.py).
         # Created lazily by redis-py: no connection until listen() subscribes.
         self._subscriber = pubsub_client(settings) if settings.redis_cluster else redis
-        self._pool = pool
+        self._db = db
         self._keys = keys
         self._session_ttl_ms = settings.session_ttl_s * 1000
         # Never long enough to outlive the session itself in Redis.
@@ -128,7 +128,7 @@ class Accounts:
     async def signup(self, username: str, password: str) -> tuple[Principal, str]:
         password_hash = await self._hash(password)
         principal = Principal(str(uuid.uuid4()), str(uuid.uuid4()), username, "owner")
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await queries.insert_tenant(conn, principal.tenant_id, f"{username}'s team")
             await self._insert_user(conn, principal, password_hash)
         return principal, await self.open_session(principal)
@@ -136,7 +136,7 @@ class Accounts:
     async def add_member(self, owner: Principal, username: str, password: str) -> Principal:
         password_hash = await self._hash(password)
         member = Principal(str(uuid.uuid4()), owner.tenant_id, username, "member")
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             await self._insert_user(conn, member, password_hash)
         return member
 
@@ -150,7 +150,7 @@ class Accounts:
             raise Conflict(f"username {who.username!r} is taken") from None
 
     async def login(self, username: str, password: str) -> tuple[Principal, str]:
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             row = await queries.user_by_username(conn, username)
         if row is None:
             await self._verify(self._decoy, password)

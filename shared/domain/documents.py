@@ -57,10 +57,10 @@ def allows(acl: str, who: Principal) -> bool:
 
 class Documents:
     def __init__(
-        self, settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, keys: Keys
+        self, settings: Settings, redis: Redis, db: asyncpg.Pool, scripts: Scripts, keys: Keys
     ) -> None:
         self._redis = redis
-        self._pool = pool
+        self._db = db
         self._scripts = scripts
         self._keys = keys
         self._max_bytes = settings.max_document_bytes
@@ -87,7 +87,7 @@ class Documents:
         None when it does not exist (or is deleted)."""
         fields = await self._hash(doc_id)
         if not fields:
-            async with self._pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 row = await queries.document(conn, doc_id)
             if row is None:
                 return None
@@ -150,7 +150,7 @@ class Documents:
         self._check_size(content)
         doc_id = str(uuid.uuid4())
         tenant = None if members else who.tenant_id
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await queries.insert_document(conn, doc_id, tenant, title, content, who.user_id)
             if members:
                 await queries.add_document_members(conn, doc_id, members)
@@ -203,12 +203,12 @@ class Documents:
         await self._visible(who, doc_id)
         # Tombstone first: from here on no edit, seed or flush can bring the document back.
         await self._scripts.delete(doc_id, self._tombstone_ttl_ms, who.user_id)
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             await queries.delete_document(conn, doc_id)
 
     async def page(self, who: Principal, limit: int, cursor: str | None) -> DocumentPage:
         after = _decode_cursor(cursor) if cursor else None
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             rows = await queries.tenant_documents(conn, who.tenant_id, limit + 1, after)
         page, more = rows[:limit], len(rows) > limit
         # Overlay Redis's newer versions so the list reads our own writes too.

@@ -16,19 +16,19 @@ NULLABLE = {"region"}
 
 
 class ProfileCache:
-    def __init__(self, settings: Settings, cache: Cache, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, cache: Cache, db: asyncpg.Pool) -> None:
         self.cache = cache
-        self._pool = pool
+        self._db = db
         self.family = Family.of_model(
             "profile", Profile, settings.profile_cache_ttl_s, settings.cache_negative_ttl_s
         )
 
     async def _load(self, user_id: str) -> Profile | None:
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             return await profiles.load(conn, user_id)
 
     async def _load_many(self, user_ids: list[str]) -> dict[str, Profile]:
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             return {p.user_id: p for p in await profiles.load_many(conn, user_ids)}
 
     async def get(self, user_id: str) -> Profile:
@@ -47,7 +47,7 @@ class ProfileCache:
                 raise InvalidInput(f"{name} may not be null")
         if "interests" in changes:
             changes["interests"] = list(dict.fromkeys(changes["interests"]))
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             async with conn.transaction():
                 await profiles.save(conn, user_id, changes)
             profile = await profiles.load(conn, user_id)
@@ -64,10 +64,10 @@ class ProfileCache:
 
     async def warm(self, limit: int) -> int:
         """Preload the profiles of the `limit` most recently seen users; returns how many."""
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             user_ids = await profiles.recently_seen(conn, limit)
         return await self.cache.warm(self.family, user_ids, self._load_many)
 
     async def touch(self, user_id: str) -> None:
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             await profiles.touch(conn, user_id)

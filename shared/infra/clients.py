@@ -117,7 +117,7 @@ async def create_db_pool(
     max_size: int | None = None,
     init: Callable[[Any], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+    db = await asyncpg.create_pool(
         settings.dsn,
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max if max_size is None else max_size,
@@ -126,5 +126,5 @@ async def create_db_pool(
         reset=_no_reset,
         init=init,  # type: ignore[arg-type]  # the stubs want their own callback protocol
     )
-    assert pool is not None
-    return pool
+    assert db is not None
+    return db

@@ -7,7 +7,7 @@ to refresh before a scrape (`obs.on_scrape(...)`):
     obs = Observability.of(new_registry(), settings)
     app.include_router(health_router(obs))
     ...  # in the lifespan
-    obs.watch(redis_check("state_redis", state), postgres_check("postgres", pool))
+    obs.watch(redis_check("state_redis", state), postgres_check("postgres", db))
 
 - `GET /healthz`: liveness. Touches no dependency: it answers while the event loop runs.
 - `GET /readyz`: every check at once, each bounded by the timeout; 200, or 503 problem+json
@@ -61,9 +61,9 @@ def redis_check(name: str, client: Redis, *, critical: bool = True) -> Check:
     return Check(name, ping, critical)
 
 
-def postgres_check(name: str, pool: asyncpg.Pool, *, critical: bool = True) -> Check:
+def postgres_check(name: str, db: asyncpg.Pool, *, critical: bool = True) -> Check:
     async def select_one() -> object:
-        async with pool.acquire() as conn:
+        async with db.acquire() as conn:
             return await conn.fetchval("SELECT 1") == 1
 
     return Check(name, select_one, critical)

@@ -20,6 +20,6 @@ async def worker_context(settings: Settings, **extra: Any) -> AsyncIterator[dict
     try:
         yield context
     finally:
-        await context["pool"].close()
+        await context["db"].close()
         await context["state"].aclose()
         await context["cache_redis"].aclose()

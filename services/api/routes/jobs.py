@@ -70,7 +70,7 @@ async def list_snapshots(
     doc_id: UUID, who: Caller, res: Res, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> list[SnapshotOut]:
     await res.documents.status(who, str(doc_id))
-    async with res.pool.acquire() as conn:
+    async with res.db.acquire() as conn:
         return await snapshots.newest(conn, str(doc_id), limit)
 
 
@@ -81,7 +81,7 @@ async def list_snapshots(
 )
 async def read_snapshot(doc_id: UUID, snapshot_id: UUID, who: Caller, res: Res) -> SnapshotDetail:
     await res.documents.status(who, str(doc_id))
-    async with res.pool.acquire() as conn:
+    async with res.db.acquire() as conn:
         found = await snapshots.one(conn, str(doc_id), str(snapshot_id))
     if found is None:
         raise NotFound(f"snapshot {snapshot_id} not found")

@@ -64,9 +64,9 @@ def keys(settings: Settings) -> Keys:
 
 
 async def _flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
-    pool = await create_db_pool(settings, init=prepare_flush_connection)
-    yield Flusher(settings, redis, pool, Scripts(redis, keys), keys)
-    await pool.close()
+    db = await create_db_pool(settings, init=prepare_flush_connection)
+    yield Flusher(settings, redis, db, Scripts(redis, keys), keys)
+    await db.close()
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
 
 @pytest.fixture
 async def queue(settings: Settings) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(arq_settings(settings.queue_url))
-    yield pool
-    await pool.aclose()
+    queue = await create_pool(arq_settings(settings.queue_url))
+    yield queue
+    await queue.aclose()
 
 
 @pytest.fixture
@@ -38,14 +38,14 @@ def keys(settings: Settings) -> Keys:
 
 @pytest.fixture
 async def flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
-    pool = await create_db_pool(settings, init=prepare_flush_connection)
-    yield Flusher(settings, redis, pool, Scripts(redis, keys), keys)
-    await pool.close()
+    db = await create_db_pool(settings, init=prepare_flush_connection)
+    yield Flusher(settings, redis, db, Scripts(redis, keys), keys)
+    await db.close()
 
 
 @pytest.fixture
 async def second_flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
-    """Another flusher process's worth of state: its own pool and lease token."""
-    pool = await create_db_pool(settings, init=prepare_flush_connection)
-    yield Flusher(settings, redis, pool, Scripts(redis, keys), keys)
-    await pool.close()
+    """Another flusher process's worth of state: its own Postgres pool and lease token."""
+    db = await create_db_pool(settings, init=prepare_flush_connection)
+    yield Flusher(settings, redis, db, Scripts(redis, keys), keys)
+    await db.close()

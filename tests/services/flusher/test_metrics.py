@@ -55,7 +55,7 @@ async def test_document_flush_and_job_failure_are_counted(
     assert (await worker.flush_document(ctx, doc["id"]))["written"] == 1
     await edit(api, alice, doc["id"], "two")
     # A real failure: the worker's Postgres pool is gone, the write raises, arq would retry.
-    await ctx["pool"].close()
+    await ctx["db"].close()
     with pytest.raises(Exception, match="pool is closed"):
         await worker.flush_document(ctx, doc["id"])
     text = exposition(ctx)
@@ -150,7 +150,7 @@ async def test_flusher_readyz_is_503_when_postgres_is_unreachable(migrated: Serv
     finally:
         await ctx.pop("probe_server").stop()
         await ctx["queue_probe"].aclose()
-        await ctx["pool"].close()
+        await ctx["db"].close()
         await ctx["state"].aclose()
     assert r.status_code == 503
     assert r.headers["content-type"] == "application/problem+json"

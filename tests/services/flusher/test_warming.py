@@ -26,7 +26,7 @@ async def warm_ctx(migrated: Servers) -> AsyncIterator[dict[str, Any]]:
     context: dict[str, Any] = {"settings": make_settings(migrated, warm_limit=2)}
     await worker.startup(context)
     yield context
-    await context["pool"].close()
+    await context["db"].close()
     await context["state"].aclose()
     await context["cache_redis"].aclose()
 
@@ -73,9 +73,9 @@ async def test_warming_with_the_cache_redis_down_reports_zero(migrated: Servers)
     context: dict[str, Any] = {"settings": make_settings(migrated, cache_redis_url=dead)}
     await worker.startup(context)
     try:
-        await queries.insert_tenant(context["pool"], "00000000-0000-4000-8000-000000000001", "t")
+        await queries.insert_tenant(context["db"], "00000000-0000-4000-8000-000000000001", "t")
         await queries.insert_user(
-            context["pool"],
+            context["db"],
             "00000000-0000-4000-8000-000000000002",
             "00000000-0000-4000-8000-000000000001",
             "alice",
@@ -84,6 +84,6 @@ async def test_warming_with_the_cache_redis_down_reports_zero(migrated: Servers)
         )
         assert await warm_profiles(context) == 0
     finally:
-        await context["pool"].close()
+        await context["db"].close()
         await context["state"].aclose()
         await context["cache_redis"].aclose()

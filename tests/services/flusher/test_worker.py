@@ -84,7 +84,7 @@ async def test_expired_presence_is_swept_and_flushed(
                 assert status.json()["editors"] == []
                 assert await worker.sweep_presence(ctx) == 0, "swept once"
             finally:
-                await ctx["pool"].close()
+                await ctx["db"].close()
                 await ctx["state"].aclose()
 
 
