@@ -55,13 +55,14 @@ class _Cluster(RedisCluster):
         return int(await self.execute_command("PUBLISH", channel, message, target_nodes=flag))
 
 
-def redis_client(url: str, *, cluster: bool = False) -> Redis:
+def redis_client(url: str, *, cluster: bool = False, binary: bool = False) -> Redis:
     """A client for one role. With `cluster`, a Redis Cluster client that finds every node from
     the one in `url`; every Lua script and multi-key call shares a hash tag, so each runs on one
-    node (shared/store/keys.py). Typed as Redis: the two classes share the command API we use."""
+    node (shared/store/keys.py). Typed as Redis: the two classes share the command API we use.
+    With `binary`, replies stay bytes (Yjs updates are not text: shared/store/update_log.py)."""
     # Short timeouts: a dead Redis must turn into a quick 503, never a hung request.
     options: dict[str, Any] = dict(
-        decode_responses=True,
+        decode_responses=not binary,
         socket_connect_timeout=2,
         socket_timeout=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),

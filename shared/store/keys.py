@@ -59,6 +59,12 @@ class Keys:
         in its slot so the edit, presence, mark-clean and delete scripts append atomically."""
         return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:events"
 
+    def update_log(self, doc_id: str) -> str:
+        """Stream of a co-edited document's Yjs updates not yet folded into its stored state
+        (field `u` the update, `o` its origin); never capped: the flusher trims what it folded
+        (shared/store/lua/collab_append.lua, collab_trim.lua)."""
+        return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:y"
+
     def doc_dirty(self, doc_id: str) -> str:
         return self.dirty(self.shard_of(doc_id))
 

@@ -1,0 +1,89 @@
+-- Append one Yjs update to a document's update log: the edit of a co-edited document. The update
+-- is durable (in the log, as durable as the state Redis) before anyone is told of it.
+-- KEYS[1] document hash   KEYS[2] the shard's dirty index   KEYS[3] the document's update log
+-- KEYS[4] the author's edit-rate key for this document   KEYS[5] the document's event stream
+-- KEYS[6] the shard's quarantine
+-- ARGV[1] document id   ARGV[2] the update (bytes)   ARGV[3] origin (process:socket)
+-- ARGV[4] author user id   ARGV[5] now (ms)   ARGV[6] log cap: entries   ARGV[7] log cap: bytes
+-- ARGV[8] rate: ms per update (0: no limit)   ARGV[9] rate: burst
+-- ARGV[10] event stream MAXLEN (approximate)   ARGV[11] event stream TTL (ms)
+-- ARGV[12] at most one document.edited event per this many ms
+-- ARGV[13..] the caller's grants ("t:<tenant>", "u:<user>")
+-- Reply: {status, version, log id}; for -4 {-4, retry_after_ms, ""}, for -5 {-5, entries, ""}
+--   1 appended; 0 not in Redis (seed it from Postgres, then retry); -2 deleted; -3 no access;
+--   -4 rate limited; -5 the log is at its cap (backpressure: nothing is lost, the flusher has
+--   not caught up; retry later); -6 not seeded yet (install the seed update, then retry).
+-- The checks are edit.lua's, in its order, so revoking a member stops their next keystroke.
+local doc = KEYS[1]
+if redis.call('EXISTS', doc) == 0 then
+  return {0, 0, ''}
+end
+local f = redis.call('HMGET', doc, 'v', 'acl', 'del', 'ds', 'ys', 'yl', 'yb', 'ea')
+if f[3] then
+  return {-2, 0, ''}
+end
+local allowed = false
+local acl = ' ' .. (f[2] or '') .. ' '
+for i = 13, #ARGV do
+  if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
+    allowed = true
+    break
+  end
+end
+if not allowed then
+  return {-3, 0, ''}
+end
+if not f[5] then
+  return {-6, 0, ''}
+end
+local now = tonumber(ARGV[5])
+local interval = tonumber(ARGV[8])
+local rate_tat = nil
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[4]) or now)
+  if tat < now then tat = now end
+  rate_tat = tat + interval
+  local early = rate_tat - tonumber(ARGV[9]) * interval - now
+  if early > 0 then
+    return {-4, early, ''}
+  end
+end
+local entries = redis.call('XLEN', KEYS[3])
+local bytes = tonumber(f[7]) or 0
+if entries >= tonumber(ARGV[6]) or bytes + #ARGV[2] > tonumber(ARGV[7]) then
+  return {-5, entries, ''}
+end
+if rate_tat then
+  redis.call('SET', KEYS[4], rate_tat, 'PX', rate_tat - now)
+end
+-- A new stream id must sort after the folded one (`yl`), or a read of the log after `yl` would
+-- skip it. Ids come from the server clock and only grow within a stream, but a log trimmed away
+-- and recreated (its key expired with a clean document) starts over from the clock, which may
+-- have stepped back.
+local id = '*'
+if entries == 0 and f[6] then
+  local ms, seq = string.match(f[6], '^(%d+)-(%d+)$')
+  local t = redis.call('TIME')
+  if ms and tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ms) then
+    id = ms .. '-' .. (tonumber(seq) + 1)
+  end
+end
+id = redis.call('XADD', KEYS[3], id, 'u', ARGV[2], 'o', ARGV[3])
+local v = tonumber(f[1]) + 1
+redis.call('HSET', doc, 'v', v, 'by', ARGV[4], 'at', ARGV[5], 'yb', bytes + #ARGV[2])
+if not f[4] then
+  redis.call('HSET', doc, 'ds', ARGV[5])
+end
+-- Dirty state never expires; NX keeps the first-dirty time of an already dirty document.
+redis.call('PERSIST', doc)
+redis.call('PERSIST', KEYS[3])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+-- Keystrokes come tens a second: the event says "edited", throttled, not every keystroke.
+if not f[8] or now - tonumber(f[8]) >= tonumber(ARGV[12]) then
+  redis.call('HSET', doc, 'ea', ARGV[5])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*', 'type', 'document.edited',
+    'document_id', ARGV[1], 'version', v, 'by', ARGV[4], 'at', ARGV[5])
+  redis.call('PEXPIRE', KEYS[5], ARGV[11])
+end
+return {1, v, id}

@@ -1,0 +1,160 @@
+"""Typed wrappers around the co-editing scripts (shared/store/lua/collab_*.lua): a co-edited
+document's update log, its seed and its trim. They run on a client whose replies stay bytes
+(`redis_client(..., binary=True)`), since a Yjs update is not text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from redis.asyncio import Redis
+
+from shared.store.keys import Keys
+from shared.store.scripts import LUA_DIR
+
+NAMES = ("collab_append", "collab_seed", "collab_read", "collab_trim")
+
+
+class AppendStatus(IntEnum):
+    APPENDED = 1
+    NOT_LOADED = 0
+    DELETED = -2
+    NO_ACCESS = -3
+    RATE_LIMITED = -4  # `version` then holds the milliseconds until a retry may succeed
+    LOG_FULL = -5  # `version` then holds the log's length
+    NOT_SEEDED = -6
+
+
+class SeedStatus(IntEnum):
+    INSTALLED = 1
+    ALREADY = 2
+    NOT_LOADED = 0
+    MOVED = -1
+    DELETED = -2
+
+
+class TrimStatus(IntEnum):
+    TRIMMED = 1
+    STALE = -1
+    GONE = -2
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReply:
+    status: AppendStatus
+    version: int
+    log_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A co-edited document as one script saw it: `state` folded up to `folded_id`, then `log`
+    (id, update) in order. `version` None: not in Redis; `state` None: not seeded yet."""
+
+    version: int | None
+    state: bytes | None
+    folded_id: str
+    text: str | None
+    deleted: bool
+    log: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogLimits:
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOptions:
+    """What every append of a process shares: the log's caps, the author's rate, the event
+    stream's cap and TTL, and the `document.edited` throttle."""
+
+    limits: LogLimits
+    rate: tuple[int, int] | None = None  # (ms per update, burst); None: no limit
+    events_maxlen: int = 1000
+    events_ttl_ms: int = 86_400_000
+    edited_every_ms: int = 250
+
+
+class UpdateLog:
+    def __init__(self, redis: Redis, keys: Keys, options: AppendOptions) -> None:
+        self._keys = keys
+        self._options = options
+        self._s = {
+            name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES
+        }
+
+    async def append(
+        self,
+        doc_id: str,
+        update: bytes,
+        origin: str,
+        author: str,
+        now_ms: int,
+        grants: Sequence[str],
+    ) -> AppendReply:
+        k, o = self._keys, self._options
+        interval, burst = o.rate or (0, 0)
+        status, version, log_id = await self._s["collab_append"](
+            keys=(
+                k.doc(doc_id),
+                k.doc_dirty(doc_id),
+                k.update_log(doc_id),
+                k.edit_rate(doc_id, author),
+                k.doc_events(doc_id),
+                k.doc_quarantine(doc_id),
+            ),
+            args=(
+                doc_id,
+                update,
+                origin,
+                author,
+                now_ms,
+                o.limits.entries,
+                o.limits.bytes,
+                interval,
+                burst,
+                o.events_maxlen,
+                o.events_ttl_ms,
+                o.edited_every_ms,
+                *grants,
+            ),
+        )
+        return AppendReply(AppendStatus(int(status)), int(version), _text(log_id))
+
+    async def seed(self, doc_id: str, update: bytes, version: int) -> SeedStatus:
+        status = await self._s["collab_seed"](
+            keys=(self._keys.doc(doc_id),), args=(update, version)
+        )
+        return SeedStatus(int(status))
+
+    async def read(self, doc_id: str, max_entries: int) -> Snapshot:
+        k = self._keys
+        version, state, folded, text, deleted, tail = await self._s["collab_read"](
+            keys=(k.doc(doc_id), k.update_log(doc_id)), args=(max_entries,)
+        )
+        log = tuple((_text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2))
+        return Snapshot(
+            version=None if version is None else int(version),
+            state=None if state is None else bytes(state),
+            folded_id=_text(folded),
+            text=None if text is None else _text(text),
+            deleted=deleted is not None,
+            log=log,
+        )
+
+    async def trim(
+        self, doc_id: str, folded_id: str, state: bytes, text: str, folded_bytes: int, ttl_ms: int
+    ) -> tuple[TrimStatus, int]:
+        k = self._keys
+        status, left = await self._s["collab_trim"](
+            keys=(k.doc(doc_id), k.update_log(doc_id)),
+            args=(folded_id, state, text, folded_bytes, ttl_ms),
+        )
+        return TrimStatus(int(status)), int(left)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

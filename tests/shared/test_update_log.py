@@ -1,0 +1,240 @@
+"""The co-editing scripts (collab_append, collab_seed, collab_read, collab_trim) against a real
+Redis: an update is in the log before its append returns, caps push back instead of dropping,
+a trim keeps what came after the fold, and a retried or stale trim changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.domain import collab
+from shared.infra.clients import redis_client
+from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.scripts import Scripts
+from shared.store.update_log import (
+    AppendOptions,
+    AppendStatus,
+    LogLimits,
+    SeedStatus,
+    TrimStatus,
+    UpdateLog,
+)
+
+TTL = 60_000
+GRANTS = ("t:tenant-a", "u:alice")
+OPTIONS = AppendOptions(LogLimits(entries=50, bytes=4096))
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix, settings.doc_shards)
+
+
+@pytest.fixture
+async def binary(settings: Settings) -> AsyncIterator[Redis]:
+    client = redis_client(settings.state_url, binary=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def log(binary: Redis, keys: Keys) -> UpdateLog:
+    return UpdateLog(binary, keys, OPTIONS)
+
+
+async def loaded(redis: Redis, keys: Keys, content: str = "seed text", version: int = 3) -> str:
+    """A document as seed.lua loads it from Postgres (tenant-a's, clean)."""
+    doc_id = str(uuid.uuid4())
+    fields: dict[str, str | int] = {"v": version, "sv": version, "c": content, "acl": "t:tenant-a"}
+    assert await Scripts(redis, keys).seed(doc_id, fields, TTL)
+    return doc_id
+
+
+async def co_edited(redis: Redis, keys: Keys, log: UpdateLog, content: str = "seed text") -> str:
+    doc_id = await loaded(redis, keys, content)
+    assert await log.seed(doc_id, collab.seed_update(content), 3) == SeedStatus.INSTALLED
+    return doc_id
+
+
+def keystrokes(base: bytes, text: str) -> list[bytes]:
+    """One update a character, typed at the end of the document `base` holds."""
+    doc, body = collab.new_doc(base)
+    out = []
+    for char in text:
+        before = doc.get_state()
+        body += char
+        out.append(doc.get_update(before))
+    return out
+
+
+async def test_an_appended_update_is_in_the_log_and_the_document_is_dirty(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    doc_id = await co_edited(redis, keys, log)
+    (update,) = keystrokes(collab.seed_update("seed text"), "!")
+    reply = await log.append(doc_id, update, "p1:s1", "alice", 5000, GRANTS)
+    assert reply.status == AppendStatus.APPENDED
+    assert reply.version == 4
+    assert await redis.zscore(keys.doc_dirty(doc_id), doc_id) == 5000
+    assert await redis.pttl(keys.doc(doc_id)) == -1, "dirty state must never expire"
+    snap = await log.read(doc_id, 100)
+    assert snap.log == ((reply.log_id, update),)
+    assert snap.version == 4 and snap.folded_id == "0-0" and not snap.deleted
+    assert collab.fold(snap.state, [u for _, u in snap.log]).text == "seed text!"
+
+
+async def test_append_refusals(redis: Redis, keys: Keys, log: UpdateLog) -> None:
+    (update,) = keystrokes(collab.EMPTY_UPDATE, "x")
+    missing = str(uuid.uuid4())
+    assert (await log.append(missing, update, "o", "alice", 1, GRANTS)).status == (
+        AppendStatus.NOT_LOADED
+    )
+    unseeded = await loaded(redis, keys)
+    assert (await log.append(unseeded, update, "o", "alice", 1, GRANTS)).status == (
+        AppendStatus.NOT_SEEDED
+    )
+    doc_id = await co_edited(redis, keys, log)
+    other_tenant = ("t:tenant-b", "u:mallory")
+    assert (await log.append(doc_id, update, "o", "mallory", 1, other_tenant)).status == (
+        AppendStatus.NO_ACCESS
+    )
+    await redis.hset(keys.doc(doc_id), "del", "1")
+    assert (await log.append(doc_id, update, "o", "alice", 1, GRANTS)).status == (
+        AppendStatus.DELETED
+    )
+    # Nothing refused entered a log.
+    for refused in (unseeded, doc_id):
+        assert await redis.xlen(keys.update_log(refused)) == 0
+
+
+async def test_a_full_log_pushes_back_and_keeps_everything(
+    redis: Redis, keys: Keys, binary: Redis
+) -> None:
+    small = UpdateLog(binary, keys, AppendOptions(LogLimits(entries=5, bytes=10_000)))
+    doc_id = await co_edited(redis, keys, small)
+    updates = keystrokes(collab.seed_update("seed text"), "abcdefg")
+    statuses = [(await small.append(doc_id, u, "o", "alice", 1, GRANTS)).status for u in updates]
+    assert statuses == [AppendStatus.APPENDED] * 5 + [AppendStatus.LOG_FULL] * 2
+    assert await redis.xlen(keys.update_log(doc_id)) == 5
+    assert await redis.hget(keys.doc(doc_id), "v") == "8"
+    # The byte cap too: one update over what is left is refused whole.
+    tight = UpdateLog(binary, keys, AppendOptions(LogLimits(entries=100, bytes=40)))
+    other = await co_edited(redis, keys, tight)
+    sizes = [len(u) for u in updates]
+    fits = next(i for i in range(len(sizes) + 1) if sum(sizes[: i + 1]) > 40)
+    replies = [await tight.append(other, u, "o", "alice", 1, GRANTS) for u in updates]
+    assert [r.status for r in replies].count(AppendStatus.APPENDED) == fits
+    assert replies[fits].status == AppendStatus.LOG_FULL
+
+
+async def test_the_rate_limit_refuses_without_consuming(
+    redis: Redis, keys: Keys, binary: Redis
+) -> None:
+    limited = UpdateLog(
+        binary, keys, AppendOptions(LogLimits(entries=100, bytes=10_000), rate=(100, 2))
+    )
+    doc_id = await co_edited(redis, keys, limited)
+    updates = keystrokes(collab.seed_update("seed text"), "abc")
+    replies = [await limited.append(doc_id, u, "o", "alice", 10_000, GRANTS) for u in updates]
+    # A burst of two at once, then one every 100 ms.
+    assert [r.status for r in replies[:2]] == [AppendStatus.APPENDED] * 2
+    assert (replies[2].status, replies[2].version) == (AppendStatus.RATE_LIMITED, 100)
+    assert await redis.xlen(keys.update_log(doc_id)) == 2
+    later = await limited.append(doc_id, updates[2], "o", "alice", 10_100, GRANTS)
+    assert later.status == AppendStatus.APPENDED
+
+
+async def test_seed_only_from_the_version_it_was_built_from(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    doc_id = await loaded(redis, keys, "first text", version=3)
+    stale = collab.seed_update("an older text")
+    assert await log.seed(doc_id, stale, 2) == SeedStatus.MOVED
+    assert await log.seed(doc_id, collab.seed_update("first text"), 3) == SeedStatus.INSTALLED
+    assert await log.seed(doc_id, collab.seed_update("first text"), 3) == SeedStatus.ALREADY
+    assert await log.seed(str(uuid.uuid4()), stale, 0) == SeedStatus.NOT_LOADED
+
+
+async def test_two_processes_seeding_at_once_install_one_seed(
+    redis: Redis, keys: Keys, log: UpdateLog, binary: Redis
+) -> None:
+    doc_id = await loaded(redis, keys, "shared text")
+    other = UpdateLog(binary, keys, OPTIONS)
+    seed = collab.seed_update("shared text")
+    got = await asyncio.gather(log.seed(doc_id, seed, 3), other.seed(doc_id, seed, 3))
+    assert sorted(got) == [SeedStatus.INSTALLED, SeedStatus.ALREADY]
+
+
+async def test_a_trim_keeps_what_was_appended_while_the_flusher_folded(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    """The write-path race: the flusher reads a snapshot, folds it and writes Postgres while an
+    editor's update lands; the trim removes only the folded entries, so the late update stays
+    in the log, and the next fold has it."""
+    doc_id = await co_edited(redis, keys, log)
+    seed = collab.seed_update("seed text")
+    updates = keystrokes(seed, "abc")
+    for u in updates[:2]:
+        await log.append(doc_id, u, "o", "alice", 1, GRANTS)
+    snap = await log.read(doc_id, 100)  # the flusher's read
+    folded = collab.fold(snap.state, [u for _, u in snap.log])
+    late = await log.append(doc_id, updates[2], "o", "alice", 2, GRANTS)  # during the write
+    status, left = await log.trim(
+        doc_id, snap.log[-1][0], folded.state, folded.text, sum(len(u) for u in updates[:2]), TTL
+    )
+    assert (status, left) == (TrimStatus.TRIMMED, 1)
+    after = await log.read(doc_id, 100)
+    assert after.log == ((late.log_id, updates[2]),)
+    assert after.folded_id == snap.log[-1][0] and after.text == "seed textab"
+    assert collab.fold(after.state, [u for _, u in after.log]).text == "seed textabc"
+    assert await redis.hget(keys.doc(doc_id), "yb") == str(len(updates[2]))
+
+
+async def test_a_retried_or_stale_trim_changes_nothing(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    doc_id = await co_edited(redis, keys, log)
+    updates = keystrokes(collab.seed_update("seed text"), "ab")
+    first = await log.append(doc_id, updates[0], "o", "alice", 1, GRANTS)
+    second = await log.append(doc_id, updates[1], "o", "alice", 2, GRANTS)
+    snap = await log.read(doc_id, 100)
+    whole = collab.fold(snap.state, [u for _, u in snap.log])
+    assert (await log.trim(doc_id, second.log_id, whole.state, whole.text, 0, TTL))[0] == (
+        TrimStatus.TRIMMED
+    )
+    # A flusher that folded only the first update, and a retry of the trim: both refused.
+    part = collab.fold(snap.state, [updates[0]])
+    assert (await log.trim(doc_id, first.log_id, part.state, part.text, 0, TTL))[0] == (
+        TrimStatus.STALE
+    )
+    assert (await log.trim(doc_id, second.log_id, whole.state, whole.text, 0, TTL))[0] == (
+        TrimStatus.STALE
+    )
+    kept = await log.read(doc_id, 100)
+    assert kept.state == whole.state and kept.text == "seed textab" and kept.log == ()
+    # The emptied log goes with the clean hash; the next append recreates it after the fold.
+    assert 0 < await redis.pttl(keys.update_log(doc_id)) <= TTL
+    (more,) = keystrokes(whole.state, "c")
+    again = await log.append(doc_id, more, "o", "alice", 3, GRANTS)
+    assert again.status == AppendStatus.APPENDED
+    assert await redis.pttl(keys.update_log(doc_id)) == -1
+
+
+async def test_a_recreated_log_sorts_after_the_fold_even_if_the_clock_went_back(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    """A log whose key expired (the document was clean) starts over from the server clock; if
+    that clock stepped back, a new id could sort before the folded one and every read after the
+    fold would skip it. The append gives it an id after the fold instead."""
+    doc_id = await co_edited(redis, keys, log)
+    future = "99999999999999-5"  # a fold "from the future": the clock is now behind it
+    await redis.hset(keys.doc(doc_id), "yl", future)
+    (update,) = keystrokes(collab.seed_update("seed text"), "z")
+    reply = await log.append(doc_id, update, "o", "alice", 1, GRANTS)
+    assert reply.log_id == "99999999999999-6"
+    assert (await log.read(doc_id, 100)).log == ((reply.log_id, update),)
