@@ -135,6 +135,26 @@ class Settings(BaseSettings):
     # PEXPIRE, a process configured with a shorter session_ttl_s).
     ws_session_check_s: float = Field(60.0, gt=0)
 
+    # Co-editing (/v1/collab/{document_id} on the api; docs/collab.md). Off until the flusher
+    # compacts co-edited documents: until then a co-edited document's text would not reach
+    # Postgres.
+    collab_enabled: bool = False
+    collab_max_frame_bytes: int = Field(
+        1_048_576, ge=1024, description="largest binary frame (a reconnecting client's step 2)"
+    )
+    collab_log_max_entries: int = Field(
+        10_000, ge=10, description="unfolded updates a document holds before appends wait"
+    )
+    collab_log_max_bytes: int = Field(
+        4_194_304, ge=4096, description="unfolded update bytes a document holds before appends wait"
+    )
+    # Updates per user per document per second (GCRA inside the append script; the burst is the
+    # rate). A fast typist makes ~10.
+    collab_update_rate: int = Field(100, ge=1)
+    collab_heartbeat_s: float = Field(
+        15.0, gt=0, description="an empty awareness frame after this long without output"
+    )
+
     # Document event streams (state Redis) and /v1/ws/events.
     doc_events_maxlen: int = Field(1000, ge=10, description="entries kept per document stream")
     doc_events_ttl_s: int = Field(86_400, ge=60, description="a stream lives this long idle")

@@ -17,7 +17,13 @@ def main() -> None:
         port=settings.api_port,
         log_config=None,
         access_log=False,
-        ws="none",
+        # WebSockets only for co-editing (/v1/collab); per-message compression off: it costs
+        # ~30 KB a socket in zlib state, and a Yjs keystroke is 20 bytes.
+        ws="auto" if settings.collab_enabled else "none",
+        ws_max_size=settings.collab_max_frame_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
         http=edge_protocol(EdgeLimits.of(settings, settings.api_max_connections)),
         # Off: X-Forwarded-For is believed only through REDLINE_TRUSTED_PROXIES (ratelimit.py).
         proxy_headers=False,

@@ -14,11 +14,14 @@ from fastapi.openapi.utils import get_openapi
 
 from services.api import problems
 from services.api.bodylimit import BodyLimit
+from services.api.collab import Collab
 from services.api.deps import request_bodies
 from services.api.editlane import EditLane
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
+from services.api.rooms import Rooms
 from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
+from services.api.routes import collab as collab_routes
 from shared.domain.accounts import Accounts
 from shared.domain.documents import Documents
 from shared.domain.jobs import arq_settings
@@ -32,6 +35,7 @@ from shared.infra.permissions import check_redis_users, service_urls
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts, events_options
+from shared.store.update_log import UpdateLog, append_options
 
 log = logging.getLogger("redline.api")
 
@@ -71,6 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
             arq_settings(settings.queue_url), default_queue_name=keys.queue_name
         )
         scripts = Scripts(state, keys, **events_options(settings))
+        # Yjs updates are bytes: the co-editing scripts run on a client that does not decode.
+        state_bytes = redis_client(settings.state_url, cluster=settings.redis_cluster, binary=True)
         # The cache role gets its own client even when it is the same URL: it may be an LRU
         # instance, and a dead cache must not take sessions or edits down with it.
         if settings.redis_cluster and settings.cache_url == settings.state_url:
@@ -90,20 +96,28 @@ def create_app(settings: Settings) -> FastAPI:
         await cache.start()
         counters = CacheCounters(cache.stats.numbers)
         registry.register(counters)
+        docs = Documents(settings, state, db, scripts, keys)
+        accounts = Accounts(settings, state, db, keys)
         app.state.resources = Resources(
             settings=settings,
             keys=keys,
             state=state,
             queue=queue,
             db=db,
-            accounts=Accounts(settings, state, db, keys),
-            documents=Documents(settings, state, db, scripts, keys),
+            accounts=accounts,
+            documents=docs,
             limiter=RateLimiter(settings, scripts, keys),
             cache_redis=cache_redis,
             profiles=ProfileCache(settings, cache, db),
+            collab=Collab(
+                settings,
+                accounts,
+                docs,
+                UpdateLog(state_bytes, keys, append_options(settings)),
+                Rooms(),
+            ),
         )
         obs.watch(*health.checks(state, queue, db, cache_redis))
-        accounts = app.state.resources.accounts
         revocations = asyncio.create_task(accounts.listen(), name="session revocations")
         log.info("api ready")
         try:
@@ -116,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(revocations, return_exceptions=True)
             await queue.aclose()
             await db.close()
+            await state_bytes.aclose()
             await state.aclose()
 
     app = FastAPI(
@@ -146,4 +161,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(profiles.router)
     app.include_router(trending.router)
     app.include_router(stats.router)
+    if settings.collab_enabled:
+        app.include_router(collab_routes.router)
     return app

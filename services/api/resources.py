@@ -8,6 +8,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from services.api.collab import Collab
 from services.api.ratelimit import RateLimiter
 from shared.domain.accounts import Accounts
 from shared.domain.documents import Documents
@@ -28,3 +29,4 @@ class Resources:
     limiter: RateLimiter
     cache_redis: Redis
     profiles: ProfileCache
+    collab: Collab

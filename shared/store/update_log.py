@@ -10,6 +10,7 @@ from enum import IntEnum
 
 from redis.asyncio import Redis
 
+from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import LUA_DIR
 
@@ -76,6 +77,16 @@ class AppendOptions:
     events_maxlen: int = 1000
     events_ttl_ms: int = 86_400_000
     edited_every_ms: int = 250
+
+
+def append_options(settings: Settings) -> AppendOptions:
+    rate = settings.collab_update_rate
+    return AppendOptions(
+        LogLimits(settings.collab_log_max_entries, settings.collab_log_max_bytes),
+        rate=(max(1, 1000 // rate), rate),
+        events_maxlen=settings.doc_events_maxlen,
+        events_ttl_ms=settings.doc_events_ttl_s * 1000,
+    )
 
 
 class UpdateLog:

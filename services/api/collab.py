@@ -1,0 +1,210 @@
+"""`/v1/collab/{document_id}`: Yjs co-editing over the y-websocket protocol (docs/collab.md).
+
+A standard client (`y-websocket`'s WebsocketProvider with any Yjs editor binding) connects
+unchanged. The handshake is the matcher's (Origin, then a bearer token in Authorization or the
+`bearer, <token>` subprotocol) plus the one document access rule, all before accept; a document
+the caller may not open is refused as a missing one (404).
+
+Durable before acknowledged: an update reaches anyone (its sender's echo included) only after the
+append script has put it in the document's update log, bumped the version and marked the
+document dirty. A refused or failed append closes the socket without relaying; the client's
+resync (step 1/2) on reconnect resends what the server lacks. A malformed frame closes 1007 and
+never enters the log; a text frame closes 1003; a frame over the cap 1009; the author's update
+rate or a full log 1013 (try again later: the flusher has not folded yet); a deleted document or
+revoked access 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+
+from pycrdt import get_state, get_update
+from starlette.websockets import WebSocket
+
+from services.api.rooms import Peer, Rooms
+from shared.domain import collab
+from shared.domain.accounts import Accounts, Principal
+from shared.domain.collab import MalformedMessage
+from shared.domain.documents import Documents
+from shared.domain.handshake import authenticate, refuse
+from shared.infra.clock import now_ms
+from shared.infra.dependencies import DOWN
+from shared.settings import Settings
+from shared.store.update_log import AppendReply, AppendStatus, SeedStatus, Snapshot, UpdateLog
+
+log = logging.getLogger("redline.collab")
+
+UNAVAILABLE = (1013, "a store is unreachable; reconnect shortly")
+CLOSE_FOR: dict[AppendStatus, tuple[int, str]] = {
+    AppendStatus.RATE_LIMITED: (1013, "too many updates: slow down"),
+    AppendStatus.LOG_FULL: (1013, "the document is saving a backlog: reconnect shortly"),
+    AppendStatus.DELETED: (1008, "the document was deleted"),
+    AppendStatus.NO_ACCESS: (1008, "you may no longer edit this document"),
+}
+
+
+class Collab:
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: Accounts,
+        documents: Documents,
+        updates: UpdateLog,
+        rooms: Rooms,
+    ) -> None:
+        self._settings = settings
+        self._accounts = accounts
+        self._documents = documents
+        self._updates = updates
+        self._rooms = rooms
+        # Each update's origin in the log: this process and socket (a reader elsewhere skips
+        # what its own sockets sent).
+        self._process = secrets.token_hex(4)
+
+    async def serve(self, ws: WebSocket, document_id: str) -> None:
+        opened = await self._open(ws, document_id)
+        if opened is None:
+            return
+        principal, subprotocol, doc_id, snapshot = opened
+        await ws.accept(subprotocol=subprotocol)
+        peer = Peer(ws, self._settings.ws_send_queue)
+        writer = asyncio.create_task(peer.drain(), name="collab writer")
+        beat = asyncio.create_task(self._heartbeat(peer), name="collab heartbeat")
+        self._rooms.join(doc_id, peer)
+        origin = f"{self._process}:{secrets.token_hex(4)}"
+        try:
+            peer.send(collab.encode(collab.SyncStep1(get_state(_folded(snapshot)))))
+            await self._receive(peer, principal, doc_id, origin)
+        except DOWN as exc:
+            log.warning("collab dependency failed", extra={"err": str(exc), "doc": doc_id})
+            peer.stop(*UNAVAILABLE)
+        except Exception:
+            log.exception("collab socket failed", extra={"doc": doc_id})
+            peer.stop(1011, "internal error")
+        finally:
+            self._rooms.leave(doc_id, peer)
+            peer.stop(1000, "closed")
+            beat.cancel()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(peer.closed.wait(), 5)
+            writer.cancel()
+            await asyncio.gather(writer, beat, return_exceptions=True)
+
+    # Handshake -----------------------------------------------------------------------------
+    async def _open(
+        self, ws: WebSocket, document_id: str
+    ) -> tuple[Principal, str | None, str, Snapshot] | None:
+        caller = await authenticate(
+            ws, self._settings.allowed_origins, self._accounts, "a collab socket"
+        )
+        if caller is None:
+            return None
+        missing = f"document {document_id} not found"
+        try:
+            doc_id = str(uuid.UUID(document_id))
+        except ValueError:
+            await refuse(ws, 404, missing)
+            return None
+        try:
+            snapshot = await self._seeded(caller.principal, doc_id)
+        except DOWN:
+            await refuse(ws, 503, "a store is unreachable; retry shortly")
+            return None
+        if snapshot is None:
+            await refuse(ws, 404, missing)
+            return None
+        return caller.principal, caller.subprotocol, doc_id, snapshot
+
+    async def _seeded(self, who: Principal, doc_id: str) -> Snapshot | None:
+        """The document's snapshot once it has a Yjs state (seeding it from its text the first
+        time), or None when `who` may not open it (missing, deleted, not theirs: one answer)."""
+        for _ in range(5):
+            if not await self._documents.readable(who, doc_id):  # loads it from Postgres too
+                return None
+            snapshot = await self._updates.read(doc_id, self._settings.collab_log_max_entries)
+            if snapshot.state is not None:
+                return snapshot
+            if snapshot.version is None:
+                continue  # evicted between the two calls: load it again
+            seed = collab.seed_update(snapshot.text or "")
+            status = await self._updates.seed(doc_id, seed, snapshot.version)
+            if status == SeedStatus.DELETED:
+                return None
+            # Installed, seeded by another process, or edited over HTTP meanwhile: read again.
+        raise ConnectionError(f"document {doc_id} would not settle for seeding")
+
+    # Frames --------------------------------------------------------------------------------
+    async def _receive(self, peer: Peer, who: Principal, doc_id: str, origin: str) -> None:
+        cap = self._settings.collab_max_frame_bytes
+        while peer.close_with is None:
+            message = await peer.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame = message.get("bytes")
+            if frame is None:
+                peer.stop(1003, "the y-websocket protocol is binary frames only")
+                return
+            if len(frame) > cap:
+                peer.stop(1009, f"frames are at most {cap} bytes")
+                return
+            try:
+                await self._handle(peer, who, doc_id, origin, frame)
+            except MalformedMessage as exc:
+                peer.stop(1007, exc.detail)
+                return
+
+    async def _handle(
+        self, peer: Peer, who: Principal, doc_id: str, origin: str, frame: bytes
+    ) -> None:
+        msg = collab.parse(frame)
+        if isinstance(msg, collab.SyncStep1):
+            peer.send(collab.encode(collab.SyncStep2(await self._missing(doc_id, msg))))
+        elif isinstance(msg, collab.SyncStep2 | collab.Update):
+            if msg.update == collab.EMPTY_UPDATE:
+                return
+            reply = await self._append(who, doc_id, collab.checked(msg.update), origin)
+            if reply.status == AppendStatus.APPENDED:
+                self._rooms.relay(doc_id, collab.encode(collab.Update(msg.update)))
+            else:
+                peer.stop(*CLOSE_FOR[reply.status])
+        elif isinstance(msg, collab.Awareness):
+            self._rooms.relay(doc_id, frame)
+
+    async def _missing(self, doc_id: str, step1: collab.SyncStep1) -> bytes:
+        """What a client with this state vector lacks of the document, as one update."""
+        snapshot = await self._updates.read(doc_id, self._settings.collab_log_max_entries)
+        try:
+            missing: bytes = get_update(_folded(snapshot), step1.state_vector)
+        except ValueError:
+            raise MalformedMessage("not a Yjs state vector") from None
+        return missing
+
+    async def _append(self, who: Principal, doc_id: str, update: bytes, origin: str) -> AppendReply:
+        for _ in range(3):
+            reply = await self._updates.append(
+                doc_id, update, origin, who.user_id, now_ms(), who.grants
+            )
+            if reply.status not in (AppendStatus.NOT_LOADED, AppendStatus.NOT_SEEDED):
+                return reply
+            # Evicted while clean (or never seeded here): load and seed it, then append again.
+            if await self._seeded(who, doc_id) is None:
+                return AppendReply(AppendStatus.NO_ACCESS, 0, "")
+        raise ConnectionError(f"document {doc_id} would not stay loaded")
+
+    async def _heartbeat(self, peer: Peer) -> None:
+        """y-websocket clients drop a connection silent for 30 s: say something every
+        heartbeat when nothing else went out."""
+        every = self._settings.collab_heartbeat_s
+        loop = asyncio.get_running_loop()
+        while peer.close_with is None:
+            await asyncio.sleep(max(every - (loop.time() - peer.sent_at), 0.05))
+            if loop.time() - peer.sent_at >= every:
+                peer.send(collab.HEARTBEAT)
+
+
+def _folded(snapshot: Snapshot) -> bytes:
+    return collab.merged([snapshot.state or collab.EMPTY_UPDATE, *(u for _, u in snapshot.log)])

@@ -1,0 +1,310 @@
+"""The co-editing socket, /v1/collab/{id}, under a real uvicorn with pycrdt clients speaking the
+y-websocket protocol: editors converge, every acknowledged update is in the document's log,
+access is refused before accept, and bad frames close the socket without entering the log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from deploy.embedded import free_port
+from services.api.app import create_app
+from shared.domain import collab
+from shared.infra.clients import redis_client
+from shared.infra.edge import EdgeLimits, edge_protocol
+from shared.settings import Settings
+from shared.store.keys import Keys
+from shared.store.update_log import UpdateLog, append_options
+from tests.support.users import User, create_doc, signup
+
+
+@pytest.fixture
+def collab_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"collab_enabled": True})
+
+
+@asynccontextmanager
+async def api_server(settings: Settings) -> AsyncIterator[str]:
+    """The api under uvicorn, as services/api/__main__.py runs it with co-editing on."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        ws="auto",
+        ws_max_size=settings.collab_max_frame_bytes,
+        ws_per_message_deflate=False,
+        http=edge_protocol(EdgeLimits.of(settings, settings.api_max_connections)),
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the api stopped while starting")
+            await asyncio.sleep(0.02)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def host(collab_settings: Settings) -> AsyncIterator[str]:
+    async with api_server(collab_settings) as address:
+        yield address
+
+
+@pytest.fixture
+async def http(host: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{host}") as client:
+        yield client
+
+
+class Editor:
+    """A y-websocket client: a pycrdt document synced over one socket. An update it typed is
+    acknowledged when the server relays it back (the server relays only what it stored)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.doc, self.text = collab.new_doc()
+        self.synced = asyncio.Event()
+        self.pending: set[bytes] = set()
+        self.acked = 0
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in self.ws:
+                assert isinstance(frame, bytes)
+                msg = collab.parse(frame)
+                if isinstance(msg, collab.SyncStep1):
+                    before = self.doc.get_update(msg.state_vector)
+                    await self.ws.send(collab.encode(collab.SyncStep2(before)))
+                elif isinstance(msg, collab.SyncStep2):
+                    self.doc.apply_update(msg.update)
+                    self.synced.set()
+                elif isinstance(msg, collab.Update):
+                    if msg.update in self.pending:
+                        self.pending.discard(msg.update)
+                        self.acked += 1
+                    self.doc.apply_update(msg.update)
+
+    async def start(self) -> None:
+        await self.ws.send(collab.encode(collab.SyncStep1(self.doc.get_state())))
+        await asyncio.wait_for(self.synced.wait(), 5)
+
+    async def type(self, at: int, chars: str) -> None:
+        current = str(self.text)
+        offset = len(current[: min(at, len(current))].encode())
+        before = self.doc.get_state()
+        self.text.insert(offset, chars)
+        update = self.doc.get_update(before)
+        self.pending.add(update)
+        await self.ws.send(collab.encode(collab.Update(update)))
+
+    async def settled(self) -> None:
+        """Every update this editor typed has come back acknowledged."""
+        for _ in range(500):
+            if not self.pending:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{len(self.pending)} updates never acknowledged")
+
+    async def closed(self) -> None:
+        """Until the server has closed the socket."""
+        await asyncio.wait_for(self._reader, 5)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._reader
+
+
+@asynccontextmanager
+async def editor(host: str, user: User, doc_id: str) -> AsyncIterator[Editor]:
+    async with connect(
+        f"ws://{host}/v1/collab/{doc_id}", additional_headers=user.auth, max_size=None
+    ) as ws:
+        ed = Editor(ws)
+        await ed.start()
+        try:
+            yield ed
+        finally:
+            await ed.close()
+
+
+async def stored_text(settings: Settings, doc_id: str) -> str:
+    """The document's text as its Redis state and log hold it: what the flusher would fold."""
+    client = redis_client(settings.state_url, binary=True)
+    try:
+        keys = Keys(settings.key_prefix, settings.doc_shards)
+        snap = await UpdateLog(client, keys, append_options(settings)).read(doc_id, 100_000)
+        return collab.fold(snap.state, [u for _, u in snap.log]).text
+    finally:
+        await client.aclose()
+
+
+async def test_two_editors_typing_at_once_converge_with_nothing_lost(
+    host: str, http: httpx.AsyncClient, collab_settings: Settings
+) -> None:
+    ada = await signup(http, "ada")
+    doc = await create_doc(http, ada, content="start 😀 é\u0301 ")
+    rng = random.Random(3)
+    typed: list[str] = []
+    async with editor(host, ada, doc["id"]) as one, editor(host, ada, doc["id"]) as two:
+        assert str(one.text) == str(two.text) == "start 😀 é\u0301 "  # seeded once, not twice
+        for i in range(60):
+            ed = one if i % 2 else two
+            chars = rng.choice(["a", "b", "😀", "e\u0301", "中", " "])
+            typed.append(chars)
+            await ed.type(rng.randrange(len(str(ed.text)) + 1), chars)
+        await one.settled()
+        await two.settled()
+        for _ in range(200):
+            if str(one.text) == str(two.text):
+                break
+            await asyncio.sleep(0.01)
+        assert one.acked == two.acked == 30
+        assert str(one.text) == str(two.text)
+        text = str(one.text)
+    assert await stored_text(collab_settings, doc["id"]) == text
+    # Every typed code point is there (a combining mark may land beside another insert: random
+    # positions split clusters, which is still the text typed).
+    assert not Counter("".join(typed)) - Counter(text)
+    assert len(text) == len("start 😀 é\u0301 ") + sum(len(c) for c in typed)
+
+
+async def test_a_late_joiner_gets_the_whole_document(host: str, http: httpx.AsyncClient) -> None:
+    ada = await signup(http, "ada")
+    doc = await create_doc(http, ada, content="hello")
+    async with editor(host, ada, doc["id"]) as first:
+        await first.type(5, ", world")
+        await first.settled()
+    async with editor(host, ada, doc["id"]) as late:
+        assert str(late.text) == "hello, world"
+    r = await http.get(f"/v1/documents/{doc['id']}/status", headers=ada.auth)
+    assert r.status_code == 200 and r.json()["version"] == 1  # created at 0, one update
+
+
+async def refused(host: str, path: str, headers: dict[str, str] | None = None) -> int:
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(f"ws://{host}{path}", additional_headers=headers or {}):
+            pass
+    return caught.value.response.status_code
+
+
+async def test_the_handshake_refuses_before_accept(host: str, http: httpx.AsyncClient) -> None:
+    ada = await signup(http, "ada")
+    mallory = await signup(http, "mallory")
+    doc = await create_doc(http, ada, content="secret")
+    assert await refused(host, f"/v1/collab/{doc['id']}") == 401
+    # Another tenant's document and a missing one get the same answer.
+    assert await refused(host, f"/v1/collab/{doc['id']}", mallory.auth) == 404
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert await refused(host, f"/v1/collab/{missing}", mallory.auth) == 404
+    assert await refused(host, "/v1/collab/not-a-uuid", ada.auth) == 404
+    # The subprotocol form of the token, as browsers send it, is accepted and echoed.
+    offered = [Subprotocol("bearer"), Subprotocol(ada.token)]
+    async with connect(f"ws://{host}/v1/collab/{doc['id']}", subprotocols=offered) as ws:
+        assert ws.subprotocol == "bearer"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x00\x02\x05abc", 1007),  # a truncated message
+        (b"\x00\x02\x03\xff\xff\xff", 1007),  # an update Yjs cannot decode
+        (b"\x09", 1007),  # an unknown message type
+        ("text", 1003),  # y-websocket is binary only
+    ],
+)
+async def test_a_bad_frame_closes_the_socket_and_never_enters_the_log(
+    host: str, http: httpx.AsyncClient, collab_settings: Settings, frame: bytes | str, code: int
+) -> None:
+    ada = await signup(http, "ada")
+    doc = await create_doc(http, ada, content="kept")
+    async with connect(f"ws://{host}/v1/collab/{doc['id']}", additional_headers=ada.auth) as ws:
+        await ws.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    keys = Keys(collab_settings.key_prefix, collab_settings.doc_shards)
+    redis = Redis.from_url(collab_settings.state_url)
+    try:
+        assert await redis.xlen(keys.update_log(doc["id"])) == 0
+    finally:
+        await redis.aclose()
+    assert await stored_text(collab_settings, doc["id"]) == "kept"
+
+
+async def test_a_frame_over_the_cap_closes_1009(
+    http: httpx.AsyncClient, collab_settings: Settings
+) -> None:
+    small = collab_settings.model_copy(update={"collab_max_frame_bytes": 2048})
+    async with api_server(small) as address, httpx.AsyncClient(base_url=f"http://{address}") as c:
+        ada = await signup(c, "ada")
+        doc = await create_doc(c, ada)
+        async with connect(
+            f"ws://{address}/v1/collab/{doc['id']}", additional_headers=ada.auth
+        ) as ws:
+            await ws.send(b"\x00\x02" + b"\x00" * 4096)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_the_route_is_not_served_when_co_editing_is_off(settings: Settings) -> None:
+    async with api_server(settings) as address:
+        assert await refused(address, "/v1/collab/00000000-0000-4000-8000-000000000000") in (
+            403,
+            404,
+        )
+
+
+async def test_a_refused_update_is_not_relayed_and_the_resync_resends_it(
+    http: httpx.AsyncClient, collab_settings: Settings
+) -> None:
+    """Over the rate, the append is refused: the update is neither stored nor relayed, the
+    socket closes 1013, and on reconnect the client's step 2 carries what the server lacks."""
+    slow = collab_settings.model_copy(update={"collab_update_rate": 2})
+    async with api_server(slow) as address, httpx.AsyncClient(base_url=f"http://{address}") as c:
+        ada = await signup(c, "ada")
+        doc = await create_doc(c, ada, content="x")
+        ws = await connect(f"ws://{address}/v1/collab/{doc['id']}", additional_headers=ada.auth)
+        first = Editor(ws)
+        await first.start()
+        for chars in "abc":
+            await first.type(len(str(first.text)), chars)
+        await first.closed()  # the server closed the socket
+        assert ws.close_code == 1013
+        assert first.acked == 2 and len(first.pending) == 1
+        assert await stored_text(slow, doc["id"]) == "xab"
+        await asyncio.sleep(0.6)  # the rate allows one more
+        ws = await connect(f"ws://{address}/v1/collab/{doc['id']}", additional_headers=ada.auth)
+        again = Editor(ws)
+        again.doc, again.text = first.doc, first.text  # the same client, reconnecting
+        await again.start()
+        for _ in range(200):
+            if await stored_text(slow, doc["id"]) == "xabc":
+                break
+            await asyncio.sleep(0.02)
+        assert await stored_text(slow, doc["id"]) == "xabc"
+        await again.close()
