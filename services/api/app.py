@@ -19,7 +19,6 @@ from services.api.deps import request_bodies
 from services.api.editlane import EditLane
 from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
-from services.api.rooms import Rooms
 from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
 from services.api.routes import collab as collab_routes
 from shared.domain.accounts import Accounts
@@ -27,7 +26,7 @@ from shared.domain.documents import Documents
 from shared.domain.jobs import arq_settings
 from shared.domain.profile_cache import ProfileCache
 from shared.infra.cache import Cache
-from shared.infra.clients import cache_client, create_db_pool, redis_client
+from shared.infra.clients import cache_client, create_db_pool, pubsub_client, redis_client
 from shared.infra.health import Observability, health_router
 from shared.infra.metrics import CacheCounters, HttpMetrics, new_registry
 from shared.infra.observer import RequestObserver
@@ -114,16 +113,19 @@ def create_app(settings: Settings) -> FastAPI:
                 accounts,
                 docs,
                 UpdateLog(state_bytes, keys, append_options(settings)),
-                Rooms(),
+                pubsub_client(settings, binary=True),
+                keys,
             ),
         )
         obs.watch(*health.checks(state, queue, db, cache_redis))
+        await app.state.resources.collab.start()
         revocations = asyncio.create_task(accounts.listen(), name="session revocations")
         log.info("api ready")
         try:
             yield
         finally:
             registry.unregister(counters)
+            await app.state.resources.collab.stop()
             await cache.close()
             await cache_redis.aclose()
             revocations.cancel()

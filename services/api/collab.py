@@ -23,6 +23,7 @@ import secrets
 import uuid
 
 from pycrdt import get_state, get_update
+from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from services.api.rooms import Peer, Rooms
@@ -34,6 +35,7 @@ from shared.domain.handshake import authenticate, refuse
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
 from shared.settings import Settings
+from shared.store.keys import Keys
 from shared.store.update_log import AppendReply, AppendStatus, SeedStatus, Snapshot, UpdateLog
 
 log = logging.getLogger("redline.collab")
@@ -54,16 +56,23 @@ class Collab:
         accounts: Accounts,
         documents: Documents,
         updates: UpdateLog,
-        rooms: Rooms,
+        subscriber: Redis,
+        keys: Keys,
     ) -> None:
         self._settings = settings
         self._accounts = accounts
         self._documents = documents
         self._updates = updates
-        self._rooms = rooms
-        # Each update's origin in the log: this process and socket (a reader elsewhere skips
-        # what its own sockets sent).
+        # Each update's origin in the log and on the relay: this process and socket (a process
+        # skips what its own sockets sent: they were relayed here at once).
         self._process = secrets.token_hex(4)
+        self.rooms = Rooms(subscriber, keys, self._process, self._whole)
+
+    async def start(self) -> None:
+        await self.rooms.start()
+
+    async def stop(self) -> None:
+        await self.rooms.stop()
 
     async def serve(self, ws: WebSocket, document_id: str) -> None:
         opened = await self._open(ws, document_id)
@@ -74,9 +83,9 @@ class Collab:
         peer = Peer(ws, self._settings.ws_send_queue)
         writer = asyncio.create_task(peer.drain(), name="collab writer")
         beat = asyncio.create_task(self._heartbeat(peer), name="collab heartbeat")
-        self._rooms.join(doc_id, peer)
         origin = f"{self._process}:{secrets.token_hex(4)}"
         try:
+            await self.rooms.join(doc_id, peer)
             peer.send(collab.encode(collab.SyncStep1(get_state(_folded(snapshot)))))
             await self._receive(peer, principal, doc_id, origin)
         except DOWN as exc:
@@ -86,7 +95,7 @@ class Collab:
             log.exception("collab socket failed", extra={"doc": doc_id})
             peer.stop(1011, "internal error")
         finally:
-            self._rooms.leave(doc_id, peer)
+            await self.rooms.leave(doc_id, peer)
             peer.stop(1000, "closed")
             beat.cancel()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -168,11 +177,11 @@ class Collab:
                 return
             reply = await self._append(who, doc_id, collab.checked(msg.update), origin)
             if reply.status == AppendStatus.APPENDED:
-                self._rooms.relay(doc_id, collab.encode(collab.Update(msg.update)))
+                self.rooms.relay(doc_id, collab.encode(collab.Update(msg.update)))
             else:
                 peer.stop(*CLOSE_FOR[reply.status])
         elif isinstance(msg, collab.Awareness):
-            self._rooms.relay(doc_id, frame)
+            await self.rooms.share_awareness(doc_id, origin, frame)
 
     async def _missing(self, doc_id: str, step1: collab.SyncStep1) -> bytes:
         """What a client with this state vector lacks of the document, as one update."""
@@ -182,6 +191,11 @@ class Collab:
         except ValueError:
             raise MalformedMessage("not a Yjs state vector") from None
         return missing
+
+    async def _whole(self, doc_id: str) -> bytes:
+        """The document's whole stored state as one update frame."""
+        snapshot = await self._updates.read(doc_id, self._settings.collab_log_max_entries)
+        return collab.encode(collab.Update(_folded(snapshot)))
 
     async def _append(self, who: Principal, doc_id: str, update: bytes, origin: str) -> AppendReply:
         for _ in range(3):

@@ -1,10 +1,16 @@
-"""The collab sockets this process holds, by document: each socket's outbox, and the relay of
-one frame to every socket of a document.
+"""The collab sockets this process holds, by document, and the relay between processes.
 
 A socket's frames go out through a bounded queue drained by its own task, so one slow reader
-never holds up the relay to the others; a socket whose queue fills is closed (1008, as the
-matcher does) and resyncs when its client reconnects: nothing is lost, every update is in the
-document's log.
+never holds up the others; a socket whose queue fills is closed (1008, as the matcher does) and
+resyncs when its client reconnects: nothing is lost, every update is in the document's log.
+
+Across processes: the append script publishes each stored update on the document's channel
+("<origin> <log id> <update>"), and awareness frames go the same way ("<origin> a <frame>").
+Each process subscribes the channels of the documents it has sockets on, through one pub/sub
+connection read by a `Listener`, and relays what other processes' sockets sent (its own were
+relayed at once). Pub/sub loses what is published while the connection is down, so when it is
+back every room here gets its document's whole stored state as one update: Yjs applies only what
+a client lacks.
 """
 
 from __future__ import annotations
@@ -12,12 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
+from redis.asyncio import Redis
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from shared.domain import collab
+from shared.infra.dependencies import REDIS_DOWN
+from shared.infra.listener import Listener
+from shared.store.keys import Keys
 
 log = logging.getLogger("redline.collab")
 
 SLOW = (1008, "too slow to keep up: reconnect to resync")
+SUBSCRIBE_WAIT_S = 2.0
+AWARENESS = b"a"
+
+# The document's whole stored state, framed as one update (after a lost subscription).
+Resync = Callable[[str], Awaitable[bytes]]
 
 
 class Peer:
@@ -65,18 +83,69 @@ class Peer:
 
 
 class Rooms:
-    def __init__(self) -> None:
+    def __init__(self, subscriber: Redis, keys: Keys, process: str, resync: Resync) -> None:
+        # Its own client (shared/infra/clients.py `pubsub_client`, binary): idle most of the
+        # time, so no read timeout. Rooms closes it.
+        self._subscriber = subscriber
+        self._pubsub = subscriber.pubsub()
+        self._keys = keys
+        self._process = process.encode()
+        self._resync = resync
         self._rooms: dict[str, set[Peer]] = {}
+        self._doc_of: dict[bytes, str] = {}
+        self._confirmed: dict[bytes, asyncio.Event] = {}
+        self._listener = Listener("collab relay", on_up=self._live)
+        self._was_live = False
+        self._task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
-    def join(self, doc_id: str, peer: Peer) -> None:
-        self._rooms.setdefault(doc_id, set()).add(peer)
+    async def start(self) -> None:
+        # get_message needs a subscription: the process's own channel, which nobody publishes.
+        await self._pubsub.subscribe(self._keys.collab_channel(f"-{self._process.decode()}"))
+        self._task = asyncio.create_task(self._listener.run(self._session), name="collab relay")
 
-    def leave(self, doc_id: str, peer: Peer) -> None:
+    async def stop(self) -> None:
+        for task in (self._task, self._recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._subscriber.aclose()
+
+    # Sockets -------------------------------------------------------------------------------
+    async def join(self, doc_id: str, peer: Peer) -> None:
+        """Hear the document's channel before the socket syncs, so no update is missed."""
+        peers = self._rooms.setdefault(doc_id, set())
+        peers.add(peer)
+        channel = self._keys.collab_channel(doc_id).encode()
+        if len(peers) > 1:
+            pending = self._confirmed.get(channel)
+            if pending is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending.wait(), SUBSCRIBE_WAIT_S)
+            return
+        self._doc_of[channel] = doc_id
+        confirmed = self._confirmed[channel] = asyncio.Event()
+        try:
+            await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_WAIT_S)
+        finally:
+            self._confirmed.pop(channel, None)
+
+    async def leave(self, doc_id: str, peer: Peer) -> None:
         peers = self._rooms.get(doc_id)
-        if peers is not None:
-            peers.discard(peer)
-            if not peers:
-                del self._rooms[doc_id]
+        if peers is None:
+            return
+        peers.discard(peer)
+        if peers:
+            return
+        del self._rooms[doc_id]
+        channel = self._keys.collab_channel(doc_id).encode()
+        self._doc_of.pop(channel, None)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._pubsub.unsubscribe(channel)
 
     def relay(self, doc_id: str, frame: bytes) -> None:
         """`frame` to every socket of the document here, the sender's included (its client
@@ -84,6 +153,56 @@ class Rooms:
         for peer in tuple(self._rooms.get(doc_id, ())):
             peer.send(frame)
 
+    async def share_awareness(self, doc_id: str, origin: str, frame: bytes) -> None:
+        """An awareness frame to this process's sockets and, through the channel, the others'."""
+        self.relay(doc_id, frame)
+        payload = origin.encode() + b" " + AWARENESS + b" " + frame
+        with contextlib.suppress(*REDIS_DOWN):  # cursors are best effort: never persisted
+            await self._subscriber.publish(self._keys.collab_channel(doc_id), payload)
+
     @property
     def sockets(self) -> int:
         return sum(len(p) for p in self._rooms.values())
+
+    # Listening -----------------------------------------------------------------------------
+    async def _session(self) -> None:
+        while True:
+            message = await self._pubsub.get_message(timeout=5.0)
+            self._listener.check()
+            self._listener.up()
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, object]) -> None:
+        channel = message.get("channel")
+        if not isinstance(channel, bytes):
+            return
+        if message.get("type") == "subscribe":
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+            return
+        data = message.get("data")
+        doc_id = self._doc_of.get(channel)
+        if doc_id is None or not isinstance(data, bytes):
+            return
+        origin, _, rest = data.partition(b" ")
+        if origin.partition(b":")[0] == self._process:
+            return  # one of ours: relayed when it was stored or sent
+        kind, _, frame = rest.partition(b" ")
+        if kind == AWARENESS:
+            self.relay(doc_id, frame)
+        else:
+            self.relay(doc_id, collab.encode(collab.Update(frame)))
+
+    def _live(self) -> None:
+        if self._was_live:
+            self._recovery = asyncio.create_task(self._resync_all(), name="collab resync")
+        self._was_live = True
+
+    async def _resync_all(self) -> None:
+        for doc_id in tuple(self._rooms):
+            try:
+                self.relay(doc_id, await self._resync(doc_id))
+            except REDIS_DOWN as exc:
+                log.warning("collab resync failed", extra={"doc": doc_id, "err": str(exc)})

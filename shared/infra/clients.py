@@ -74,14 +74,15 @@ def redis_client(url: str, *, cluster: bool = False, binary: bool = False) -> Re
     return client
 
 
-def pubsub_client(settings: Settings) -> Redis:
+def pubsub_client(settings: Settings, *, binary: bool = False) -> Redis:
     """A plain client for the state role's pub/sub, also in cluster mode: redis-py's asyncio
     RedisCluster has no pubsub(). Classic SUBSCRIBE/PUBLISH is broadcast over the whole cluster,
     so one connection to the node in the URL hears what any node publishes (PUBLISH itself may go
-    through the cluster client). No read timeout: a subscriber is idle most of the time."""
+    through the cluster client). No read timeout: a subscriber is idle most of the time. With
+    `binary`, messages stay bytes (Yjs updates)."""
     client: Redis = Redis.from_url(
         settings.state_url,
-        decode_responses=True,
+        decode_responses=not binary,
         socket_connect_timeout=2,
         health_check_interval=15,
         **reset_safe(settings.state_url),

@@ -65,6 +65,12 @@ class Keys:
         (shared/store/lua/collab_append.lua, collab_trim.lua)."""
         return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:y"
 
+    def collab_channel(self, doc_id: str) -> str:
+        """Pub/sub channel of a co-edited document: each appended update ("<origin> <log id>
+        <update>") and awareness frame ("<origin> a <frame>"), heard by every api process with
+        a socket on the document."""
+        return f"{self.prefix}:collab:{doc_id}"
+
     def doc_dirty(self, doc_id: str) -> str:
         return self.dirty(self.shard_of(doc_id))
 

@@ -130,6 +130,7 @@ class UpdateLog:
                 o.events_maxlen,
                 o.events_ttl_ms,
                 o.edited_every_ms,
+                k.collab_channel(doc_id),
                 *grants,
             ),
         )

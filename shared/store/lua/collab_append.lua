@@ -8,7 +8,9 @@
 -- ARGV[8] rate: ms per update (0: no limit)   ARGV[9] rate: burst
 -- ARGV[10] event stream MAXLEN (approximate)   ARGV[11] event stream TTL (ms)
 -- ARGV[12] at most one document.edited event per this many ms
--- ARGV[13..] the caller's grants ("t:<tenant>", "u:<user>")
+-- ARGV[13] the document's relay channel: every api process with a socket on it hears
+--   "<origin> <log id> <update>" (classic pub/sub; the log is the record, pub/sub the wake-up)
+-- ARGV[14..] the caller's grants ("t:<tenant>", "u:<user>")
 -- Reply: {status, version, log id}; for -4 {-4, retry_after_ms, ""}, for -5 {-5, entries, ""}
 --   1 appended; 0 not in Redis (seed it from Postgres, then retry); -2 deleted; -3 no access;
 --   -4 rate limited; -5 the log is at its cap (backpressure: nothing is lost, the flusher has
@@ -24,7 +26,7 @@ if f[3] then
 end
 local allowed = false
 local acl = ' ' .. (f[2] or '') .. ' '
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
     allowed = true
     break
@@ -86,4 +88,5 @@ if not f[8] or now - tonumber(f[8]) >= tonumber(ARGV[12]) then
     'document_id', ARGV[1], 'version', v, 'by', ARGV[4], 'at', ARGV[5])
   redis.call('PEXPIRE', KEYS[5], ARGV[11])
 end
+redis.call('PUBLISH', ARGV[13], ARGV[3] .. ' ' .. id .. ' ' .. ARGV[2])
 return {1, v, id}

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -87,6 +87,7 @@ class Editor:
         self.synced = asyncio.Event()
         self.pending: set[bytes] = set()
         self.acked = 0
+        self.on_other: Callable[[bytes], None] = lambda frame: None  # awareness, heartbeats
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -105,6 +106,8 @@ class Editor:
                         self.pending.discard(msg.update)
                         self.acked += 1
                     self.doc.apply_update(msg.update)
+                else:
+                    self.on_other(frame)
 
     async def start(self) -> None:
         await self.ws.send(collab.encode(collab.SyncStep1(self.doc.get_state())))
@@ -308,3 +311,36 @@ async def test_a_refused_update_is_not_relayed_and_the_resync_resends_it(
             await asyncio.sleep(0.02)
         assert await stored_text(slow, doc["id"]) == "xabc"
         await again.close()
+
+
+async def test_editors_on_two_api_processes_converge(
+    host: str, http: httpx.AsyncClient, collab_settings: Settings
+) -> None:
+    """Each api process relays what the other's sockets stored (the append script publishes on
+    the document's channel); awareness crosses too."""
+    async with api_server(collab_settings) as other:
+        ada = await signup(http, "ada")
+        doc = await create_doc(http, ada, content="two processes: ")
+        async with editor(host, ada, doc["id"]) as here, editor(other, ada, doc["id"]) as there:
+            for i in range(20):
+                ed = here if i % 2 else there
+                await ed.type(len(str(ed.text)), "xy"[i % 2])
+            await here.settled()
+            await there.settled()
+            for _ in range(300):
+                if str(here.text) == str(there.text) and len(str(here.text)) == 35:
+                    break
+                await asyncio.sleep(0.01)
+            assert str(here.text) == str(there.text)
+            assert len(str(here.text)) == len("two processes: ") + 20
+            # An awareness frame from one process reaches the other's socket as sent.
+            cursor = collab.encode(collab.Awareness(b"\x01\x07\x01\x02{}"))
+            heard: list[bytes] = []
+            there.on_other = heard.append
+            await here.ws.send(cursor)
+            for _ in range(200):
+                if cursor in heard:
+                    break
+                await asyncio.sleep(0.01)
+            assert cursor in heard
+        assert await stored_text(collab_settings, doc["id"]) == str(here.text)
