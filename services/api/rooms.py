@@ -100,8 +100,7 @@ class Rooms:
         self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # get_message needs a subscription: the process's own channel, which nobody publishes.
-        await self._pubsub.subscribe(self._keys.collab_channel(f"-{self._process.decode()}"))
+        """Start listening; never waits for Redis (the api starts, unready, while it is down)."""
         self._task = asyncio.create_task(self._listener.run(self._session), name="collab relay")
 
     async def stop(self) -> None:
@@ -166,6 +165,9 @@ class Rooms:
 
     # Listening -----------------------------------------------------------------------------
     async def _session(self) -> None:
+        if not self._pubsub.subscribed:
+            # get_message needs a subscription: this process's own channel, never published to.
+            await self._pubsub.subscribe(self._keys.collab_channel(f"-{self._process.decode()}"))
         while True:
             message = await self._pubsub.get_message(timeout=5.0)
             self._listener.check()
