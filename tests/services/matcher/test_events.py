@@ -336,7 +336,7 @@ async def test_a_retried_job_tells_the_user_only_once_it_has_failed_for_good(
 
     alice, _, doc_id = await two_editors(api)
     inbox = Keys(settings.key_prefix, settings.doc_shards).inbox(alice.user_id)
-    await ctx["pool"].close()  # Postgres "away": a transient failure
+    await ctx["db"].close()  # Postgres "away": a transient failure
     kw = dict(doc_id=doc_id, user_id=alice.user_id, tenant_id=alice.tenant_id)
     with pytest.raises(Retry):
         await save_document(ctx, **kw)
