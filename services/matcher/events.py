@@ -35,7 +35,6 @@ from services.matcher.messages import (
 from services.matcher.quota import throttle
 from services.matcher.resources import Resources
 from services.matcher.streams import Kind, StreamReader, frame
-from shared.domain.accounts import token_hash
 
 log = logging.getLogger("redline.matcher.events")
 
@@ -102,11 +101,7 @@ class EventsEndpoint:
         )
         if caller is None:
             return None
-        session_key = self._keys.session(token_hash(caller.token))
-        conn = Connection(ws, caller.principal, session_key, self._settings.ws_send_queue)
-        if not await res.sessions.admit(conn, caller.subprotocol):
-            return None
-        return conn
+        return await res.sessions.admit(ws, caller)
 
     async def _handle(self, conn: Connection, text: str, followed: set[str]) -> None:
         msg = parse(conn, events_client_message, text)

@@ -38,7 +38,6 @@ from services.matcher.pool import Pool, clean_interests, language_key
 from services.matcher.quota import throttle
 from services.matcher.resources import Resources
 from shared.domain import profiles, trending
-from shared.domain.accounts import token_hash
 from shared.domain.errors import RedlineError
 from shared.domain.events import to_inbox
 from shared.domain.models import Profile
@@ -257,11 +256,8 @@ class MatchEndpoint:
         if profile is None:
             await refuse(ws, 401, "the session's user no longer exists")
             return None
-        session_key = res.keys.session(token_hash(caller.token))
-        conn = Connection(
-            ws, caller.principal, session_key, res.settings.ws_send_queue, self._acknowledge
-        )
-        if not await res.sessions.admit(conn, caller.subprotocol):
+        conn = await res.sessions.admit(ws, caller, self._acknowledge)
+        if conn is None:
             return None
         return MatchSession(res, self._pool, conn, profile)
 

@@ -28,11 +28,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from redis.asyncio import Redis
+from starlette.websockets import WebSocket
 
-from services.matcher.connection import Connection
-from services.matcher.handshake import admit
+from services.matcher.connection import Connection, Sent
+from services.matcher.handshake import Caller, admit
 from services.matcher.quota import SocketQuota
-from shared.domain.accounts import Accounts
+from shared.domain.accounts import Accounts, token_hash
 from shared.infra.dependencies import DOWN
 from shared.infra.listener import cancel_requested
 from shared.settings import Settings
@@ -56,7 +57,10 @@ class SessionWatch:
         self._keys = keys
         self._accounts = accounts
         self._check_s = settings.ws_session_check_s
-        self.quota = SocketQuota(state, keys, settings.ws_max_sockets_per_user, settings.pool_ttl_s)
+        self._queue_size = settings.ws_send_queue
+        self._quota = SocketQuota(
+            state, keys, settings.ws_max_sockets_per_user, settings.pool_ttl_s
+        )
         self._period_s = max(1.0, settings.pool_ttl_s / 3)
         self._beats: list[tuple[str, Beat]] = [("socket count renewal", self._renew)]
         self._conns: dict[str, set[Connection]] = {}
@@ -85,25 +89,29 @@ class SessionWatch:
                 await task
 
     # A socket's registration -------------------------------------------------------------
-    async def admit(self, conn: Connection, subprotocol: str | None) -> bool:
-        """Take the socket's place in its user's cap (else the handshake is refused: 429, or
-        503), accept it, and watch it; False when refused."""
-        if not await admit(conn.ws, self.quota, conn.user_id, conn.sid):
-            return False
+    async def admit(
+        self, ws: WebSocket, caller: Caller, sent: Sent | None = None
+    ) -> Connection | None:
+        """The authenticated caller's socket: its place taken in its user's cap (else the
+        handshake is refused: 429, or 503), accepted, and watched; None when refused."""
+        session = self._keys.session(token_hash(caller.token))
+        conn = Connection(ws, caller.principal, session, self._queue_size, sent)
+        if not await admit(ws, self._quota, conn.user_id, conn.sid):
+            return None
         try:
-            await conn.ws.accept(subprotocol=subprotocol)
+            await ws.accept(subprotocol=caller.subprotocol)
         except BaseException:
-            await self.quota.release(conn.user_id, conn.sid)
+            await self._quota.release(conn.user_id, conn.sid)
             raise
         self.add(conn)
-        return True
+        return conn
 
     async def release(self, conn: Connection) -> None:
         """The socket's session is over: stop watching it, drop its outbox and its place in the
         cap, and close it."""
         self.discard(conn)
         await conn.stop()
-        await self.quota.release(conn.user_id, conn.sid)
+        await self._quota.release(conn.user_id, conn.sid)
         await conn.close()
 
     def connections(self) -> Iterator[Connection]:
@@ -162,7 +170,7 @@ class SessionWatch:
             log.debug("heartbeat", extra={"s": round(time.perf_counter() - started, 3)})
 
     async def _renew(self) -> None:
-        await self.quota.renew(list(self.connections()))  # a list: sockets come and go meanwhile
+        await self._quota.renew(list(self.connections()))  # a list: sockets come and go meanwhile
 
     # Checking ------------------------------------------------------------------------------
     def _end(self, key: str) -> None:
