@@ -1,6 +1,6 @@
 """The matcher: `create_app(settings)`, a FastAPI app serving `/v1/ws/match` and `/v1/ws/events`
-(plus health).
-Its lifespan alone opens and closes its clients, the pub/sub hub and the pool heartbeat."""
+(plus health). Its lifespan alone opens and closes its clients, builds the `Resources` both
+endpoints are given, and starts and stops the session watcher and the endpoints."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, WebSocket
 
 from services.matcher.events import EventsEndpoint
-from services.matcher.matcher import Matcher
-from services.matcher.streams import StreamReader
+from services.matcher.match import MatchEndpoint
+from services.matcher.resources import Resources
+from services.matcher.sessions import SessionWatch
 from shared.domain.accounts import Accounts
 from shared.domain.documents import Documents
 from shared.infra.clients import create_db_pool, redis_client
@@ -40,33 +41,35 @@ def create_app(settings: Settings) -> FastAPI:
         keys = Keys(settings.key_prefix, settings.doc_shards)
         # In cluster mode a RedisCluster; the hub's pub/sub uses a plain connection (hub.py).
         state = redis_client(settings.state_url, cluster=settings.redis_cluster)
-        pool = await create_db_pool(settings)
+        db = await create_db_pool(settings)
         scripts = Scripts(state, keys, **events_options(settings))
-        matcher = Matcher(
-            settings,
-            keys,
-            state,
-            pool,
-            scripts,
-            Accounts(settings, state, pool, keys),
-            Documents(settings, state, pool, scripts, keys),
-            metrics,
+        accounts = Accounts(settings, state, db, keys)
+        res = Resources(
+            settings=settings,
+            keys=keys,
+            state=state,
+            db=db,
+            scripts=scripts,
+            accounts=accounts,
+            documents=Documents(settings, state, db, scripts, keys),
+            metrics=metrics,
+            sessions=SessionWatch(settings, state, keys, accounts),
         )
-        await matcher.start()
-        reader = StreamReader(settings.state_url, keys, cluster=settings.redis_cluster)
-        await reader.start()
-        app.state.matcher = matcher
-        obs.watch(redis_check("state_redis", state), postgres_check("postgres", pool))
-        app.state.events = events = EventsEndpoint(matcher, reader)
-        metrics.count_streams(lambda: events.streams)
+        app.state.match = match = MatchEndpoint(res)
+        app.state.events = events = EventsEndpoint(res)
+        await match.start()
+        await res.sessions.start()
+        await events.start()
+        obs.watch(redis_check("state_redis", state), postgres_check("postgres", db))
         log.info("matcher ready")
         try:
             yield
         finally:
             obs.checks.clear()  # a restarted lifespan (tests) must not probe closed clients
-            await reader.stop()
-            await matcher.stop()
-            await pool.close()
+            await events.stop()
+            await res.sessions.stop()
+            await match.stop()
+            await db.close()
             await state.aclose()
 
     app = FastAPI(title="Redline matcher", version="0.1.0", lifespan=lifespan, openapi_url=None)
@@ -76,8 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.websocket("/v1/ws/match")
     async def match_socket(ws: WebSocket) -> None:
-        matcher: Matcher = ws.app.state.matcher
-        await matcher.serve(ws)
+        match: MatchEndpoint = ws.app.state.match
+        await match.serve(ws)
 
     @app.websocket("/v1/ws/events")
     async def events_socket(ws: WebSocket) -> None:

@@ -1,10 +1,11 @@
-"""One matcher WebSocket: who it is, its pool entry, and a bounded outbox of frames to send.
+"""One matcher WebSocket, match or events alike: who it is, the session it opened with, and a
+bounded outbox of frames to send; its receive loop, and how a failure or the end closes it.
 
 Everything sent to the socket goes through the outbox and one writer task, so replies and
-deliveries from the pub/sub listener never interleave, and a client that stops reading costs at
-most `ws_send_queue` frames of memory before it is cut off. The writer task exists only while
-there is something to send: an idle socket holds no task of its own (memory per socket is a
-target: 10,000 idle sockets on one process).
+deliveries from the listeners never interleave, and a client that stops reading costs at most
+`ws_send_queue` frames of memory before it is cut off. The writer task exists only while there
+is something to send: an idle socket holds no task of its own (memory per socket is a target:
+10,000 idle sockets on one process).
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from services.matcher.messages import ErrorMsg
 from shared.domain.accounts import Principal
+from shared.infra.dependencies import DOWN
 from shared.settings import Settings
-from shared.store.scripts import PoolEntry
 
 SLOW_CLIENT = (1008, "too slow: send queue full")
 IDLE = (1000, "idle timeout")
+# A store the socket needs failed mid-session: not the client's fault, come back shortly.
+UNAVAILABLE = (1013, "service unavailable; retry")
+INTERNAL = (1011, "internal error")
 
 # Called once a frame that was waiting in the user's inbox has been sent: (user id, entry id).
 Sent = Callable[[str, str], Awaitable[None]]
@@ -42,9 +46,6 @@ class Connection:
         "_sent",
         "_writer",
         "close_with",
-        "entry",
-        "in_pool",
-        "language",
         "principal",
         "session",
         "sid",
@@ -55,11 +56,9 @@ class Connection:
         self,
         ws: WebSocket,
         principal: Principal,
-        language: str,
-        entry: PoolEntry,
-        queue_size: int,
-        sent: Sent,
         session: str,
+        queue_size: int,
+        sent: Sent | None = None,
     ) -> None:
         self.ws = ws
         self.principal = principal
@@ -67,10 +66,6 @@ class Connection:
         self.session = session
         # This socket's entry in its user's socket count (services/matcher/quota.py).
         self.sid = secrets.token_hex(8)
-        self.language = language
-        self.entry = entry
-        # True while this connection's ticket should own an entry in the pool.
-        self.in_pool = False
         self.close_with: tuple[int, str] | None = None
         self._limit = queue_size
         self._outbox: deque[tuple[str, str | None]] = deque()
@@ -81,10 +76,6 @@ class Connection:
     @property
     def user_id(self) -> str:
         return self.principal.user_id
-
-    @property
-    def ticket(self) -> str:
-        return self.entry.ticket
 
     def push(self, message: BaseModel, inbox_id: str | None = None) -> bool:
         """Queue a frame; a full outbox means the client is not reading: cut it off."""
@@ -115,7 +106,7 @@ class Connection:
                 text, inbox_id = self._outbox[0]
                 await self.ws.send_text(text)
                 self._outbox.popleft()
-                if inbox_id is not None:
+                if inbox_id is not None and self._sent is not None:
                     await self._sent(self.user_id, inbox_id)
         except Exception as exc:  # the socket is gone or broken: end the session
             log.debug("send failed", extra={"user": self.user_id, "err": repr(exc)})
@@ -132,12 +123,21 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
 
+    async def close(self) -> None:
+        """Close the WebSocket with `close_with` (1000 when nothing went wrong), if still open."""
+        if WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state):
+            return
+        code, reason = self.close_with or (1000, "")
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await self.ws.close(code, reason)
+
 
 async def receive_loop(
-    conn: Connection, limits: Settings, handle: Callable[[Connection, str], Awaitable[None]]
+    conn: Connection, limits: Settings, handle: Callable[[str], Awaitable[None]]
 ) -> None:
     """Read text frames and hand each to `handle` until the client leaves, idles out, or the
-    connection is cut (`close_with` set). Shared by the match and events sockets."""
+    connection is cut (`close_with` set)."""
     idle = limits.ws_idle_timeout_s
     limit = limits.ws_max_message_bytes
     while conn.close_with is None:
@@ -160,7 +160,21 @@ async def receive_loop(
             # The server enforces this before us (ws_max_size); this covers any other server.
             conn.close_with = (1009, "message too big")
             return
-        await handle(conn, text)
+        await handle(text)
+
+
+@contextlib.asynccontextmanager
+async def contained(conn: Connection, what: str) -> AsyncIterator[None]:
+    """A failure inside costs this one socket, never the process or a hung client: a store
+    down closes it `UNAVAILABLE`, anything else (a bug) `INTERNAL`."""
+    try:
+        yield
+    except DOWN as exc:
+        log.warning("%s: a dependency failed", what, extra={"err": str(exc)})
+        conn.close_with = conn.close_with or UNAVAILABLE
+    except Exception:
+        log.exception("%s failed", what, extra={"user": conn.user_id})
+        conn.close_with = conn.close_with or INTERNAL
 
 
 M = TypeVar("M")

@@ -1,23 +1,22 @@
 """`/v1/ws/events`: a user's inbox (job and match results) and the events of the documents they
-subscribe to, from the process's one `StreamReader`.
+subscribe to, from the process's one `StreamReader` (owned here).
 
-The handshake is the match socket's (Origin, then bearer token, before accept). Subscribing
-needs read access to the document (shared/domain/documents.py decides); a document the user may not
-read gets exactly the error frame of one that does not exist.
+The handshake is the match socket's (Origin, then bearer token, before accept), and the socket
+registers with the same session watcher; it has no pool entry. Subscribing needs read access to
+the document (shared/domain/documents.py decides); a document the user may not read gets exactly
+the error frame of one that does not exist. The events socket never deletes inbox entries:
+several tabs may read the same inbox.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from services.matcher.connection import Connection, parse, receive_loop
+from services.matcher.connection import Connection, contained, parse, receive_loop
 from services.matcher.handshake import authenticate
-from services.matcher.matcher import UNAVAILABLE, Matcher
 from services.matcher.messages import (
     STREAM_ID_MAX,
     ErrorMsg,
@@ -33,32 +32,29 @@ from services.matcher.messages import (
     pos,
     stream_id,
 )
+from services.matcher.quota import throttle
+from services.matcher.resources import Resources
 from services.matcher.streams import Kind, StreamReader, frame
-from shared.domain.accounts import token_hash
-from shared.infra.clock import now_ms
-from shared.infra.dependencies import DOWN
-from shared.store.scripts import PoolEntry
 
 log = logging.getLogger("redline.matcher.events")
 
 
-async def _nothing_to_ack(user_id: str, inbox_id: str) -> None:
-    # The events socket never deletes inbox entries: several tabs may read the same inbox.
-    return None
-
-
 class EventsEndpoint:
-    def __init__(self, matcher: Matcher, reader: StreamReader) -> None:
-        self._m = matcher
-        self._settings = matcher.settings
-        self._keys = matcher.keys
-        self._state: Redis = matcher.state
-        self._reader = reader
+    def __init__(self, res: Resources) -> None:
+        self._res = res
+        self._settings = res.settings
+        self._keys = res.keys
+        self._state = res.state
+        self._reader = StreamReader(
+            res.settings.state_url, res.keys, cluster=res.settings.redis_cluster
+        )
+        res.metrics.count_streams(lambda: self._reader.streams)
 
-    @property
-    def streams(self) -> int:
-        """How many streams this process's reader follows (exported on /metrics)."""
-        return self._reader.streams
+    async def start(self) -> None:
+        await self._reader.start()
+
+    async def stop(self) -> None:
+        await self._reader.stop()
 
     async def serve(self, ws: WebSocket) -> None:
         conn = await self._open(ws)
@@ -66,31 +62,22 @@ class EventsEndpoint:
             return
         followed: set[str] = set()
         try:
-            self._m.sessions.add(conn)
-            since = await self._inbox_since(conn)
-            if conn.close_with is not None:
-                return
-            inbox = self._keys.inbox(conn.user_id)
-            followed.add(inbox)
-            await self._follow(conn, inbox, "inbox", since)
+            async with contained(conn, "events socket"):
+                since = await self._inbox_since(conn)
+                if conn.close_with is not None:
+                    return
+                inbox = self._keys.inbox(conn.user_id)
+                followed.add(inbox)
+                await self._follow(conn, inbox, "inbox", since)
 
-            async def handle(c: Connection, text: str) -> None:
-                await self._handle(c, text, followed)
+                async def handle(text: str) -> None:
+                    await self._handle(conn, text, followed)
 
-            await receive_loop(conn, self._settings, handle)
-        except DOWN as exc:
-            log.warning("events dependency failed", extra={"err": str(exc)})
-            conn.close_with = conn.close_with or UNAVAILABLE
-        except Exception:
-            log.exception("events socket failed", extra={"user": conn.user_id})
-            conn.close_with = conn.close_with or (1011, "internal error")
+                await receive_loop(conn, self._settings, handle)
         finally:
-            self._m.sessions.discard(conn)
             for key in followed:
                 self._reader.unfollow(key, conn)
-            await conn.stop()
-            await self._m.quota.release(conn.user_id, conn.sid)
-            await self._m.close(conn)
+            await self._res.sessions.release(conn)
 
     async def _inbox_since(self, conn: Connection) -> str | None:
         """`?inbox_since=`, checked as a `since` is; a bad one is told (the one frame sent so
@@ -107,22 +94,14 @@ class EventsEndpoint:
             return None
 
     async def _open(self, ws: WebSocket) -> Connection | None:
+        """Check Origin and token, then accept; None when refused."""
+        res = self._res
         caller = await authenticate(
-            ws, self._settings.allowed_origins, self._m.accounts, "an events socket"
+            ws, self._settings.allowed_origins, res.accounts, "an events socket"
         )
         if caller is None:
             return None
-        principal, token = caller.principal, caller.token
-        conn = Connection(
-            ws,
-            principal,
-            "",
-            PoolEntry(user_id=principal.user_id, ticket=""),
-            self._settings.ws_send_queue,
-            _nothing_to_ack,
-            self._keys.session(token_hash(token)),
-        )
-        return await self._m.accept(conn, caller.subprotocol)
+        return await res.sessions.admit(ws, caller)
 
     async def _handle(self, conn: Connection, text: str, followed: set[str]) -> None:
         msg = parse(conn, events_client_message, text)
@@ -143,22 +122,19 @@ class EventsEndpoint:
         doc_id = msg.document_id  # canonical (services/matcher/messages.py): one spelling, one key
         # Before any lookup: each subscribe costs a Redis and a Postgres read.
         settings = self._settings
-        decision = await self._m.scripts.gcra(
-            self._keys.rate_limit("subscribe", conn.user_id),
-            max(1, settings.subscribe_period_s * 1000 // settings.subscribe_rate),
-            settings.subscribe_rate,
-            now_ms(),
+        limit = self._keys.rate_limit("subscribe", conn.user_id)
+        wait_s = await throttle(
+            self._res.scripts, limit, settings.subscribe_period_s, settings.subscribe_rate
         )
-        if not decision.allowed:
-            retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
-            conn.push(RateLimitedMsg(retry_after=retry_after, document_id=doc_id))
+        if wait_s is not None:
+            conn.push(RateLimitedMsg(retry_after=wait_s, document_id=doc_id))
             return
         key = self._keys.doc_events(doc_id)
         # The inbox is one of `followed`, hence the + 1.
         if key not in followed and len(followed) >= self._settings.ws_max_subscriptions + 1:
             conn.push(ErrorMsg(detail="too many subscriptions: unsubscribe from some first"))
             return
-        if not await self._m.documents.readable(conn.principal, doc_id):
+        if not await self._res.documents.readable(conn.principal, doc_id):
             conn.push(ErrorMsg(detail=f"document {doc_id} not found"))
             return
         if key in followed:  # subscribing again starts over from the new `since`

@@ -1,8 +1,13 @@
 """Cross-instance delivery: one Redis pub/sub connection per process, subscribed to the channel of
-every user with a socket here, fanning each message out to that user's local connections.
+every user with a match socket here, fanning each message out to that user's local sessions.
 
 A per-user channel (rather than one per process) means a publisher needs no registry of who is
 where: it publishes to the partner's channel and whichever processes hold the partner hear it.
+
+The read loop is a `Listener` session. The one `PubSub` lives as long as the hub (attach and
+detach subscribe on it from the sockets' tasks); after a failure, redis-py reconnects it on the
+next read and subscribes every channel again. Whatever was published meanwhile is lost to
+pub/sub, but results also wait in the inboxes: once live again the hub has them delivered.
 """
 
 from __future__ import annotations
@@ -11,43 +16,49 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from services.matcher.connection import Connection
 from services.matcher.messages import Delivery
-from shared.infra.clients import reset_safe
-from shared.infra.listener import cancel_requested
+from shared.infra.dependencies import REDIS_DOWN
+from shared.infra.listener import Listener
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.hub")
 
-OnDelivery = Callable[[Connection, Delivery], Awaitable[None] | None]
-OnReconnect = Callable[[], Coroutine[Any, Any, None]]
 SUBSCRIBE_WAIT_S = 2.0
 
 
-class Hub:
+class Member(Protocol):
+    @property
+    def user_id(self) -> str: ...
+
+
+S = TypeVar("S", bound=Member)
+OnReconnect = Callable[[], Coroutine[Any, Any, None]]
+
+
+class Hub(Generic[S]):
     def __init__(
-        self, url: str, keys: Keys, on_delivery: OnDelivery, on_reconnect: OnReconnect
+        self,
+        redis: Redis,
+        keys: Keys,
+        on_delivery: Callable[[S, Delivery], Awaitable[None]],
+        on_reconnect: OnReconnect,
     ) -> None:
-        # Its own client with no read timeout: a pub/sub connection is idle most of the time.
-        self._redis: Redis = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            health_check_interval=15,
-            **reset_safe(url),
-        )
-        self._pubsub = self._redis.pubsub()
+        # Its own client with no read timeout (shared/infra/clients.py `pubsub_client`): a
+        # pub/sub connection is idle most of the time. The hub closes it.
+        self._redis = redis
+        self._pubsub = redis.pubsub()
         self._keys = keys
         self._on_delivery = on_delivery
         self._on_reconnect = on_reconnect
+        self._listener = Listener("match pub/sub", on_up=self._live)
+        self._was_live = False
         self._recovery: asyncio.Task[None] | None = None
-        self._local: dict[str, set[Connection]] = {}
+        self._local: dict[str, set[S]] = {}
         self._user_of: dict[str, str] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
@@ -55,7 +66,7 @@ class Hub:
     async def start(self) -> None:
         # A subscription is needed before get_message works: the process's own control channel.
         await self._pubsub.subscribe(self._keys.match_channel("-"))
-        self._task = asyncio.create_task(self._listen(), name="matcher-hub")
+        self._task = asyncio.create_task(self._listener.run(self._session), name="matcher-hub")
 
     async def stop(self) -> None:
         for task in (self._task, self._recovery):
@@ -63,77 +74,66 @@ class Hub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        await self._pubsub.aclose()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
-    def connections(self) -> Iterator[Connection]:
-        for conns in self._local.values():
-            yield from conns
+    def members(self) -> Iterator[S]:
+        for members in self._local.values():
+            yield from members
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._local.values())
+        return sum(len(m) for m in self._local.values())
 
-    async def attach(self, conn: Connection) -> None:
+    async def attach(self, member: S) -> None:
         """Hear the user's channel before they enter the pool, so no result can be missed."""
-        conns = self._local.setdefault(conn.user_id, set())
-        conns.add(conn)
-        channel = self._keys.match_channel(conn.user_id)
-        if len(conns) > 1:
+        members = self._local.setdefault(member.user_id, set())
+        members.add(member)
+        channel = self._keys.match_channel(member.user_id)
+        if len(members) > 1:
             # Another socket of the user subscribed already, or is subscribing: wait for that.
             pending = self._confirmed.get(channel)
             if pending is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(pending.wait(), SUBSCRIBE_WAIT_S)
             return
-        self._user_of[channel] = conn.user_id
+        self._user_of[channel] = member.user_id
         confirmed = self._confirmed[channel] = asyncio.Event()
         try:
             await self._pubsub.subscribe(channel)
             # The subscription is live once Redis confirms it; the inbox covers a timeout here.
             await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_WAIT_S)
-        except (TimeoutError, RedisError) as exc:
-            log.warning("subscription not confirmed", extra={"user": conn.user_id, "err": exc})
+        except REDIS_DOWN as exc:  # TimeoutError, from the wait, is an OSError
+            log.warning("subscription not confirmed", extra={"user": member.user_id, "err": exc})
         finally:
             self._confirmed.pop(channel, None)
 
-    async def detach(self, conn: Connection) -> None:
-        conns = self._local.get(conn.user_id)
-        if conns is None:
+    async def detach(self, member: S) -> None:
+        members = self._local.get(member.user_id)
+        if members is None:
             return
-        conns.discard(conn)
-        if conns:
+        members.discard(member)
+        if members:
             return
-        del self._local[conn.user_id]
-        channel = self._keys.match_channel(conn.user_id)
+        del self._local[member.user_id]
+        channel = self._keys.match_channel(member.user_id)
         self._user_of.pop(channel, None)
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_DOWN):
             await self._pubsub.unsubscribe(channel)
 
-    async def _listen(self) -> None:
-        broken = False
+    async def _session(self) -> None:
         while True:
-            try:
-                message = await self._pubsub.get_message(timeout=5.0)
-                if cancel_requested():
-                    raise asyncio.CancelledError
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                # redis-py reconnects and re-subscribes every channel on the next read.
-                log.warning("pub/sub read failed; retrying", extra={"err": str(exc)})
-                broken = True
-                await asyncio.sleep(0.5)
-                continue
-            if broken:
-                # Back: whatever was published meanwhile is lost to pub/sub, but results also
-                # wait in the inboxes; have them delivered (off this loop, which must keep up).
-                broken = False
-                log.info("pub/sub reconnected; delivering from inboxes")
-                self._recovery = asyncio.create_task(self._on_reconnect())
+            message = await self._pubsub.get_message(timeout=5.0)
+            self._listener.check()
+            self._listener.up()
             if message is not None:
                 await self._dispatch(message)
+
+    def _live(self) -> None:
+        """Live again after an outage: deliver from the inboxes (off the read loop, which must
+        keep up). Not on the first time: nothing was missed before."""
+        if self._was_live:
+            self._recovery = asyncio.create_task(self._on_reconnect(), name="inbox-redelivery")
+        self._was_live = True
 
     async def _dispatch(self, message: dict[str, object]) -> None:
         channel = str(message.get("channel"))
@@ -152,7 +152,5 @@ class Hub:
         except ValidationError:
             log.warning("malformed delivery ignored", extra={"channel": channel})
             return
-        for conn in list(self._local.get(user_id, ())):
-            result = self._on_delivery(conn, delivery)
-            if result is not None:
-                await result
+        for member in list(self._local.get(user_id, ())):
+            await self._on_delivery(member, delivery)

@@ -85,12 +85,6 @@ class Pong(BaseModel):
     type: Literal["pong"] = "pong"
 
 
-ServerMessage = Annotated[
-    Queued | MatchFound | NoMatchFound | Cancelled | RateLimitedMsg | ErrorMsg | Pong,
-    Field(discriminator="type"),
-]
-
-
 class Delivery(BaseModel):
     """What one matcher process publishes to a user's channel for the process holding them.
     `requeue` tells the partner's connection to enter the pool again (the match failed after
@@ -202,12 +196,6 @@ class Reset(BaseModel):
 
     type: Literal["reset"] = "reset"
     document_id: str
-
-
-EventsServerMessage = Annotated[
-    Event | Subscribed | Unsubscribed | Reset | RateLimitedMsg | ErrorMsg | Pong,
-    Field(discriminator="type"),
-]
 
 
 # Stream entries as frames ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The per-user socket cap, counted across every matcher process.
+"""A user's limits on the matcher: the socket cap, counted across every matcher process, and the
+rate of a socket's costly requests (`throttle`: find_match, subscribe).
 
 Per process would not do: behind a load balancer a user's sockets spread over the processes,
 and a per-process cap multiplies with their number. So each open socket (match or events) is an
@@ -17,6 +18,7 @@ every admitted one; racing opens at the cap may at worst both be refused, never 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
@@ -25,6 +27,7 @@ from services.matcher.connection import Connection
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
 from shared.store.keys import Keys
+from shared.store.scripts import Scripts
 
 BATCH = 500
 
@@ -74,3 +77,13 @@ class SocketQuota:
                 pipe.zadd(key, {conn.sid: until}, xx=True)
                 pipe.pexpire(key, self._lease_ms)
             await pipe.execute()
+
+
+async def throttle(scripts: Scripts, key: str, period_s: int, rate: int) -> int | None:
+    """One request under a GCRA limit of `rate` per `period_s`: None when allowed, else the
+    seconds to wait (at least 1, as a Retry-After)."""
+    interval_ms = max(1, period_s * 1000 // rate)
+    decision = await scripts.gcra(key, interval_ms, rate, now_ms())
+    if decision.allowed:
+        return None
+    return max(1, math.ceil(decision.retry_after_ms / 1000))

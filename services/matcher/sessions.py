@@ -1,4 +1,9 @@
-"""Which local sockets each session opened, and ending them when the session ends.
+"""The session watcher: every local socket (match and events) registers here for its life.
+
+`admit` takes the socket's place in its user's cap (services/matcher/quota.py; refused with 429
+at the cap), accepts it and starts watching it; `release` undoes all three and closes it. The
+heartbeat (every `pool_ttl_s / 3`) renews every socket's place in its cap, then runs the beats
+an endpoint adds (`on_heartbeat`: the match endpoint refreshes its pool entries).
 
 A socket lives no longer than the session it opened with, on every process:
 
@@ -19,13 +24,19 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
 from redis.asyncio import Redis
+from starlette.websockets import WebSocket
 
-from services.matcher.connection import Connection
+from services.matcher.connection import Connection, Sent
+from services.matcher.handshake import Caller, admit
+from services.matcher.quota import SocketQuota
+from shared.domain.accounts import Accounts, token_hash
 from shared.infra.dependencies import DOWN
 from shared.infra.listener import cancel_requested
+from shared.settings import Settings
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.sessions")
@@ -37,27 +48,71 @@ BATCH = 500
 AFTER_EXPIRY_S = 0.005
 
 
+Beat = Callable[[], Awaitable[None]]
+
+
 class SessionWatch:
-    def __init__(self, state: Redis, keys: Keys, check_s: float) -> None:
+    def __init__(self, settings: Settings, state: Redis, keys: Keys, accounts: Accounts) -> None:
         self._state = state
         self._keys = keys
-        self._check_s = check_s
+        self._accounts = accounts
+        self._check_s = settings.ws_session_check_s
+        self._queue_size = settings.ws_send_queue
+        self._quota = SocketQuota(
+            state, keys, settings.ws_max_sockets_per_user, settings.pool_ttl_s
+        )
+        self._period_s = max(1.0, settings.pool_ttl_s / 3)
+        self._beats: list[tuple[str, Beat]] = [("socket count renewal", self._renew)]
         self._conns: dict[str, set[Connection]] = {}
         # Session key -> loop time of its next check; the heap may hold stale times (skipped).
         self._next: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.live = False  # revocations are being heard
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="session-watch")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="session-watch"),
+            asyncio.create_task(
+                self._accounts.listen(on_revoked=self.revoked, on_live=self.set_live),
+                name="session revocations",
+            ),
+            asyncio.create_task(self._heartbeat(), name="matcher-heartbeat"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    # A socket's registration -------------------------------------------------------------
+    async def admit(
+        self, ws: WebSocket, caller: Caller, sent: Sent | None = None
+    ) -> Connection | None:
+        """The authenticated caller's socket: its place taken in its user's cap (else the
+        handshake is refused: 429, or 503), accepted, and watched; None when refused."""
+        session = self._keys.session(token_hash(caller.token))
+        conn = Connection(ws, caller.principal, session, self._queue_size, sent)
+        if not await admit(ws, self._quota, conn.user_id, conn.sid):
+            return None
+        try:
+            await ws.accept(subprotocol=caller.subprotocol)
+        except BaseException:
+            await self._quota.release(conn.user_id, conn.sid)
+            raise
+        self.add(conn)
+        return conn
+
+    async def release(self, conn: Connection) -> None:
+        """The socket's session is over: stop watching it, drop its outbox and its place in the
+        cap, and close it."""
+        self.discard(conn)
+        await conn.stop()
+        await self._quota.release(conn.user_id, conn.sid)
+        await conn.close()
 
     def connections(self) -> Iterator[Connection]:
         for conns in self._conns.values():
@@ -97,6 +152,25 @@ class SessionWatch:
         # Either way: revocations may have been missed, look at every session now.
         for key in self._conns:
             self._schedule(key, 0.0)
+
+    # Heartbeat -----------------------------------------------------------------------------
+    def on_heartbeat(self, what: str, beat: Beat) -> None:
+        """Run `beat` on every heartbeat too; `what` names it when it fails."""
+        self._beats.append((what, beat))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._period_s)
+            started = time.perf_counter()
+            for what, beat in self._beats:
+                try:
+                    await beat()
+                except DOWN as exc:
+                    log.warning("%s failed", what, extra={"err": str(exc)})
+            log.debug("heartbeat", extra={"s": round(time.perf_counter() - started, 3)})
+
+    async def _renew(self) -> None:
+        await self._quota.renew(list(self.connections()))  # a list: sockets come and go meanwhile
 
     # Checking ------------------------------------------------------------------------------
     def _end(self, key: str) -> None:

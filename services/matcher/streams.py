@@ -11,6 +11,9 @@ When the set of streams changes while the XREAD is blocked, the reader is woken 
 its own wake stream (read in the same XREAD). On Redis Cluster a multi-key XREAD must stay in
 one slot: there the reader issues one short-blocking XREAD per slot instead (no wake stream,
 so a newly followed stream is read within `CLUSTER_BLOCK_MS`).
+
+The read loop is a `Listener` session: a failed read ends it, and the next one, after a backoff,
+reads on from the same cursors, so a reconnecting reader misses nothing the streams still hold.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from typing import Any, Literal, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisError
 
 from services.matcher.connection import Connection
 from services.matcher.messages import Event, StreamPos, doc_event, inbox_event, pos
 from shared.infra.clients import reset_safe
-from shared.infra.listener import cancel_requested
+from shared.infra.dependencies import REDIS_DOWN
+from shared.infra.listener import Listener
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.matcher.streams")
@@ -85,11 +88,12 @@ class StreamReader:
         # the first time joins once its first follower's backlog is read (start_at).
         self._cursor: dict[str, str] = {}
         self._changed = asyncio.Event()
+        self._listener = Listener("event stream reader")
         self._task: asyncio.Task[None] | None = None
         self._wakes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="events-reader")
+        self._task = asyncio.create_task(self._listener.run(self._session), name="events-reader")
 
     async def stop(self) -> None:
         for task in (self._task, *self._wakes):
@@ -97,7 +101,7 @@ class StreamReader:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_DOWN):
             await self._redis.delete(self._wake_key)
         await self._redis.aclose()
 
@@ -147,26 +151,19 @@ class StreamReader:
                 pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
                 pipe.pexpire(self._wake_key, WAKE_TTL_MS)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:  # the reader's block timeout covers a lost wake
+        except REDIS_DOWN as exc:  # the reader's block timeout covers a lost wake
             log.warning("could not wake the event reader", extra={"err": str(exc)})
 
     # Reading -------------------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _session(self) -> None:
         while True:
-            if not self._cursor:
+            if not self._cursor:  # nothing to read: no connection held, no read issued
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            try:
-                replies = await self._read()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                log.warning("event read failed; retrying", extra={"err": str(exc)})
-                await asyncio.sleep(0.5)
-                continue
+            replies = await self._read()
+            self._listener.check()
+            self._listener.up()
             for key, entries in replies:
                 self._dispatch(key, entries)
 

@@ -19,10 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from services.matcher.connection import Connection
 from services.matcher.sessions import SessionWatch
-from shared.domain.accounts import Principal, token_hash
+from shared.domain.accounts import Accounts, Principal, token_hash
+from shared.infra.clients import create_db_pool
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import PoolEntry
 from tests.services.matcher.conftest import make_user, matcher_server, open_socket, recv_type
 from tests.support.users import User
 
@@ -141,20 +141,19 @@ async def test_a_revocation_missed_while_unsubscribed_still_ends_the_sockets(
 def _conn(session: str) -> Connection:
     """A socket's bookkeeping without a socket: the watch only reads `session` and calls `cut`."""
     who = Principal(user_id="u", tenant_id="t", username="u", role="owner")
-    return Connection(cast(WebSocket, None), who, "", PoolEntry("u", ""), 4, _no_ack, session)
-
-
-async def _no_ack(user_id: str, inbox_id: str) -> None:
-    return None
+    return Connection(cast(WebSocket, None), who, session, 4)
 
 
 @pytest.fixture
-async def watch(redis: Redis, keys: Keys) -> AsyncIterator[SessionWatch]:
-    w = SessionWatch(redis, keys, check_s=3600)  # no backstop: deadlines alone
+async def watch(redis: Redis, keys: Keys, settings: Settings) -> AsyncIterator[SessionWatch]:
+    settings = settings.model_copy(update={"ws_session_check_s": 3600})  # deadlines alone
+    db = await create_db_pool(settings)
+    w = SessionWatch(settings, redis, keys, Accounts(settings, redis, db, keys))
     w.set_live(True)
     await w.start()
     yield w
     await w.stop()
+    await db.close()
 
 
 async def test_a_session_is_ended_at_its_expiry_and_kept_when_it_slid(
