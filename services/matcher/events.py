@@ -16,7 +16,6 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection, contained, parse, receive_loop
-from services.matcher.handshake import authenticate
 from services.matcher.messages import (
     STREAM_ID_MAX,
     ErrorMsg,
@@ -35,6 +34,7 @@ from services.matcher.messages import (
 from services.matcher.quota import throttle
 from services.matcher.resources import Resources
 from services.matcher.streams import Kind, StreamReader, frame
+from shared.domain.handshake import authenticate
 
 log = logging.getLogger("redline.matcher.events")
 

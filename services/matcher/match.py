@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from services.matcher.connection import SLOW_CLIENT, Connection, contained, parse, receive_loop
-from services.matcher.handshake import authenticate, refuse
 from services.matcher.hub import Hub
 from services.matcher.messages import (
     Cancel,
@@ -40,6 +39,7 @@ from services.matcher.resources import Resources
 from shared.domain import profiles, trending
 from shared.domain.errors import RedlineError
 from shared.domain.events import to_inbox
+from shared.domain.handshake import authenticate, refuse
 from shared.domain.models import Profile
 from shared.infra.clients import pubsub_client
 from shared.infra.clock import now_ms

@@ -22,8 +22,10 @@ import math
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
+from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection
+from shared.domain.handshake import refuse
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
 from shared.store.keys import Keys
@@ -87,3 +89,25 @@ async def throttle(scripts: Scripts, key: str, period_s: int, rate: int) -> int 
     if decision.allowed:
         return None
     return max(1, math.ceil(decision.retry_after_ms / 1000))
+
+
+# How long a user at the socket cap is told to wait: until they close a socket, really; a place
+# held by a process that died lapses within pool_ttl_s.
+SOCKETS_RETRY_S = 10
+
+
+async def admit(ws: WebSocket, quota: SocketQuota, user_id: str, socket_id: str) -> bool:
+    """Count the socket in its user's cap, or refuse the handshake (429, or 503)."""
+    try:
+        taken = await quota.take(user_id, socket_id)
+    except DOWN:
+        await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
+        return False
+    if not taken:
+        await refuse(
+            ws,
+            429,
+            f"at most {quota.limit} open sockets per user: close one first",
+            {"Retry-After": str(SOCKETS_RETRY_S)},
+        )
+    return taken

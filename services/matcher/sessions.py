@@ -31,9 +31,9 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection, Sent
-from services.matcher.handshake import Caller, admit
-from services.matcher.quota import SocketQuota
+from services.matcher.quota import SocketQuota, admit
 from shared.domain.accounts import Accounts, token_hash
+from shared.domain.handshake import Caller
 from shared.infra.dependencies import DOWN
 from shared.infra.listener import cancel_requested
 from shared.settings import Settings
