@@ -115,11 +115,15 @@ def create_app(settings: Settings) -> FastAPI:
                 UpdateLog(state_bytes, keys, append_options(settings)),
                 pubsub_client(settings, binary=True),
                 keys,
+                queue,
             ),
         )
         obs.watch(*health.checks(state, queue, db, cache_redis))
         await app.state.resources.collab.start()
-        revocations = asyncio.create_task(accounts.listen(), name="session revocations")
+        revocations = asyncio.create_task(
+            accounts.listen(on_revoked=app.state.resources.collab.revoked),
+            name="session revocations",
+        )
         log.info("api ready")
         try:
             yield

@@ -22,16 +22,19 @@ import logging
 import secrets
 import uuid
 
+from arq.connections import ArqRedis
 from pycrdt import get_state, get_update
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from services.api.rooms import Peer, Rooms
 from shared.domain import collab
-from shared.domain.accounts import Accounts, Principal
+from shared.domain.accounts import Accounts, Principal, token_hash
 from shared.domain.collab import MalformedMessage
 from shared.domain.documents import Documents
+from shared.domain.errors import RedlineError
 from shared.domain.handshake import authenticate, refuse
+from shared.domain.jobs import enqueue_flush
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
 from shared.settings import Settings
@@ -41,6 +44,8 @@ from shared.store.update_log import AppendReply, AppendStatus, SeedStatus, Snaps
 log = logging.getLogger("redline.collab")
 
 UNAVAILABLE = (1013, "a store is unreachable; reconnect shortly")
+# A leave that could not be recorded: a store down, or the document gone meanwhile.
+LEAVE_FAILURES: tuple[type[Exception], ...] = (*DOWN, RedlineError)
 CLOSE_FOR: dict[AppendStatus, tuple[int, str]] = {
     AppendStatus.RATE_LIMITED: (1013, "too many updates: slow down"),
     AppendStatus.LOG_FULL: (1013, "the document is saving a backlog: reconnect shortly"),
@@ -58,18 +63,28 @@ class Collab:
         updates: UpdateLog,
         subscriber: Redis,
         keys: Keys,
+        queue: ArqRedis,
     ) -> None:
         self._settings = settings
         self._accounts = accounts
         self._documents = documents
         self._updates = updates
+        self._keys = keys
+        self._queue = queue
         # Each update's origin in the log and on the relay: this process and socket (a process
         # skips what its own sockets sent: they were relayed here at once).
         self._process = secrets.token_hex(4)
         self.rooms = Rooms(subscriber, keys, self._process, self._whole)
+        # Open sockets by session (token hash): a logout anywhere closes them.
+        self._by_session: dict[str, set[Peer]] = {}
 
     async def start(self) -> None:
         await self.rooms.start()
+
+    def revoked(self, session: str) -> None:
+        """A session ended (logout, published to every process): close its sockets."""
+        for peer in tuple(self._by_session.get(session, ())):
+            peer.stop(1008, "logged out")
 
     async def stop(self) -> None:
         await self.rooms.stop()
@@ -78,12 +93,15 @@ class Collab:
         opened = await self._open(ws, document_id)
         if opened is None:
             return
-        principal, subprotocol, doc_id, snapshot = opened
+        principal, subprotocol, doc_id, snapshot, session = opened
         await ws.accept(subprotocol=subprotocol)
         peer = Peer(ws, self._settings.ws_send_queue)
         writer = asyncio.create_task(peer.drain(), name="collab writer")
-        beat = asyncio.create_task(self._heartbeat(peer), name="collab heartbeat")
+        beat = asyncio.create_task(
+            self._heartbeat(peer, principal, doc_id), name="collab heartbeat"
+        )
         origin = f"{self._process}:{secrets.token_hex(4)}"
+        self._by_session.setdefault(session, set()).add(peer)
         try:
             await self.rooms.join(doc_id, peer)
             peer.send(collab.encode(collab.SyncStep1(get_state(_folded(snapshot)))))
@@ -95,8 +113,13 @@ class Collab:
             log.exception("collab socket failed", extra={"doc": doc_id})
             peer.stop(1011, "internal error")
         finally:
+            peers = self._by_session.get(session, set())
+            peers.discard(peer)
+            if not peers:
+                self._by_session.pop(session, None)
             await self.rooms.leave(doc_id, peer)
             peer.stop(1000, "closed")
+            await self._leave(principal, doc_id)
             beat.cancel()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(peer.closed.wait(), 5)
@@ -106,7 +129,7 @@ class Collab:
     # Handshake -----------------------------------------------------------------------------
     async def _open(
         self, ws: WebSocket, document_id: str
-    ) -> tuple[Principal, str | None, str, Snapshot] | None:
+    ) -> tuple[Principal, str | None, str, Snapshot, str] | None:
         caller = await authenticate(
             ws, self._settings.allowed_origins, self._accounts, "a collab socket"
         )
@@ -126,7 +149,7 @@ class Collab:
         if snapshot is None:
             await refuse(ws, 404, missing)
             return None
-        return caller.principal, caller.subprotocol, doc_id, snapshot
+        return caller.principal, caller.subprotocol, doc_id, snapshot, token_hash(caller.token)
 
     async def _seeded(self, who: Principal, doc_id: str) -> Snapshot | None:
         """The document's snapshot once it has a Yjs state (seeding it from its text the first
@@ -209,15 +232,37 @@ class Collab:
                 return AppendReply(AppendStatus.NO_ACCESS, 0, "")
         raise ConnectionError(f"document {doc_id} would not stay loaded")
 
-    async def _heartbeat(self, peer: Peer) -> None:
-        """y-websocket clients drop a connection silent for 30 s: say something every
-        heartbeat when nothing else went out."""
+    async def _heartbeat(self, peer: Peer, who: Principal, doc_id: str) -> None:
+        """Keep the socket's editor present (`editors` counts collab sockets), and, since
+        y-websocket clients drop a connection silent for 30 s, say something every heartbeat
+        when nothing else went out."""
         every = self._settings.collab_heartbeat_s
+        renew = self._settings.presence_ttl_s / 3
         loop = asyncio.get_running_loop()
+        present_at = -renew
         while peer.close_with is None:
-            await asyncio.sleep(max(every - (loop.time() - peer.sent_at), 0.05))
+            if loop.time() - present_at >= renew:
+                try:
+                    await self._documents.join(who, doc_id)
+                    present_at = loop.time()
+                except DOWN as exc:  # presence is a hint: the socket stays
+                    log.warning("collab presence not renewed", extra={"err": str(exc)})
+                except RedlineError:
+                    peer.stop(1008, "you may no longer edit this document")
+                    return
             if loop.time() - peer.sent_at >= every:
                 peer.send(collab.HEARTBEAT)
+            idle = every - (loop.time() - peer.sent_at)
+            await asyncio.sleep(max(min(idle, renew - (loop.time() - present_at)), 0.05))
+
+    async def _leave(self, who: Principal, doc_id: str) -> None:
+        """The last editor out asks for the document's flush now, as the HTTP leave does."""
+        try:
+            last, _ = await self._documents.leave(who, doc_id)
+            if last:
+                await enqueue_flush(self._queue, self._keys, doc_id)
+        except LEAVE_FAILURES as exc:  # still dirty: the cron flush saves it
+            log.info("collab leave not recorded", extra={"err": str(exc), "doc": doc_id})
 
 
 def _folded(snapshot: Snapshot) -> bytes:

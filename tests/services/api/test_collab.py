@@ -344,3 +344,35 @@ async def test_editors_on_two_api_processes_converge(
                 await asyncio.sleep(0.01)
             assert cursor in heard
         assert await stored_text(collab_settings, doc["id"]) == str(here.text)
+
+
+async def test_logout_closes_the_sessions_collab_sockets(
+    host: str, http: httpx.AsyncClient
+) -> None:
+    ada = await signup(http, "ada")
+    doc = await create_doc(http, ada, content="private")
+    async with editor(host, ada, doc["id"]) as ed:
+        r = await http.post("/v1/auth/logout", headers=ada.auth)
+        assert r.status_code == 204, r.text
+        await ed.closed()
+        assert ed.ws.close_code == 1008
+        assert ed.ws.close_reason == "logged out"
+
+
+async def test_a_collab_socket_counts_as_an_editor(host: str, http: httpx.AsyncClient) -> None:
+    ada = await signup(http, "ada")
+    doc = await create_doc(http, ada)
+    status = f"/v1/documents/{doc['id']}/status"
+    async with editor(host, ada, doc["id"]):
+        for _ in range(100):
+            r = await http.get(status, headers=ada.auth)
+            if r.json()["editors"]:
+                break
+            await asyncio.sleep(0.02)
+        assert r.json()["editors"] == [ada.user_id]
+    for _ in range(100):
+        r = await http.get(status, headers=ada.auth)
+        if not r.json()["editors"]:
+            break
+        await asyncio.sleep(0.02)
+    assert r.json()["editors"] == []
