@@ -21,9 +21,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket
 
 from services.matcher.messages import ErrorMsg
+from services.matcher.pool import PoolEntry
 from shared.domain.accounts import Principal
 from shared.settings import Settings
-from shared.store.scripts import PoolEntry
 
 SLOW_CLIENT = (1008, "too slow: send queue full")
 IDLE = (1000, "idle timeout")

@@ -33,11 +33,11 @@ from services.matcher.messages import (
     pos,
     stream_id,
 )
+from services.matcher.pool import PoolEntry
 from services.matcher.streams import Kind, StreamReader, frame
 from shared.domain.accounts import token_hash
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
-from shared.store.scripts import PoolEntry
 
 log = logging.getLogger("redline.matcher.events")
 

@@ -35,7 +35,7 @@ from services.matcher.messages import (
     RateLimitedMsg,
     client_message,
 )
-from services.matcher.pool import Pool, clean_interests, language_key
+from services.matcher.pool import Pool, PoolEntry, clean_interests, language_key
 from services.matcher.quota import SocketQuota
 from services.matcher.sessions import SessionWatch
 from shared.domain import profiles, trending
@@ -49,7 +49,7 @@ from shared.infra.dependencies import DOWN
 from shared.infra.metrics import MatcherMetrics
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import MatchReply, MatchStatus, PoolEntry, Scripts
+from shared.store.scripts import MatchReply, MatchStatus, Scripts
 
 log = logging.getLogger("redline.matcher")
 # A room that could not be opened: a store down, or Postgres or the domain refused the rows.

@@ -18,11 +18,11 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 
 from services.matcher.connection import Connection
+from services.matcher.pool import PoolEntry
 from services.matcher.sessions import SessionWatch
 from shared.domain.accounts import Principal, token_hash
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import PoolEntry
 from tests.services.matcher.conftest import make_user, matcher_server, open_socket, recv_type
 from tests.support.users import User
 
