@@ -17,6 +17,7 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.users import create_doc, edit, signup
+from tests.support.worker import worker_context
 
 
 async def version_in_pg(db: asyncpg.Connection, doc_id: str) -> int:
@@ -66,7 +67,6 @@ async def test_expired_presence_is_swept_and_flushed(
 ) -> None:
     settings = make_settings(migrated, presence_ttl_s=1)
     app = create_app(settings)
-    ctx: dict[str, Any] = {"settings": settings}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
@@ -74,8 +74,7 @@ async def test_expired_presence_is_swept_and_flushed(
             doc = await create_doc(api, alice)
             await api.post(f"/v1/documents/{doc['id']}/presence", headers=alice.auth)
             await edit(api, alice, doc["id"], "tab closed without leaving")
-            await worker.startup(ctx)
-            try:
+            async with worker_context(settings) as ctx:
                 assert await worker.sweep_presence(ctx) == 0, "still present"
                 await asyncio.sleep(1.1)
                 assert await worker.sweep_presence(ctx) == 1
@@ -83,9 +82,6 @@ async def test_expired_presence_is_swept_and_flushed(
                 status = await api.get(f"/v1/documents/{doc['id']}/status", headers=alice.auth)
                 assert status.json()["editors"] == []
                 assert await worker.sweep_presence(ctx) == 0, "swept once"
-            finally:
-                await ctx["db"].close()
-                await ctx["state"].aclose()
 
 
 async def test_shutdown_drains_every_dirty_document(
