@@ -133,17 +133,15 @@ async def startup(ctx: Ctx) -> None:
     await check_redis_users(settings, "flusher", service_urls(settings))
     opened = clients(ctx)
     keys = Keys(settings.key_prefix, settings.doc_shards)
-    state = redis_client(settings.state_url, cluster=settings.redis_cluster)
+    ctx["state"] = state = redis_client(settings.state_url, cluster=settings.redis_cluster)
     opened.push_async_callback(state.aclose)
-    db = await create_db_pool(settings, init=prepare_flush_connection)
+    ctx["db"] = db = await create_db_pool(settings, init=prepare_flush_connection)
     opened.push_async_callback(db.close)
     scripts = Scripts(state, keys, **events_options(settings))
-    ctx.update(state=state, db=db, keys=keys, flusher=Flusher(settings, state, db, scripts, keys))
-    ctx["scripts"] = scripts
+    ctx.update(keys=keys, scripts=scripts, flusher=Flusher(settings, state, db, scripts, keys))
     # The cache role gets its own client (it may be another, evicting, server).
-    cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
+    ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
     opened.push_async_callback(cache_redis.aclose)
-    ctx["cache_redis"] = cache_redis
     cache = Cache(cache_redis, keys, lease_ms=settings.cache_lease_ms)
     ctx["profiles"] = ProfileCache(settings, cache, db)
     await _start_probes(ctx)

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
@@ -16,6 +17,7 @@ from shared.domain.jobs import enqueue_flush
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
+from tests.support.metrics import closed_port_url
 from tests.support.users import create_doc, edit, signup
 from tests.support.worker import worker_context
 
@@ -95,3 +97,32 @@ async def test_shutdown_drains_every_dirty_document(
     await worker.startup(ctx)
     await worker.shutdown(ctx)
     assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 1") == 10
+
+
+async def test_a_startup_failed_half_way_leaves_shutdown_its_clients_to_close(
+    migrated: Servers, redis: Redis
+) -> None:
+    """Postgres unreachable at startup: the state client is open already when the pool fails.
+    arq then runs shutdown, which closes what startup opened, once (a second shutdown: nothing)."""
+    settings = make_settings(
+        migrated, database_url=closed_port_url(migrated.database_url), db_pool_min=1
+    )
+    ctx: dict[str, Any] = {"settings": settings}
+    with pytest.raises(OSError):
+        await worker.startup(ctx)
+    assert "flusher" not in ctx
+    state: Redis = ctx["state"]
+    before = len(await redis.client_list())
+    assert await state.ping()
+    assert len(await redis.client_list()) == before + 1
+    await worker.shutdown(ctx)
+    await worker.shutdown(ctx)
+
+    async def closed() -> bool:
+        return len(await redis.client_list()) == before
+
+    for _ in range(50):
+        if await closed():
+            break
+        await asyncio.sleep(0.05)
+    assert await closed(), "the state client was left open"
