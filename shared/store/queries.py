@@ -1,8 +1,9 @@
-"""Every statement Redline runs, as SQL, in small functions (the schema itself is in the migration
+"""Every SQL statement the services run, in small functions (the schema itself is in the migration
 files, shared/store/migrations/NNN_*.sql). Each takes a connection, so the caller decides the
 transaction; a function opens one itself only where its statements are wrong outside one
 (`write_documents`: its COPY buffer empties at commit and its SET LOCAL lasts one transaction).
-Inside the caller's transaction that is a savepoint, so the caller's still decides."""
+Inside a transaction of the caller's that is a savepoint, so the caller's transaction still
+decides what commits."""
 
 from __future__ import annotations
 
