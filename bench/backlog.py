@@ -22,12 +22,12 @@ from bench.stack import Stack
 from bench.systems import redline_settings
 from bench.workload import text
 from services.flusher.flush import Flusher
-from shared.domain.documents import acl_of
+from shared.domain.documents import EditStatus, acl_of
 from shared.infra.clients import create_db_pool, redis_client
 from shared.infra.clock import now_ms
 from shared.store import queries
 from shared.store.keys import Keys
-from shared.store.scripts import EditStatus, Scripts
+from shared.store.scripts import Scripts
 
 PREFIX = "rlflush"
 CONCURRENCY = 64
@@ -87,7 +87,7 @@ async def run(
             replies = await _gather(
                 [scripts.edit(d, content, None, author, now_ms(), (f"t:{tenant}",)) for d in ids]
             )
-            bad = [r for r in replies if getattr(r, "status", None) is not EditStatus.APPLIED]
+            bad = [r for r in replies if getattr(r, "status", None) != EditStatus.APPLIED]
             if bad:
                 raise RuntimeError(f"flush backlog: {len(bad)} edits were not applied: {bad[0]}")
             dirty, _ = await flusher.dirty_count()

@@ -34,11 +34,11 @@ from bench.results import IdleSockets, NotifyLatency, PoolLatency, percentile
 from bench.stack import Stack
 from deploy.embedded import free_port
 from services.matcher.messages import Delivery, MatchFound
-from services.matcher.pool import Pool
+from services.matcher.pool import Pool, PoolEntry
 from shared.domain.accounts import Principal, token_hash
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import MatchStatus, PoolEntry, Scripts
+from shared.store.scripts import MatchStatus, Scripts
 
 VOCABULARY = [f"interest-{n}" for n in range(200)]
 # Zipf-like popularity: interest n is chosen with weight 1 / (n + 1).

@@ -29,10 +29,11 @@ from typing import Any
 
 import asyncpg
 from arq.worker import Worker
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.infra.clients import check_client
 from shared.settings import Settings
+from shared.store import queries
 
 log = logging.getLogger("redline.flusher")
 
@@ -176,7 +177,7 @@ async def wait_for_dependencies(settings: Settings) -> None:
 
     def ping(url: str) -> Probe:
         async def probe() -> object:
-            client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+            client = check_client(url, timeout_s=2)
             try:
                 return await client.ping()
             finally:
@@ -187,7 +188,7 @@ async def wait_for_dependencies(settings: Settings) -> None:
     async def select_one() -> object:
         conn = await asyncpg.connect(settings.dsn, timeout=2)
         try:
-            return await conn.fetchval("SELECT 1")
+            return await queries.ping(conn)
         finally:
             await conn.close()
 

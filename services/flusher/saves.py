@@ -15,6 +15,7 @@ from typing import Any
 
 from arq.worker import Retry
 
+from services.flusher.context import Ctx
 from services.flusher.flush import DATA_ERRORS, TRANSIENT, Flusher
 from shared.domain import events, snapshots
 from shared.domain.errors import NotFound
@@ -24,8 +25,6 @@ from shared.store import queries
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.flusher")
-
-Ctx = dict[str, Any]
 
 
 class Unsaveable(Exception):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
+from services.flusher.context import Ctx
 from services.flusher.flush import TRANSIENT
 from shared.domain.profile_cache import ProfileCache
 from shared.settings import Settings
@@ -14,7 +14,7 @@ from shared.settings import Settings
 log = logging.getLogger("redline.flusher")
 
 
-async def warm_profiles(ctx: dict[str, Any]) -> int:
+async def warm_profiles(ctx: Ctx) -> int:
     """Warm up to `warm_limit` profiles not cached yet; returns how many were stored."""
     settings: Settings = ctx["settings"]
     profiles: ProfileCache = ctx["profiles"]

@@ -15,6 +15,7 @@ from typing import Any
 from arq import cron
 from arq.worker import Worker, func
 
+from services.flusher.context import Ctx, clients, close_clients
 from services.flusher.flush import TRANSIENT, Flusher, FlushStats
 from services.flusher.probes import ProbeServer
 from services.flusher.resilient import ResilientWorker
@@ -40,8 +41,6 @@ from shared.store.queries import prepare_flush_connection
 from shared.store.scripts import Scripts, events_options
 
 log = logging.getLogger("redline.flusher")
-
-Ctx = dict[str, Any]
 
 
 def _every(seconds: int) -> dict[str, Any]:
@@ -90,7 +89,7 @@ async def _start_probes(ctx: Ctx) -> None:
     flusher: Flusher = ctx["flusher"]
     metrics: FlushMetrics = ctx["flush_metrics"]
     queue_probe = redis_client(settings.queue_url)
-    ctx["queue_probe"] = queue_probe
+    clients(ctx).push_async_callback(queue_probe.aclose)
     obs = Observability.of(ctx["registry"], settings)
     obs.watch(
         redis_check("state_redis", ctx["state"]),
@@ -122,6 +121,9 @@ async def _start_probes(ctx: Ctx) -> None:
             exc,
         )
         return
+    # Last in, first out: health and metrics stay up through the drain and stop before the
+    # clients they report on.
+    clients(ctx).push_async_callback(server.stop)
     ctx["probe_server"] = server
 
 
@@ -129,14 +131,17 @@ async def startup(ctx: Ctx) -> None:
     settings: Settings = ctx["settings"]
     _metrics(ctx)
     await check_redis_users(settings, "flusher", service_urls(settings))
+    opened = clients(ctx)
     keys = Keys(settings.key_prefix, settings.doc_shards)
-    state = redis_client(settings.state_url, cluster=settings.redis_cluster)
-    db = await create_db_pool(settings, init=prepare_flush_connection)
+    ctx["state"] = state = redis_client(settings.state_url, cluster=settings.redis_cluster)
+    opened.push_async_callback(state.aclose)
+    ctx["db"] = db = await create_db_pool(settings, init=prepare_flush_connection)
+    opened.push_async_callback(db.close)
     scripts = Scripts(state, keys, **events_options(settings))
-    ctx.update(state=state, db=db, keys=keys, flusher=Flusher(settings, state, db, scripts, keys))
-    ctx["scripts"] = scripts
+    ctx.update(keys=keys, scripts=scripts, flusher=Flusher(settings, state, db, scripts, keys))
     # The cache role gets its own client (it may be another, evicting, server).
     ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
+    opened.push_async_callback(cache_redis.aclose)
     cache = Cache(cache_redis, keys, lease_ms=settings.cache_lease_ms)
     ctx["profiles"] = ProfileCache(settings, cache, db)
     await _start_probes(ctx)
@@ -171,17 +176,10 @@ async def shutdown(ctx: Ctx) -> None:
         # Nothing is lost: the marks stay in Redis and the next flusher to start takes them.
         log.error("drain incomplete (%s); dirty documents stay marked for the next flusher", exc)
     finally:
-        # Health and metrics stay up through the drain; they go just before the clients.
-        if "probe_server" in ctx:
-            await ctx.pop("probe_server").stop()
-        if "queue_probe" in ctx:
-            await ctx.pop("queue_probe").aclose()
-        if "db" in ctx:
-            await ctx["db"].close()
-        if "state" in ctx:
-            await ctx["state"].aclose()
-        if "cache_redis" in ctx:
-            await ctx["cache_redis"].aclose()
+        # After the drain, whether it completed or not, and even after a startup that failed
+        # half-way (arq runs shutdown then too): every client opened is closed once.
+        ctx.pop("probe_server", None)
+        await close_clients(ctx)
 
 
 @traced("flush_dirty")

@@ -33,7 +33,7 @@ from services.matcher.messages import (
     RateLimitedMsg,
     client_message,
 )
-from services.matcher.pool import Pool, clean_interests, language_key
+from services.matcher.pool import Pool, PoolEntry, clean_interests, language_key
 from services.matcher.quota import throttle
 from services.matcher.resources import Resources
 from shared.domain import profiles, trending
@@ -44,7 +44,7 @@ from shared.domain.models import Profile
 from shared.infra.clients import pubsub_client
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
-from shared.store.scripts import MatchReply, MatchStatus, PoolEntry
+from shared.store.scripts import MatchReply, MatchStatus
 
 log = logging.getLogger("redline.matcher")
 # A room that could not be opened: a store down, or Postgres or the domain refused the rows.

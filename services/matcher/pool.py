@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from shared.infra.clock import Clock, now_ms
 from shared.settings import Settings
-from shared.store.scripts import MatchReply, PoolEntry, Scripts
+from shared.store.scripts import MatchReply, Scripts
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 _SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -33,6 +34,18 @@ def clean_interests(slugs: Iterable[str]) -> tuple[str, ...]:
     return tuple(seen)[:MAX_INTERESTS]
 
 
+@dataclass(frozen=True, slots=True)
+class PoolEntry:
+    """What a user brings to a pool: one ticket per connection, so a stale connection of the
+    same user can neither refresh nor remove a newer one's entry."""
+
+    user_id: str
+    ticket: str
+    region: str = ""
+    wanted_region: str = ""
+    interests: tuple[str, ...] = ()
+
+
 class Pool:
     def __init__(self, settings: Settings, scripts: Scripts, clock: Clock = now_ms) -> None:
         self._scripts = scripts
@@ -43,24 +56,25 @@ class Pool:
 
     async def enter(self, language: str, entry: PoolEntry, *, rejoin: bool = True) -> MatchReply:
         """Be findable. Without `rejoin`, only if no match has claimed this ticket meanwhile."""
-        return await self._scripts.match(
-            language,
-            entry,
-            now_ms=self._clock(),
-            ttl_ms=self._ttl_ms,
-            scan_limit=0,
-            rejoin=rejoin,
-            claim_ttl_ms=self._claim_ttl_ms,
-        )
+        return await self._match(language, entry, scan_limit=0, rejoin=rejoin)
 
     async def find(self, language: str, entry: PoolEntry, *, rejoin: bool) -> MatchReply:
         """Claim the best partner for `entry`, or leave it waiting in the pool."""
+        return await self._match(language, entry, scan_limit=self._scan, rejoin=rejoin)
+
+    async def _match(
+        self, language: str, entry: PoolEntry, *, scan_limit: int, rejoin: bool
+    ) -> MatchReply:
         return await self._scripts.match(
             language,
-            entry,
+            entry.user_id,
+            entry.ticket,
+            region=entry.region,
+            wanted_region=entry.wanted_region,
+            interests=entry.interests,
             now_ms=self._clock(),
             ttl_ms=self._ttl_ms,
-            scan_limit=self._scan,
+            scan_limit=scan_limit,
             rejoin=rejoin,
             claim_ttl_ms=self._claim_ttl_ms,
         )

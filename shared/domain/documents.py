@@ -9,6 +9,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
+from enum import IntEnum
 from typing import Any, cast
 
 import asyncpg
@@ -28,7 +29,18 @@ from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
-from shared.store.scripts import EditStatus, Scripts
+from shared.store.scripts import Scripts
+
+
+class EditStatus(IntEnum):
+    """What became of an edit: the codes of shared/store/lua/edit.lua's reply."""
+
+    APPLIED = 1
+    NOT_LOADED = 0  # not in Redis: seed it from Postgres, then retry
+    STALE = -1
+    DELETED = -2
+    NO_ACCESS = -3
+    RATE_LIMITED = -4  # the reply's `version` then holds the milliseconds until a retry may succeed
 
 
 def _dt(ms: str | int | None) -> datetime | None:
@@ -91,7 +103,7 @@ class Documents:
                 row = await queries.document(conn, doc_id)
             if row is None:
                 return None
-            loaded = self._row_fields(row)
+            loaded = self._row_fields(row, row["members"])
             if await self._scripts.seed(doc_id, loaded, self._clean_ttl_ms):
                 fields = dict(loaded)
             else:
@@ -107,14 +119,15 @@ class Documents:
         return cast(dict[str, str], await cast(Awaitable[Any], raw))
 
     @staticmethod
-    def _row_fields(row: asyncpg.Record) -> dict[str, str]:
+    def _row_fields(row: asyncpg.Record, members: Sequence[object]) -> dict[str, str]:
+        """The Redis hash of a Postgres row; `members` are the document's room members."""
         tenant = None if row["tenant_id"] is None else str(row["tenant_id"])
         return {
             "v": str(row["version"]),
             "sv": str(row["version"]),
             "c": row["content"],
             "ti": row["title"],
-            "acl": acl_of(tenant, [str(m) for m in row["members"]]),
+            "acl": acl_of(tenant, [str(m) for m in members]),
             "by": "" if row["updated_by"] is None else str(row["updated_by"]),
             "at": str(_ms(row["updated_at"])),
             "ca": str(_ms(row["created_at"])),
@@ -151,12 +164,9 @@ class Documents:
         doc_id = str(uuid.uuid4())
         tenant = None if members else who.tenant_id
         async with self._db.acquire() as conn, conn.transaction():
-            await queries.insert_document(conn, doc_id, tenant, title, content, who.user_id)
-            if members:
-                await queries.add_document_members(conn, doc_id, members)
-            row = await queries.document(conn, doc_id)
-        assert row is not None
-        fields = self._row_fields(row)
+            row = await queries.insert_document(conn, doc_id, tenant, title, content, who.user_id)
+            added = await queries.add_document_members(conn, doc_id, members) if members else []
+        fields = self._row_fields(row, added)
         await self._scripts.seed(doc_id, fields, self._clean_ttl_ms)
         return self._out(doc_id, fields)
 
@@ -171,20 +181,21 @@ class Documents:
             reply = await self._scripts.edit(
                 doc_id, content, base_version, who.user_id, now_ms(), who.grants, self._edit_rate
             )
-            if reply.status is EditStatus.APPLIED:
+            status = EditStatus(reply.status)
+            if status is EditStatus.APPLIED:
                 return EditOut(
                     id=doc_id,
                     version=reply.version,
                     saved_version=reply.saved_version,
                     status=_state(reply.version, reply.saved_version),
                 )
-            if reply.status is EditStatus.STALE:
+            if status is EditStatus.STALE:
                 raise Conflict(
                     f"base_version {base_version} is stale: the document is at version"
                     f" {reply.version}",
                     current_version=reply.version,
                 )
-            if reply.status is EditStatus.RATE_LIMITED:
+            if status is EditStatus.RATE_LIMITED:
                 raise RateLimited(
                     "too many edits of this document; retry later",
                     retry_after_s=max(1, math.ceil(reply.version / 1000)),
@@ -192,7 +203,7 @@ class Documents:
                     window_s=self._edit_period_s,
                     policy="edit",
                 )
-            if reply.status is not EditStatus.NOT_LOADED:
+            if status is not EditStatus.NOT_LOADED:
                 break
             # Not in Redis (its clean copy expired): load it from Postgres and try again.
             if await self._fields(doc_id) is None:

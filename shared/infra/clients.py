@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
@@ -103,6 +103,28 @@ def cache_client(url: str, timeout_s: float) -> Redis:
         **reset_safe(url),
     )
     return client
+
+
+def check_client(url: str, *, timeout_s: float = 5) -> Redis:
+    """A short-lived client for one check (a Redis user's permissions at start-up, a wait for a
+    dependency): 2 s to connect, `timeout_s` for a reply, no retries; the caller closes it."""
+    client: Redis = Redis.from_url(url, **_check_options(url, timeout_s))
+    return client
+
+
+def check_connection_pool(url: str) -> ConnectionPool:
+    """A connection pool with `check_client`'s options, for a check that speaks to one raw
+    connection (shared/infra/permissions.py's MULTI ... DISCARD); the caller disconnects it."""
+    return ConnectionPool.from_url(url, **_check_options(url, 5))
+
+
+def _check_options(url: str, timeout_s: float) -> dict[str, Any]:
+    return dict(
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=timeout_s,
+        **reset_safe(url),
+    )
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:

@@ -40,6 +40,7 @@ from shared.infra.edge import EdgeLimits
 from shared.infra.metrics import CONTENT_TYPE, render
 from shared.infra.problems import problem
 from shared.settings import Settings
+from shared.store import queries
 
 log = logging.getLogger("redline.health")
 
@@ -64,7 +65,7 @@ def redis_check(name: str, client: Redis, *, critical: bool = True) -> Check:
 def postgres_check(name: str, db: asyncpg.Pool, *, critical: bool = True) -> Check:
     async def select_one() -> object:
         async with db.acquire() as conn:
-            return await conn.fetchval("SELECT 1") == 1
+            return await queries.ping(conn)
 
     return Check(name, select_one, critical)
 

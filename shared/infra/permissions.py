@@ -16,19 +16,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from shared.infra.clients import check_client, check_connection_pool
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 async def _dryrun(url: str) -> bool | None:
-    client = Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+    client = check_client(url)
     try:
-        me = await client.execute_command("ACL", "WHOAMI")
-        reply = await client.execute_command("ACL", "DRYRUN", me, "FLUSHALL")
+        # redis-py leaves execute_command untyped; these are plain commands, replies as strings.
+        me = await client.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
+        reply = await client.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "DRYRUN", me, "FLUSHALL"
+        )
         return bool(reply == "OK")
     except ResponseError:
         return None  # no ACL commands for this user, or a server without ACL DRYRUN
@@ -37,9 +40,7 @@ async def _dryrun(url: str) -> bool | None:
 
 
 async def _queued(url: str) -> bool | None:
-    pool = ConnectionPool.from_url(
-        url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-    )
+    pool = check_connection_pool(url)
     conn = await pool.get_connection()
     try:
         await conn.send_command("MULTI")

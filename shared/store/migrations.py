@@ -10,6 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
+from shared.store import queries
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -41,28 +43,19 @@ def available() -> list[Migration]:
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply every pending migration; return the names applied by this call."""
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    await queries.advisory_lock(conn, _LOCK_ID)
     try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " number int PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["number"] for r in await conn.fetch("SELECT number FROM schema_migrations")}
+        done = await queries.applied_migrations(conn)
         for migration in available():
             if migration.number in done:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (number, name) VALUES ($1, $2)",
-                    migration.number,
-                    migration.name,
-                )
+                await queries.record_migration(conn, migration.number, migration.name)
             log.info("applied migration %s", migration.name)
             applied.append(migration.name)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+        await queries.advisory_unlock(conn, _LOCK_ID)
     return applied
 
 

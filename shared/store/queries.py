@@ -1,8 +1,13 @@
-"""SQL, as SQL, in small functions. Each takes a connection so the caller owns the transaction."""
+"""Every SQL statement the services run, in small functions (the schema itself is in the migration
+files, shared/store/migrations/NNN_*.sql). Each takes a connection, so the caller decides the
+transaction; a function opens one itself only where its statements are wrong outside one
+(`write_documents`: its COPY buffer empties at commit and its SET LOCAL lasts one transaction).
+Inside a transaction of the caller's that is a savepoint, so the caller's transaction still
+decides what commits."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -77,13 +82,17 @@ async def insert_document(
     return row
 
 
-async def add_document_members(conn: Conn, doc_id: str, user_ids: Sequence[str]) -> None:
-    await conn.execute(
-        "INSERT INTO document_members (document_id, user_id)"
-        " SELECT $1, u FROM unnest($2::uuid[]) AS u ON CONFLICT DO NOTHING",
+async def add_document_members(conn: Conn, doc_id: str, user_ids: Sequence[str]) -> list[str]:
+    """Add room members; return the ones this call added, in id order (as `document` lists them:
+    for a new document, all of its members)."""
+    added: list[str] = await conn.fetchval(
+        "WITH added AS (INSERT INTO document_members (document_id, user_id)"
+        "  SELECT $1, u FROM unnest($2::uuid[]) AS u ON CONFLICT DO NOTHING RETURNING user_id)"
+        " SELECT ARRAY(SELECT user_id::text FROM added ORDER BY user_id)",
         doc_id,
         list(user_ids),
     )
+    return added
 
 
 async def document(conn: Conn, doc_id: str) -> Record | None:
@@ -127,6 +136,104 @@ async def delete_document(conn: Conn, doc_id: str) -> bool:
     return bool(status != "DELETE 0")
 
 
+# Profiles: every user has one; a user without a profiles row reads as the defaults below.
+_PROFILE = """
+SELECT u.id::text AS user_id, u.tenant_id::text AS tenant_id, u.username,
+       coalesce(p.display_name, '') AS display_name, coalesce(p.bio, '') AS bio,
+       coalesce(p.language, 'en') AS language, p.region,
+       coalesce(p.interests, '{}') AS interests, coalesce(p.updated_at, u.created_at) AS updated_at
+FROM users u LEFT JOIN profiles p ON p.user_id = u.id
+"""
+
+# The columns `upsert_profile` may set; its statement is built only from these names.
+PROFILE_COLUMNS = ("display_name", "bio", "language", "region", "interests")
+
+
+async def profile(conn: Conn, user_id: str) -> Record | None:
+    """The user's profile, or None when there is no such user."""
+    return await conn.fetchrow(_PROFILE + " WHERE u.id = $1", user_id)
+
+
+async def profiles(conn: Conn, user_ids: Sequence[str]) -> list[Record]:
+    return await conn.fetch(_PROFILE + " WHERE u.id = any($1::uuid[])", list(user_ids))
+
+
+async def upsert_profile(conn: Conn, user_id: str, changes: Mapping[str, object]) -> None:
+    """Set the given columns of the user's profile (the others keep their values)."""
+    columns = [c for c in PROFILE_COLUMNS if c in changes]
+    values = [changes[c] for c in columns]
+    names = "".join(f", {c}" for c in columns)
+    params = "".join(f", ${i}" for i in range(2, len(columns) + 2))
+    updates = "".join(f"{c} = EXCLUDED.{c}, " for c in columns)
+    await conn.execute(
+        f"INSERT INTO profiles (user_id{names}) VALUES ($1{params})"
+        f" ON CONFLICT (user_id) DO UPDATE SET {updates}updated_at = now()",
+        user_id,
+        *values,
+    )
+
+
+async def recently_seen_users(conn: Conn, limit: int) -> list[str]:
+    rows = await conn.fetch("SELECT id::text FROM users ORDER BY last_seen_at DESC LIMIT $1", limit)
+    return [r[0] for r in rows]
+
+
+async def touch_user(conn: Conn, user_id: str) -> None:
+    await conn.execute("UPDATE users SET last_seen_at = now() WHERE id = $1", user_id)
+
+
+# Snapshots: named revisions of documents.
+_SNAPSHOT = "id::text, document_id::text, label, version, created_by::text, created_at"
+
+
+async def insert_snapshot(
+    conn: Conn,
+    snapshot_id: str,
+    doc_id: str,
+    label: str,
+    content: str,
+    version: int,
+    by: str,
+    job_id: str,
+) -> str:
+    """Store a revision once per job: a rerun of the same job returns the first row's id."""
+    row = await conn.fetchrow(
+        "INSERT INTO document_snapshots"
+        " (id, document_id, label, content, version, created_by, job_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id"
+        " RETURNING id::text",
+        snapshot_id,
+        doc_id,
+        label,
+        content,
+        version,
+        by,
+        job_id,
+    )
+    assert row is not None
+    return str(row[0])
+
+
+async def snapshots(conn: Conn, doc_id: str, limit: int) -> list[Record]:
+    """A document's newest snapshots first, without their content."""
+    return await conn.fetch(
+        f"SELECT {_SNAPSHOT} FROM document_snapshots WHERE document_id = $1"
+        " ORDER BY created_at DESC, id DESC LIMIT $2",
+        doc_id,
+        limit,
+    )
+
+
+async def snapshot(conn: Conn, doc_id: str, snapshot_id: str) -> Record | None:
+    """One snapshot of the document, with its content."""
+    return await conn.fetchrow(
+        f"SELECT {_SNAPSHOT}, content FROM document_snapshots WHERE document_id = $1 AND id = $2",
+        doc_id,
+        snapshot_id,
+    )
+
+
 async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
     """Write a batch of flushed documents in one statement; return how many rows changed.
 
@@ -162,3 +269,32 @@ async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
 async def prepare_flush_connection(conn: Conn) -> None:
     """Pool `init` for flushers: the COPY target exists on every connection."""
     await conn.execute(FLUSH_BUFFER_DDL)
+
+
+async def ping(conn: Conn) -> bool:
+    """A round trip that touches no table: readiness probes."""
+    return bool(await conn.fetchval("SELECT 1") == 1)
+
+
+# Migrations' bookkeeping (shared/store/migrations.py applies the files).
+async def advisory_lock(conn: Conn, key: int) -> None:
+    """Wait for the session-level advisory lock `key` (held until `advisory_unlock`)."""
+    await conn.execute("SELECT pg_advisory_lock($1)", key)
+
+
+async def advisory_unlock(conn: Conn, key: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def applied_migrations(conn: Conn) -> set[int]:
+    """The numbers of the migrations applied so far (creating their table on first use)."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " number int PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    return {r["number"] for r in await conn.fetch("SELECT number FROM schema_migrations")}
+
+
+async def record_migration(conn: Conn, number: int, name: str) -> None:
+    await conn.execute("INSERT INTO schema_migrations (number, name) VALUES ($1, $2)", number, name)

@@ -41,15 +41,6 @@ NAMES = (
 READ_SLICE = 100
 
 
-class EditStatus(IntEnum):
-    APPLIED = 1
-    NOT_LOADED = 0
-    STALE = -1
-    DELETED = -2
-    NO_ACCESS = -3
-    RATE_LIMITED = -4  # `version` then holds the milliseconds until a retry may succeed
-
-
 class QuarantineStatus(IntEnum):
     """What shared/store/lua/quarantine.lua did with one refused document."""
 
@@ -61,7 +52,11 @@ class QuarantineStatus(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class EditReply:
-    status: EditStatus
+    """edit.lua's reply. `status` is its code, as its header lists them (1 applied, 0 not loaded,
+    -1 stale, -2 deleted, -3 no access, -4 rate limited: `version` then holds the milliseconds
+    until a retry may succeed)."""
+
+    status: int
     version: int
     saved_version: int
 
@@ -86,18 +81,6 @@ class MatchReply:
     partner_id: str | None = None
     partner_ticket: str | None = None
     shared: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PoolEntry:
-    """What a user brings to a pool: one ticket per connection, so a stale connection of the
-    same user can neither refresh nor remove a newer one's entry."""
-
-    user_id: str
-    ticket: str
-    region: str = ""
-    wanted_region: str = ""
-    interests: tuple[str, ...] = ()
 
 
 class EventsOptions(TypedDict):
@@ -173,7 +156,7 @@ class Scripts:
                 *grants,
             ),
         )
-        return EditReply(EditStatus(status), int(version), int(saved))
+        return EditReply(int(status), int(version), int(saved))
 
     async def seed(self, doc_id: str, fields: Mapping[str, str | int], ttl_ms: int) -> bool:
         flat: list[str | int] = []
@@ -331,8 +314,12 @@ class Scripts:
     async def match(
         self,
         language: str,
-        entry: PoolEntry,
+        user_id: str,
+        ticket: str,
         *,
+        region: str = "",
+        wanted_region: str = "",
+        interests: Sequence[str] = (),
         now_ms: int,
         ttl_ms: int,
         scan_limit: int,
@@ -340,29 +327,31 @@ class Scripts:
         prune_limit: int = 32,
         claim_ttl_ms: int = 60_000,
     ) -> MatchReply:
-        """Enter the pool and (scan_limit > 0) claim the best partner, atomically."""
+        """Enter the pool as (user_id, ticket) and (scan_limit > 0) claim the best partner,
+        atomically. The ticket names one connection: a stale one of the same user can neither
+        refresh nor remove a newer one's entry."""
         k = self._keys
         reply = await self._call(
             "match",
             (
                 k.pool_members(language),
                 k.pool_entries(language),
-                *(k.pool_interest(language, slug) for slug in entry.interests),
+                *(k.pool_interest(language, slug) for slug in interests),
             ),
             (
                 now_ms,
                 now_ms + ttl_ms,
-                entry.user_id,
-                entry.ticket,
-                entry.region,
-                entry.wanted_region,
+                user_id,
+                ticket,
+                region,
+                wanted_region,
                 scan_limit,
                 prune_limit,
                 k.pool_interest_prefix(language),
                 k.pool_claimed_prefix(language),
                 claim_ttl_ms,
                 1 if rejoin else 0,
-                *entry.interests,
+                *interests,
             ),
         )
         status = MatchStatus(reply[0])

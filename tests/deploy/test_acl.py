@@ -25,11 +25,11 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from services.api.app import create_app
 from services.flusher import worker
-from services.matcher.pool import Pool
+from services.matcher.pool import Pool, PoolEntry
 from shared.infra.permissions import _dryrun, _queued, can_flushall
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import PoolEntry, Scripts
+from shared.store.scripts import Scripts
 from tests.conftest import ROOT, Servers, make_settings
 from tests.services.matcher.conftest import (
     matcher_server,

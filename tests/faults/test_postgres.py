@@ -5,29 +5,28 @@ state Valkey; the api and the flusher are real processes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from deploy.embedded import Valkey
 from shared.store.keys import Keys
 from tests.conftest import Servers
 from tests.support.faults import (
     Editors,
     account,
     dirty,
+    flush_blocked,
     overdue_jobs,
+    own_postgres,
     report,
     signal_postgres,
-    stack,
     stack_settings,
-    state_valkey,
     stored,
-    team,
+    team_stack,
     until,
 )
 
@@ -37,132 +36,104 @@ PAUSE_S = 20.0
 
 
 async def test_postgres_paused_for_20s_loses_nothing_and_edits_flow(
-    migrated: Servers, tmp_path: Path
+    migrated: Servers, tmp_path: Path, valkey: Valkey
 ) -> None:
     """A paused database (every Postgres process SIGSTOPped: connections open, nothing answers)
     is worse than a stopped one: nothing is refused, everything waits. The flusher's statement
     timeout (3 s here) and connect timeout must fire, no job may stay stuck, edits (Redis only)
     keep being acknowledged at their usual latency, and after SIGCONT everything lands."""
-    postgres = migrated.postgres
-    if postgres is None:
-        pytest.skip("Postgres is external (REDLINE_TEST_DATABASE_URL): cannot pause it")
-    async with state_valkey(tmp_path / "valkey", aof=True) as valkey:
-        settings = stack_settings(migrated, valkey.url, db_command_timeout_s=3.0)
-        async with stack(settings, tmp_path) as s:
-            users, doc_ids = await team(s.client, docs=4)
-            async with Editors(s.client, users, doc_ids, per_doc=2) as editors:
-                ledger = editors.ledger
-                await asyncio.sleep(2)
-                ledger.phase = "paused"
-                paused = signal_postgres(postgres.pgdata, signal.SIGSTOP)
-                try:
-                    await asyncio.sleep(PAUSE_S)
-                    assert s.flusher.alive, f"flusher died\n{s.flusher.tail()}"
-                    assert s.api.alive, f"api died\n{s.api.tail()}"
-                    assert not await s.flusher_ready(), "flusher ready with Postgres paused"
-                    assert ledger.acks_in["paused"] > 0, "edits stopped with Postgres paused"
-                finally:
-                    signal_postgres(postgres.pgdata, signal.SIGCONT)
-                ledger.phase = "recovering"
-                marks = {d: ledger.highest(d) for d in doc_ids}
+    postgres = own_postgres(migrated)
+    settings = stack_settings(migrated, valkey.url, db_command_timeout_s=3.0)
+    async with team_stack(settings, tmp_path, docs=4) as (s, users, doc_ids):
+        async with Editors(s.client, users, doc_ids, per_doc=2) as editors:
+            ledger = editors.ledger
+            await asyncio.sleep(2)
+            ledger.phase = "paused"
+            paused = signal_postgres(postgres.pgdata, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(PAUSE_S)
+                assert s.flusher.alive, f"flusher died\n{s.flusher.tail()}"
+                assert s.api.alive, f"api died\n{s.api.tail()}"
+                assert not await s.flusher_ready(), "flusher ready with Postgres paused"
+                assert ledger.acks_in["paused"] > 0, "edits stopped with Postgres paused"
+            finally:
+                signal_postgres(postgres.pgdata, signal.SIGCONT)
+            ledger.phase = "recovering"
+            marks = {d: ledger.highest(d) for d in doc_ids}
 
-                async def caught_up() -> bool:
-                    rows = await stored(settings.dsn, doc_ids)
-                    return all(rows[d][0] >= v for d, v in marks.items())
+            async def caught_up() -> bool:
+                rows = await stored(settings.dsn, doc_ids)
+                return all(rows[d][0] >= v for d, v in marks.items())
 
-                took = await until("Postgres to catch up", 15, caught_up, interval=0.1)
-                ledger.phase = "steady"
-                await asyncio.sleep(1)
-                await editors.stop()
-            acc = await account(s, users[0], ledger)
-            stuck = await overdue_jobs(valkey.url, s.keys)
-            report(
-                f"Postgres SIGSTOP {PAUSE_S:.0f}s ({paused} processes)",
-                1,
-                {"paused mid-stream"},
-                acc,
-                f"{took:.2f}s to catch up",
-            )
-            print(
-                f"edit p99 {ledger.p99('steady') * 1000:.0f} ms steady,"
-                f" {ledger.p99('paused') * 1000:.0f} ms paused; answers {dict(ledger.answers)}"
-            )
-            log = s.flusher.log()
-            assert "flush failed" in log, "no timeout fired in the flusher"
-            assert acc.lost == 0, acc
-            assert stuck == 0
-            assert not ledger.refusals, ledger.refusals
-
-
-async def _blocked(conn: asyncpg.Connection) -> bool:
-    waiting = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND query ILIKE 'update documents%'"
-    )
-    return bool(waiting)
+            took = await until("Postgres to catch up", 15, caught_up, interval=0.1)
+            ledger.phase = "steady"
+            await asyncio.sleep(1)
+            await editors.stop()
+        acc = await account(s, users[0], ledger)
+        stuck = await overdue_jobs(valkey.url, s.keys)
+        report(
+            f"Postgres SIGSTOP {PAUSE_S:.0f}s ({paused} processes)",
+            1,
+            {"paused mid-stream"},
+            acc,
+            f"{took:.2f}s to catch up",
+        )
+        print(
+            f"edit p99 {ledger.p99('steady') * 1000:.0f} ms steady,"
+            f" {ledger.p99('paused') * 1000:.0f} ms paused; answers {dict(ledger.answers)}"
+        )
+        log = s.flusher.log()
+        assert "flush failed" in log, "no timeout fired in the flusher"
+        assert acc.lost == 0, acc
+        assert stuck == 0
+        assert not ledger.refusals, ledger.refusals
 
 
 async def test_postgres_immediate_stop_mid_flush_keeps_commits_and_marks(
-    migrated: Servers, tmp_path: Path
+    migrated: Servers, tmp_path: Path, valkey: Valkey
 ) -> None:
     """The test holds row locks on half the documents, so a flush batch of those blocks half
     written; Postgres is then stopped with `-m immediate` (a crash: no shutdown checkpoint). What
     was committed before survives (Postgres never goes backwards), the blocked batch's documents
     stay dirty in Redis, and everything lands once Postgres is back."""
-    postgres = migrated.postgres
-    if postgres is None:
-        pytest.skip("Postgres is external (REDLINE_TEST_DATABASE_URL): cannot stop it")
-    async with state_valkey(tmp_path / "valkey", aof=True) as valkey:
-        settings = stack_settings(migrated, valkey.url, flush_batch_size=2)
-        async with stack(settings, tmp_path) as s:
-            users, doc_ids = await team(s.client, docs=8)
-            locked = doc_ids[:4]
-            async with Editors(s.client, users, doc_ids, per_doc=1) as editors:
-                ledger = editors.ledger
-                await asyncio.sleep(2)
-                locker = await asyncpg.connect(settings.dsn, timeout=5)
-                watcher = await asyncpg.connect(settings.dsn, timeout=5)
-                try:
-                    tx = locker.transaction()
-                    await tx.start()
-                    await locker.execute(
-                        "SELECT 1 FROM documents WHERE id = any($1::uuid[]) FOR UPDATE", locked
-                    )
-                    await until("a flush blocked on our locks", 10, lambda: _blocked(watcher))
-                    committed = await stored(settings.dsn, doc_ids)
-                    ledger.phase = "postgres down"
-                    await asyncio.to_thread(postgres.stop, "immediate")
-                finally:
-                    for conn in (locker, watcher):
-                        with contextlib.suppress(Exception):
-                            await conn.close(timeout=1)
-                try:
-                    # The blocked batch committed nothing: its documents are still marked dirty.
-                    marked = await _dirty_ids(valkey.url, s.keys, locked)
-                    assert marked == set(locked), marked
-                    await asyncio.sleep(1)
-                    assert s.flusher.alive, f"flusher died\n{s.flusher.tail()}"
-                finally:
-                    if not postgres.is_running():
-                        await asyncio.to_thread(postgres.start)
-                ledger.phase = "recovering"
-                started = time.monotonic()
-                rows = await stored(settings.dsn, doc_ids)
-                for d in doc_ids:  # never backwards
-                    assert rows[d][0] >= committed[d][0], (d, rows[d], committed[d])
-                await asyncio.sleep(1.5)
-                ledger.phase = "steady"
-                await editors.stop()
-            acc = await account(s, users[0], ledger)
-            assert await dirty(valkey.url, s.keys) == 0
-            report(
-                "Postgres -m immediate mid-flush",
-                1,
-                {"batch blocked mid-transaction"},
-                acc,
-                f"{time.monotonic() - started:.2f}s to drain",
-            )
-            assert acc.lost == 0, acc
+    postgres = own_postgres(migrated)
+    settings = stack_settings(migrated, valkey.url, flush_batch_size=2)
+    async with team_stack(settings, tmp_path, docs=8) as (s, users, doc_ids):
+        locked = doc_ids[:4]
+        async with Editors(s.client, users, doc_ids, per_doc=1) as editors:
+            ledger = editors.ledger
+            await asyncio.sleep(2)
+            async with flush_blocked(settings.dsn, locked):
+                committed = await stored(settings.dsn, doc_ids)
+                ledger.phase = "postgres down"
+                await asyncio.to_thread(postgres.stop, "immediate")
+            try:
+                # The blocked batch committed nothing: its documents are still marked dirty.
+                marked = await _dirty_ids(valkey.url, s.keys, locked)
+                assert marked == set(locked), marked
+                await asyncio.sleep(1)
+                assert s.flusher.alive, f"flusher died\n{s.flusher.tail()}"
+            finally:
+                if not postgres.is_running():
+                    await asyncio.to_thread(postgres.start)
+            ledger.phase = "recovering"
+            started = time.monotonic()
+            rows = await stored(settings.dsn, doc_ids)
+            for d in doc_ids:  # never backwards
+                assert rows[d][0] >= committed[d][0], (d, rows[d], committed[d])
+            await asyncio.sleep(1.5)
+            ledger.phase = "steady"
+            await editors.stop()
+        acc = await account(s, users[0], ledger)
+        assert await dirty(valkey.url, s.keys) == 0
+        report(
+            "Postgres -m immediate mid-flush",
+            1,
+            {"batch blocked mid-transaction"},
+            acc,
+            f"{time.monotonic() - started:.2f}s to drain",
+        )
+        assert acc.lost == 0, acc
 
 
 async def _dirty_ids(url: str, keys: Keys, doc_ids: list[str]) -> set[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.embedded import Valkey
 from tests.conftest import Servers
 from tests.support.faultproxy import FaultProxy, fault_proxy
 from tests.support.faults import (
@@ -25,13 +26,12 @@ from tests.support.faults import (
     account,
     overdue_jobs,
     report,
-    stack,
     stack_settings,
-    state_valkey,
     stored,
-    team,
+    team_stack,
     until,
 )
+from tests.support.users import User
 
 pytestmark = pytest.mark.slow
 
@@ -82,14 +82,12 @@ async def _faults(
     return recoveries
 
 
-async def test_redis_behind_a_fault_proxy(migrated: Servers, tmp_path: Path) -> None:
-    async with (
-        state_valkey(tmp_path / "valkey", aof=True) as valkey,
-        fault_proxy("127.0.0.1", valkey.port) as proxy,
-    ):
+async def test_redis_behind_a_fault_proxy(
+    migrated: Servers, tmp_path: Path, valkey: Valkey
+) -> None:
+    async with fault_proxy("127.0.0.1", valkey.port) as proxy:
         settings = stack_settings(migrated, f"redis://{proxy.url_host}/0")
-        async with stack(settings, tmp_path) as s:
-            users, doc_ids = await team(s.client, docs=4)
+        async with team_stack(settings, tmp_path, docs=4) as (s, users, doc_ids):
             async with Editors(s.client, users, doc_ids, per_doc=2) as editors:
                 ledger = editors.ledger
                 await asyncio.sleep(1.5)
@@ -110,38 +108,26 @@ async def test_redis_behind_a_fault_proxy(migrated: Servers, tmp_path: Path) -> 
                 assert ledger.acks_in["latency"] > 0, "no edit was acked under latency"
                 await asyncio.sleep(1)
                 await editors.stop()
-            acc = await account(s, users[0], ledger)
-            stuck = await _no_stuck_jobs(s, valkey.url)
-            report(
-                "Redis behind the fault proxy",
-                2 + RESETS,
-                POINTS,
-                acc,
-                f"{', '.join(f'{r:.2f}s' for r in recoveries)}",
-            )
-            print(f"answers {dict(ledger.answers)}; refusals by phase {dict(ledger.refusals)}")
-            assert acc.lost == 0, acc
-            assert stuck == 0
+            await _settled(s, users[0], ledger, valkey.url, "Redis", POINTS, recoveries)
             assert not {a for a in ledger.answers if a.startswith("5") and a != "503"}, ledger
             assert ledger.refusals["unreachable", "503"] > 0, "no edit met the outage"
             assert s.flusher.alive and s.api.alive
 
 
-async def test_postgres_behind_a_fault_proxy(migrated: Servers, tmp_path: Path) -> None:
+async def test_postgres_behind_a_fault_proxy(
+    migrated: Servers, tmp_path: Path, valkey: Valkey
+) -> None:
     """Only the flusher goes through the proxy: edits are acknowledged all along (they need
     Redis only), and must all land once Postgres is reachable again."""
     host, port = _pg_address(migrated.database_url)
-    async with (
-        state_valkey(tmp_path / "valkey", aof=True) as valkey,
-        fault_proxy(host, port) as proxy,
-    ):
+    async with fault_proxy(host, port) as proxy:
         settings = stack_settings(migrated, valkey.url)
         proxied = migrated.database_url.replace(f"{host}:{port}", proxy.url_host)
         flusher_settings = settings.model_copy(
             update={"database_url": proxied, "db_command_timeout_s": 3.0}
         )
-        async with stack(settings, tmp_path, flusher_settings) as s:
-            users, doc_ids = await team(s.client, docs=4)
+        run = team_stack(settings, tmp_path, docs=4, flusher_settings=flusher_settings)
+        async with run as (s, users, doc_ids):
             async with Editors(s.client, users, doc_ids, per_doc=2) as editors:
                 ledger = editors.ledger
                 await asyncio.sleep(1.5)
@@ -167,20 +153,37 @@ async def test_postgres_behind_a_fault_proxy(migrated: Servers, tmp_path: Path) 
                 )
                 await asyncio.sleep(1)
                 await editors.stop()
-            acc = await account(s, users[0], ledger)
-            stuck = await _no_stuck_jobs(s, valkey.url)
-            report(
-                "Postgres (flusher) behind the fault proxy",
-                2 + RESETS,
-                {"unreachable 5 s", "300 ms latency", "connection resets"},
-                acc,
-                f"{', '.join(f'{r:.2f}s' for r in recoveries)}",
+            points = {"unreachable 5 s", "300 ms latency", "connection resets"}
+            await _settled(
+                s, users[0], ledger, valkey.url, "Postgres (flusher)", points, recoveries
             )
-            print(f"answers {dict(ledger.answers)}; refusals by phase {dict(ledger.refusals)}")
-            assert acc.lost == 0, acc
-            assert stuck == 0
             assert not ledger.refusals, "an edit was refused though only Postgres was faulted"
             assert s.flusher.alive
+
+
+async def _settled(
+    s: Stack,
+    user: User,
+    ledger: Ledger,
+    direct_url: str,
+    what: str,
+    points: set[str],
+    recoveries: list[float],
+) -> None:
+    """After the faults and the editors: report lost/acked and the recoveries, and check that
+    nothing acknowledged was lost and no job is stuck."""
+    acc = await account(s, user, ledger)
+    stuck = await _no_stuck_jobs(s, direct_url)
+    report(
+        f"{what} behind the fault proxy",
+        2 + RESETS,
+        points,
+        acc,
+        f"{', '.join(f'{r:.2f}s' for r in recoveries)}",
+    )
+    print(f"answers {dict(ledger.answers)}; refusals by phase {dict(ledger.refusals)}")
+    assert acc.lost == 0, acc
+    assert stuck == 0
 
 
 def _pg_address(url: str) -> tuple[str, int]:

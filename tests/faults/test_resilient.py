@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -19,11 +21,38 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.flusher.resilient import Backoff, Outage, ResilientWorker
 from shared.infra.clients import reset_safe
 from shared.settings import Settings
-from tests.support.faultproxy import fault_proxy
+from tests.support.faultproxy import FaultProxy, fault_proxy
 
 
 async def _noop(ctx: dict[str, Any]) -> None:
     return None
+
+
+@asynccontextmanager
+async def proxied_worker(
+    settings: Settings, queue: str, **options: Any
+) -> AsyncIterator[tuple[FaultProxy, ResilientWorker]]:
+    """A ResilientWorker (one no-op function, no signal handling) on the queue Redis through a
+    fault proxy, on its own queue `queue`; closed at the end with the proxy passing again."""
+    url = httpx.URL(settings.queue_url)
+    assert url.host and url.port
+    async with fault_proxy(url.host, url.port) as proxy:
+        pool = await create_pool(RedisSettings(host="127.0.0.1", port=proxy.port, conn_retries=0))
+        worker = ResilientWorker(
+            [_noop],
+            redis_pool=pool,
+            queue_name=f"{settings.key_prefix}:{queue}",
+            handle_signals=False,
+            **options,
+        )
+        try:
+            yield proxy, worker
+        finally:
+            proxy.set("pass")
+            with contextlib.suppress(Exception):
+                await worker.close()  # closes the pool too
+            with contextlib.suppress(Exception):
+                await pool.aclose()  # when close() could not
 
 
 def test_backoff_is_jittered_under_a_doubling_cap_and_resets() -> None:
@@ -54,34 +83,25 @@ def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixt
 async def test_poll_loop_rides_out_a_refused_queue_redis(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = httpx.URL(settings.queue_url)
-    assert url.host and url.port
-    async with fault_proxy(url.host, url.port) as proxy:
-        pool = await create_pool(RedisSettings(host="127.0.0.1", port=proxy.port, conn_retries=0))
-        worker = ResilientWorker(
-            [_noop],
-            redis_pool=pool,
-            queue_name=f"{settings.key_prefix}:resilient-test",
-            handle_signals=False,
-            poll_delay=0.01,
-            backoff=Backoff(0.01, 0.05, rng=random.Random(0)),
-        )
-        try:
-            await worker._poll_iteration()
-            with caplog.at_level(logging.WARNING, "redline.flusher"):
-                proxy.set("refuse")
-                polling = asyncio.create_task(worker._poll_iteration())
-                await asyncio.sleep(0.5)
-                # arq's own loop would have raised ConnectionError here and ended main().
-                assert not polling.done(), polling
-                proxy.set("pass")
-                await asyncio.wait_for(polling, 5)
-            messages = [r.getMessage() for r in caplog.records if r.name == "redline.flusher"]
-            assert sum("unavailable" in m for m in messages) == 1, messages
-            assert sum("recovered" in m for m in messages) == 1, messages
-            assert worker.backoff.attempt == 0
-        finally:
-            await pool.aclose()
+    async with proxied_worker(
+        settings,
+        "resilient-test",
+        poll_delay=0.01,
+        backoff=Backoff(0.01, 0.05, rng=random.Random(0)),
+    ) as (proxy, worker):
+        await worker._poll_iteration()
+        with caplog.at_level(logging.WARNING, "redline.flusher"):
+            proxy.set("refuse")
+            polling = asyncio.create_task(worker._poll_iteration())
+            await asyncio.sleep(0.5)
+            # arq's own loop would have raised ConnectionError here and ended main().
+            assert not polling.done(), polling
+            proxy.set("pass")
+            await asyncio.wait_for(polling, 5)
+        messages = [r.getMessage() for r in caplog.records if r.name == "redline.flusher"]
+        assert sum("unavailable" in m for m in messages) == 1, messages
+        assert sum("recovered" in m for m in messages) == 1, messages
+        assert worker.backoff.attempt == 0
 
 
 def test_a_write_on_a_reset_connection_is_a_redis_connection_error_under_uvloop(
@@ -122,27 +142,12 @@ def test_a_write_on_a_reset_connection_is_a_redis_connection_error_under_uvloop(
 async def test_a_job_start_cut_by_a_reset_gives_its_slot_back(settings: Settings) -> None:
     """arq takes a job slot before the Redis calls that start a job; a connection error there
     used to keep it, so after max_jobs resets the worker ran nothing again."""
-    url = httpx.URL(settings.queue_url)
-    assert url.host and url.port
-    async with fault_proxy(url.host, url.port) as proxy:
-        pool = await create_pool(RedisSettings(host="127.0.0.1", port=proxy.port, conn_retries=0))
-        worker = ResilientWorker(
-            [_noop],
-            redis_pool=pool,
-            queue_name=f"{settings.key_prefix}:resilient-slots",
-            handle_signals=False,
-            max_jobs=2,
-        )
-        try:
-            slots = worker.sem._value
-            proxy.set("refuse")
-            await pool.connection_pool.disconnect()
-            for _ in range(3):  # more failed starts than slots
-                with pytest.raises(RedisConnectionError):
-                    await worker.start_jobs([b"a-job"])
-            assert worker.job_counter == 0
-            assert worker.sem._value == slots  # every slot back
-        finally:
-            proxy.set("pass")
-            with contextlib.suppress(Exception):
-                await worker.close()
+    async with proxied_worker(settings, "resilient-slots", max_jobs=2) as (proxy, worker):
+        slots = worker.sem._value
+        proxy.set("refuse")
+        await worker.pool.connection_pool.disconnect()
+        for _ in range(3):  # more failed starts than slots
+            with pytest.raises(RedisConnectionError):
+                await worker.start_jobs([b"a-job"])
+        assert worker.job_counter == 0
+        assert worker.sem._value == slots  # every slot back

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from shared.domain.documents import EditStatus
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import EditStatus, QuarantineStatus, Scripts
+from shared.store.scripts import QuarantineStatus, Scripts
 
 TTL = 60_000
 GRANTS = ("t:tenant-a", "u:alice")
@@ -60,24 +61,24 @@ async def test_edit_outcomes(scripts: Scripts) -> None:
     missing = str(uuid.uuid4())
     assert (
         await scripts.edit(missing, "x", None, "alice", 1, GRANTS)
-    ).status is EditStatus.NOT_LOADED
+    ).status == EditStatus.NOT_LOADED
     doc_id = await seeded(scripts, version=4)
     stale = await scripts.edit(doc_id, "x", 3, "alice", 1, GRANTS)
     assert (stale.status, stale.version) == (EditStatus.STALE, 4)
     assert (await scripts.edit(doc_id, "x", 4, "alice", 1, GRANTS)).version == 5
     other = await scripts.edit(doc_id, "x", None, "mallory", 1, ("t:tenant-b", "u:mallory"))
-    assert other.status is EditStatus.NO_ACCESS
+    assert other.status == EditStatus.NO_ACCESS
     await scripts.delete(doc_id, TTL)
-    assert (await scripts.edit(doc_id, "x", None, "alice", 1, GRANTS)).status is EditStatus.DELETED
+    assert (await scripts.edit(doc_id, "x", None, "alice", 1, GRANTS)).status == EditStatus.DELETED
 
 
 async def test_room_documents_open_to_members_only(scripts: Scripts) -> None:
     doc_id = await seeded(scripts, acl="u:alice u:bob")
     assert (
         await scripts.edit(doc_id, "x", None, "bob", 1, ("t:x", "u:bob"))
-    ).status is EditStatus.APPLIED
+    ).status == EditStatus.APPLIED
     denied = await scripts.edit(doc_id, "x", None, "al", 1, ("t:x", "u:al"))
-    assert denied.status is EditStatus.NO_ACCESS, "a prefix of a member id is not a member"
+    assert denied.status == EditStatus.NO_ACCESS, "a prefix of a member id is not a member"
 
 
 async def test_seed_never_overwrites(scripts: Scripts, redis: Redis, keys: Keys) -> None:

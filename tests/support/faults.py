@@ -27,22 +27,27 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from deploy.embedded import Valkey, free_port
+from deploy.embedded import Postgres, Valkey, free_port
 from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env
-from tests.support.users import User, add_member, create_doc
+from tests.support.users import User, add_member, create_doc, signup
 
 FILLER = "The quick brown fox jumps over the lazy dog. " * 4
 
 
-def stack_settings(servers: Servers, redis_url: str, **overrides: object) -> Settings:
+def stack_settings(servers: Servers, redis_url: str | None = None, **overrides: object) -> Settings:
+    """The test suite's settings (so key prefix and shard count agree with the fixtures) on
+    `redis_url` (default: the session's Redis), plus what the processes need: their own ports, no
+    login throttling, and short leases and drains so that recovery fits the tests' time bounds."""
+    redis_url = redis_url or servers.redis_url
     values: dict[str, object] = dict(
         redis_url=redis_url,
         api_port=free_port(),
         login_rate=100_000,
+        # A killed flusher's shard leases block the next flusher until they expire.
         flush_lease_ms=2000,
         flush_retry_max_s=1.0,
         shutdown_drain_s=15.0,
@@ -109,18 +114,22 @@ async def stack(
         yield Stack(api_settings, keys, api, flusher, client, probe)
 
 
+@asynccontextmanager
+async def team_stack(
+    settings: Settings, log_dir: Path, *, docs: int, flusher_settings: Settings | None = None
+) -> AsyncIterator[tuple[Stack, list[User], list[str]]]:
+    """`stack`, with a `team` of two signed up in it: the stack, the users, their documents."""
+    async with stack(settings, log_dir, flusher_settings) as s:
+        users, doc_ids = await team(s.client, docs)
+        yield s, users, doc_ids
+
+
 async def team(client: httpx.AsyncClient, docs: int) -> tuple[list[User], list[str]]:
-    owner = await _signup(client, "owner")
+    """An owner and a member of one tenant, and `docs` documents they both edit."""
+    owner = await signup(client, "owner")
     member = await add_member(client, owner, "member")
     ids = [(await create_doc(client, owner, f"doc {i}"))["id"] for i in range(docs)]
     return [owner, member], ids
-
-
-async def _signup(client: httpx.AsyncClient, name: str) -> User:
-    r = await client.post("/v1/auth/signup", json={"username": name, "password": "correct horse"})
-    assert r.status_code == 201, r.text
-    body = r.json()
-    return User(body["user_id"], body["tenant_id"], body["token"])
 
 
 async def login(client: httpx.AsyncClient, name: str, password: str) -> User:
@@ -140,6 +149,8 @@ class Ledger:
     acks_in: Counter[str] = field(default_factory=Counter)  # acks by the phase they came back in
     # Seconds each acked edit took, by phase.
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # What the first few refusals said, for a failure message.
+    examples: list[str] = field(default_factory=list)
     phase: str = "steady"
 
     @property
@@ -148,6 +159,10 @@ class Ledger:
 
     def highest(self, doc_id: str) -> int:
         return max((v for v, _ in self.acks[doc_id]), default=0)
+
+    def content(self, doc_id: str, version: int) -> str:
+        """The content of the newest edit acked with that version."""
+        return [c for v, c in self.acks[doc_id] if v == version][-1]
 
     def p99(self, phase: str) -> float:
         values = sorted(self.latencies[phase])
@@ -201,7 +216,7 @@ class Editors:
                     f"/v1/documents/{doc_id}/content", json={"content": content}, headers=user.auth
                 )
             except httpx.HTTPError as exc:
-                self._refused(type(exc).__name__)
+                self._refused(type(exc).__name__, f"{type(exc).__name__}: {exc}")
             else:
                 if r.status_code == 202:
                     self.ledger.acks[doc_id].append((r.json()["version"], content))
@@ -209,12 +224,14 @@ class Editors:
                     self.ledger.acks_in[self.ledger.phase] += 1
                     self.ledger.latencies[self.ledger.phase].append(time.monotonic() - sent)
                 else:
-                    self._refused(str(r.status_code))
+                    self._refused(str(r.status_code), f"{r.status_code} {r.text[:300]}")
             await asyncio.sleep(self._pause_s)
 
-    def _refused(self, what: str) -> None:
+    def _refused(self, what: str, detail: str) -> None:
         self.ledger.answers[what] += 1
         self.ledger.refusals[self.ledger.phase, what] += 1
+        if len(self.ledger.examples) < 5:
+            self.ledger.examples.append(detail)
 
     def acked_since(self, count: int) -> int:
         return self.ledger.acked - count
@@ -319,10 +336,14 @@ async def account(s: Stack, user: User, ledger: Ledger, within_s: float = 20) ->
         version, content = rows[d]
         if version == ledger.highest(d):
             # Postgres holds that edit's own content (the newest ack with that version).
-            newest = [c for v, c in ledger.acks[d] if v == version][-1]
-            assert content == newest, f"{d}: content at v{version} is not the acked one"
+            assert content == ledger.content(d, version), f"{d}: content at v{version} is not acked"
             assert read[d] == rows[d], f"{d}: GET {read[d][0]} disagrees with Postgres {version}"
     return Accounting(ledger.acked, behind + len(reissued), len(reissued), behind)
+
+
+def no_refusals(ledger: Ledger) -> None:
+    refused = sum(ledger.refusals.values())
+    assert not refused, f"{refused} edits were not acknowledged, e.g. {ledger.examples}"
 
 
 def report(scenario: str, faults: int, points: set[str], acc: Accounting, recovery: str) -> str:
@@ -353,7 +374,45 @@ async def valkey_info(url: str, section: str) -> dict[str, object]:
         await client.aclose()
 
 
-# Postgres as a paused process -----------------------------------------------------------------
+# Postgres: the session's own, stopped or paused; row locks that hold a flush mid-batch ---------
+def own_postgres(servers: Servers) -> Postgres:
+    """The session's embedded Postgres, which a test may stop or pause (and must bring back);
+    the test is skipped against an external one."""
+    if servers.postgres is None:
+        pytest.skip("Postgres is external (REDLINE_TEST_DATABASE_URL): cannot stop or pause it")
+    return servers.postgres
+
+
+@asynccontextmanager
+async def flush_blocked(dsn: str, doc_ids: list[str]) -> AsyncIterator[None]:
+    """Hold row locks on `doc_ids` until a flusher's batch UPDATE waits on them: its batch is then
+    half written (rows copied, nothing committed, dirty marks in Redis). Leaving closes our
+    connections, which ends the locks (also when Postgres went away meanwhile)."""
+    locker = await asyncpg.connect(dsn, timeout=5)
+    # pg_stat_activity is a per-transaction snapshot: watch it from another connection.
+    watcher = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await locker.transaction().start()
+        await locker.execute(
+            "SELECT 1 FROM documents WHERE id = any($1::uuid[]) FOR UPDATE", doc_ids
+        )
+        await until("a flush blocked on our locks", 10, lambda: _update_waits(watcher))
+        yield
+    finally:
+        for conn in (locker, watcher):
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
+
+
+async def _update_waits(conn: asyncpg.Connection) -> bool:
+    """True when some session's UPDATE of documents waits on a lock (the test's)."""
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query ILIKE 'update documents%'"
+    )
+    return bool(waiting)
+
+
 def postgres_pids(pgdata: Path) -> list[int]:
     """The postmaster (from its pid file) and its children (from /proc; Linux). Each backend is
     in a session of its own (the postmaster's children call setsid), so a process-group signal

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from services.flusher import worker
+from services.flusher.context import close_clients
 from shared.settings import Settings
 
 
@@ -20,6 +21,4 @@ async def worker_context(settings: Settings, **extra: Any) -> AsyncIterator[dict
     try:
         yield context
     finally:
-        await context["db"].close()
-        await context["state"].aclose()
-        await context["cache_redis"].aclose()
+        await close_clients(context)

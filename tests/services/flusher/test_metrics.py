@@ -25,6 +25,7 @@ from tests.conftest import Servers, make_settings
 from tests.support.metrics import closed_port_url, sample
 from tests.support.processes import http_ready, running, settings_env
 from tests.support.users import create_doc, edit, signup
+from tests.support.worker import worker_context
 
 
 def exposition(ctx: dict[str, Any]) -> str:
@@ -141,17 +142,12 @@ async def test_flusher_readyz_is_503_when_postgres_is_unreachable(migrated: Serv
         database_url=closed_port_url(migrated.database_url),
         readiness_timeout_s=0.5,
     )
-    ctx: dict[str, Any] = {"settings": settings}
-    await worker.startup(ctx)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            r = await http.get("/readyz")
-            assert (await http.get("/healthz")).status_code == 200
-    finally:
-        await ctx.pop("probe_server").stop()
-        await ctx["queue_probe"].aclose()
-        await ctx["db"].close()
-        await ctx["state"].aclose()
+    async with (
+        worker_context(settings),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http,
+    ):
+        r = await http.get("/readyz")
+        assert (await http.get("/healthz")).status_code == 200
     assert r.status_code == 503
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["checks"]["postgres"] == "down"

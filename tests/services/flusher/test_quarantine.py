@@ -17,11 +17,12 @@ from deploy.embedded import free_port
 from services.flusher import worker
 from services.flusher.flush import Flusher
 from services.flusher.saves import Unsaveable, save_document, snapshot_document
+from shared.domain.documents import EditStatus
 from shared.infra.clock import now_ms
 from shared.infra.metrics import render
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import EditStatus, Scripts
+from shared.store.scripts import Scripts
 from tests.conftest import Servers, make_settings
 from tests.services.flusher.test_flush import blocked_on_lock, row_locked
 from tests.support.metrics import sample
@@ -36,7 +37,7 @@ async def poison(redis: Redis, keys: Keys, user: User, doc_id: str, content: str
     reply = await Scripts(redis, keys).edit(
         doc_id, content, None, user.user_id, now_ms(), [f"t:{user.tenant_id}"]
     )
-    assert reply.status is EditStatus.APPLIED
+    assert reply.status == EditStatus.APPLIED
     return reply.version
 
 

@@ -19,16 +19,13 @@ from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
 from tests.support.apps import api_app, resources
 from tests.support.users import signup
+from tests.support.worker import worker_context
 
 
 @pytest.fixture
 async def warm_ctx(migrated: Servers) -> AsyncIterator[dict[str, Any]]:
-    context: dict[str, Any] = {"settings": make_settings(migrated, warm_limit=2)}
-    await worker.startup(context)
-    yield context
-    await context["db"].close()
-    await context["state"].aclose()
-    await context["cache_redis"].aclose()
+    async with worker_context(make_settings(migrated, warm_limit=2)) as context:
+        yield context
 
 
 async def test_warming_preloads_the_most_recently_seen(
@@ -70,9 +67,7 @@ def test_warming_is_a_cron_job_on_its_setting(migrated: Servers) -> None:
 
 async def test_warming_with_the_cache_redis_down_reports_zero(migrated: Servers) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    context: dict[str, Any] = {"settings": make_settings(migrated, cache_redis_url=dead)}
-    await worker.startup(context)
-    try:
+    async with worker_context(make_settings(migrated, cache_redis_url=dead)) as context:
         await queries.insert_tenant(context["db"], "00000000-0000-4000-8000-000000000001", "t")
         await queries.insert_user(
             context["db"],
@@ -83,7 +78,3 @@ async def test_warming_with_the_cache_redis_down_reports_zero(migrated: Servers)
             "owner",
         )
         assert await warm_profiles(context) == 0
-    finally:
-        await context["db"].close()
-        await context["state"].aclose()
-        await context["cache_redis"].aclose()

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
@@ -16,7 +17,9 @@ from shared.domain.jobs import enqueue_flush
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
+from tests.support.metrics import closed_port_url
 from tests.support.users import create_doc, edit, signup
+from tests.support.worker import worker_context
 
 
 async def version_in_pg(db: asyncpg.Connection, doc_id: str) -> int:
@@ -66,7 +69,6 @@ async def test_expired_presence_is_swept_and_flushed(
 ) -> None:
     settings = make_settings(migrated, presence_ttl_s=1)
     app = create_app(settings)
-    ctx: dict[str, Any] = {"settings": settings}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
@@ -74,8 +76,7 @@ async def test_expired_presence_is_swept_and_flushed(
             doc = await create_doc(api, alice)
             await api.post(f"/v1/documents/{doc['id']}/presence", headers=alice.auth)
             await edit(api, alice, doc["id"], "tab closed without leaving")
-            await worker.startup(ctx)
-            try:
+            async with worker_context(settings) as ctx:
                 assert await worker.sweep_presence(ctx) == 0, "still present"
                 await asyncio.sleep(1.1)
                 assert await worker.sweep_presence(ctx) == 1
@@ -83,9 +84,6 @@ async def test_expired_presence_is_swept_and_flushed(
                 status = await api.get(f"/v1/documents/{doc['id']}/status", headers=alice.auth)
                 assert status.json()["editors"] == []
                 assert await worker.sweep_presence(ctx) == 0, "swept once"
-            finally:
-                await ctx["db"].close()
-                await ctx["state"].aclose()
 
 
 async def test_shutdown_drains_every_dirty_document(
@@ -99,3 +97,32 @@ async def test_shutdown_drains_every_dirty_document(
     await worker.startup(ctx)
     await worker.shutdown(ctx)
     assert await db.fetchval("SELECT count(*) FROM documents WHERE version = 1") == 10
+
+
+async def test_a_startup_failed_half_way_leaves_shutdown_its_clients_to_close(
+    migrated: Servers, redis: Redis
+) -> None:
+    """Postgres unreachable at startup: the state client is open already when the pool fails.
+    arq then runs shutdown, which closes what startup opened, once (a second shutdown: nothing)."""
+    settings = make_settings(
+        migrated, database_url=closed_port_url(migrated.database_url), db_pool_min=1
+    )
+    ctx: dict[str, Any] = {"settings": settings}
+    with pytest.raises(OSError):
+        await worker.startup(ctx)
+    assert "flusher" not in ctx
+    state: Redis = ctx["state"]
+    before = len(await redis.client_list())
+    assert await state.ping()
+    assert len(await redis.client_list()) == before + 1
+    await worker.shutdown(ctx)
+    await worker.shutdown(ctx)
+
+    async def closed() -> bool:
+        return len(await redis.client_list()) == before
+
+    for _ in range(50):
+        if await closed():
+            break
+        await asyncio.sleep(0.05)
+    assert await closed(), "the state client was left open"

@@ -9,10 +9,10 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from services.matcher.pool import Pool
+from services.matcher.pool import Pool, PoolEntry
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import MatchStatus, PoolEntry, Scripts
+from shared.store.scripts import MatchStatus, Scripts
 
 T0 = 1_800_000_000_000  # a fixed "now" in ms; every call below says what time it is
 

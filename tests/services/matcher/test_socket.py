@@ -13,10 +13,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from deploy.embedded import free_port
 from services.matcher.messages import Delivery, MatchFound
-from services.matcher.pool import Pool
+from services.matcher.pool import Pool, PoolEntry
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import PoolEntry
 from tests.conftest import Servers, make_settings
 from tests.services.matcher.conftest import (
     make_user,
