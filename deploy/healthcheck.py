@@ -15,9 +15,9 @@ import asyncio
 import sys
 import urllib.request
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.infra.clients import check_client
 from shared.settings import Settings
 from shared.store.keys import Keys
 
@@ -32,7 +32,7 @@ def http_ok(port: int, path: str) -> bool:
 
 async def flusher_ok(settings: Settings) -> bool:
     keys = Keys(settings.key_prefix, settings.doc_shards)
-    client = Redis.from_url(settings.queue_url, socket_connect_timeout=2, socket_timeout=3)
+    client = check_client(settings.queue_url, timeout_s=3)
     try:
         return bool(await client.exists(keys.flusher_health))
     except (OSError, RedisError):

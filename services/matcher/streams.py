@@ -27,13 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from services.matcher.connection import Connection
 from services.matcher.messages import Event, StreamPos, doc_event, inbox_event, pos
-from shared.infra.clients import reset_safe
+from shared.infra.clients import blocking_client
 from shared.infra.dependencies import REDIS_DOWN
 from shared.infra.listener import Listener
 from shared.store.keys import Keys
@@ -65,17 +63,8 @@ class StreamReader:
         block_ms: int = 5000,
         batch: int = 1000,
     ) -> None:
-        # Its own client: the XREAD holds a connection while it blocks (read timeout above that).
-        options: dict[str, Any] = dict(
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=block_ms / 1000 + 10,
-        )
-        self._redis: Redis = (
-            RedisCluster.from_url(url, **options)
-            if cluster
-            else Redis.from_url(url, **options, **reset_safe(url))
-        )
+        # Its own client: the XREAD holds a connection while it blocks.
+        self._redis = blocking_client(url, cluster=cluster, block_s=block_ms / 1000)
         self._cluster = cluster
         self._block_ms = block_ms
         self._batch = batch

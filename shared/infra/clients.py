@@ -74,6 +74,19 @@ def redis_client(url: str, *, cluster: bool = False, binary: bool = False) -> Re
     return client
 
 
+def blocking_client(url: str, *, cluster: bool = False, block_s: float) -> Redis:
+    """A client for a reader that blocks (XREAD BLOCK): it holds a connection while it waits, so
+    its read timeout is the block plus a margin, and a timeout is not retried (the reader's own
+    loop retries)."""
+    options: dict[str, Any] = dict(
+        decode_responses=True, socket_connect_timeout=2, socket_timeout=block_s + 10
+    )
+    if cluster:
+        return cast(Redis, RedisCluster.from_url(url, **options))
+    client: Redis = Redis.from_url(url, **options, **reset_safe(url))
+    return client
+
+
 def pubsub_client(settings: Settings, *, binary: bool = False) -> Redis:
     """A plain client for the state role's pub/sub, also in cluster mode: redis-py's asyncio
     RedisCluster has no pubsub(). Classic SUBSCRIBE/PUBLISH is broadcast over the whole cluster,
