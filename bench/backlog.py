@@ -28,6 +28,7 @@ from shared.infra.clock import now_ms
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
+from shared.store.update_log import UpdateLog, append_options
 
 PREFIX = "rlflush"
 CONCURRENCY = 64
@@ -52,7 +53,10 @@ async def run(
     redis = redis_client(settings.state_url)
     db = await create_db_pool(settings, init=queries.prepare_flush_connection)
     scripts = Scripts(redis, keys)
-    flusher = Flusher(settings, redis, db, scripts, keys)
+    state_bytes = redis_client(settings.state_url, binary=True)
+    flusher = Flusher(
+        settings, redis, db, scripts, keys, UpdateLog(state_bytes, keys, append_options(settings))
+    )
     meter = CpuMeter({"postgres": stack.postgres_procs, "redis": stack.valkey_procs})
     out: list[FlushRun] = []
     try:
@@ -116,5 +120,6 @@ async def run(
             )
     finally:
         await db.close()
+        await state_bytes.aclose()
         await redis.aclose()
     return out

@@ -22,6 +22,7 @@ from services.api.resources import Resources
 from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
 from services.api.routes import collab as collab_routes
 from shared.domain.accounts import Accounts
+from shared.domain.coediting import CoEditing
 from shared.domain.documents import Documents
 from shared.domain.jobs import arq_settings
 from shared.domain.profile_cache import ProfileCache
@@ -95,7 +96,9 @@ def create_app(settings: Settings) -> FastAPI:
         await cache.start()
         counters = CacheCounters(cache.stats.numbers)
         registry.register(counters)
-        docs = Documents(settings, state, db, scripts, keys)
+        updates = UpdateLog(state_bytes, keys, append_options(settings))
+        coediting = CoEditing(updates, settings.collab_log_max_entries)
+        docs = Documents(settings, state, db, scripts, keys, coediting)
         accounts = Accounts(settings, state, db, keys)
         app.state.resources = Resources(
             settings=settings,
@@ -112,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
                 settings,
                 accounts,
                 docs,
-                UpdateLog(state_bytes, keys, append_options(settings)),
+                updates,
                 pubsub_client(settings, binary=True),
                 keys,
                 queue,

@@ -28,13 +28,14 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.domain import dirty
+from shared.domain import collab, dirty
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import QuarantineStatus, Scripts
+from shared.store.update_log import UpdateLog
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,28 @@ def _ms_to_dt(ms: str | None) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class _Fold:
+    """A co-edited document as one flush folded it: written with the row, trimmed after."""
+
+    state: bytes
+    folded_id: str
+    folded_bytes: int
+
+
 class Flusher:
     def __init__(
-        self, settings: Settings, redis: Redis, db: asyncpg.Pool, scripts: Scripts, keys: Keys
+        self,
+        settings: Settings,
+        redis: Redis,
+        db: asyncpg.Pool,
+        scripts: Scripts,
+        keys: Keys,
+        updates: UpdateLog,
     ) -> None:
         self._redis = redis
+        self._updates = updates
+        self._log_max = settings.collab_log_max_entries
         self._db = db
         self._scripts = scripts
         self._keys = keys
@@ -241,20 +259,32 @@ class Flusher:
         docs = await self._scripts.read_docs(list(batch.by_shard.values()))
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []
-        for doc_id, (v, content, by, at, deleted) in zip(ids, docs, strict=True):
+        folds: dict[str, _Fold] = {}
+        for doc_id, (v, content, by, at, deleted, coedited) in zip(ids, docs, strict=True):
             if v is None or deleted or content is None:
                 # Gone: mark_clean drops it from the dirty index. (A hash with a version but no
                 # content is never written; version 0 keeps it dirty rather than lose it.)
                 versions[doc_id] = 0
                 continue
+            if coedited is not None:
+                row = await self._fold(doc_id, by, at, folds)
+                versions[doc_id] = 0 if row is None else row[2]
+                if row is not None:
+                    rows.append(row)
+                continue
             versions[doc_id] = int(v)
-            rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at)))
+            rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at), None, None))
         stats.read = len(rows)
         refused: dict[str, BaseException] = {}
         if rows:
             async with self._db.acquire() as conn:
                 # In id order, so each half of a split is a contiguous run (writes lock in order).
                 stats.written = await self._write(conn, sorted(rows, key=_id), refused)
+        # After the commit, a co-edited document keeps its fold in Redis and drops the log
+        # entries the fold holds (compare-on-id: entries appended meanwhile stay).
+        for doc_id, fold in folds.items():
+            if doc_id not in refused:
+                await self._trim(doc_id, fold, rows)
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
         # refused document keeps its mark until the quarantine takes it.
         stats.cleaned = await self._scripts.mark_clean_shards(
@@ -270,6 +300,36 @@ class Flusher:
         stats.seconds = time.perf_counter() - started
         log.debug("flushed batch: %s", stats)
         return stats
+
+    async def _fold(
+        self, doc_id: str, by: str | None, at: str | None, folds: dict[str, _Fold]
+    ) -> queries.FlushRow | None:
+        """A co-edited document's row: its stored state with its log folded in (one script read:
+        state, log and version agree). None when it went away since read_docs."""
+        snapshot = await self._updates.read(doc_id, self._log_max)
+        if snapshot.version is None or snapshot.deleted or snapshot.state is None:
+            return None
+        folded = collab.fold(snapshot.state, [u for _, u in snapshot.log])
+        if snapshot.log:
+            folds[doc_id] = _Fold(
+                folded.state, snapshot.log[-1][0], sum(len(u) for _, u in snapshot.log)
+            )
+        last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
+        return (
+            doc_id,
+            folded.text,
+            snapshot.version,
+            by or None,
+            _ms_to_dt(at),
+            folded.state,
+            last,
+        )
+
+    async def _trim(self, doc_id: str, fold: _Fold, rows: list[queries.FlushRow]) -> None:
+        text = next(row[1] for row in rows if row[0] == doc_id)
+        await self._updates.trim(
+            doc_id, fold.folded_id, fold.state, text, fold.folded_bytes, self._clean_ttl_ms
+        )
 
     async def _write(
         self, conn: queries.Conn, rows: list[queries.FlushRow], refused: dict[str, BaseException]

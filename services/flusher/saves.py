@@ -17,12 +17,13 @@ from arq.worker import Retry
 
 from services.flusher.context import Ctx
 from services.flusher.flush import DATA_ERRORS, TRANSIENT, Flusher
-from shared.domain import events, snapshots
+from shared.domain import collab, events, snapshots
 from shared.domain.errors import NotFound
 from shared.domain.jobs import SAVE_DOCUMENT, SNAPSHOT_DOCUMENT, traced
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
+from shared.store.update_log import UpdateLog
 
 log = logging.getLogger("redline.flusher")
 
@@ -117,9 +118,18 @@ async def save_document(ctx: Ctx, *, doc_id: str, user_id: str, tenant_id: str) 
 async def _current(ctx: Ctx, doc_id: str) -> tuple[str, int]:
     """The newest content and version: Redis first (it may be ahead of Postgres), then Postgres."""
     keys: Keys = ctx["keys"]
-    content, version, deleted = await ctx["state"].hmget(keys.doc(doc_id), ["c", "v", "del"])
+    content, version, deleted, unfolded = await ctx["state"].hmget(
+        keys.doc(doc_id), ["c", "v", "del", "yb"]
+    )
     if deleted is not None:
         raise NotFound(f"document {doc_id} no longer exists")
+    if unfolded not in (None, "0"):
+        # Co-edited, with updates the flusher has not folded yet: fold them here (one script
+        # read, so the text and the version agree).
+        updates: UpdateLog = ctx["updates"]
+        snap = await updates.read(doc_id, ctx["settings"].collab_log_max_entries)
+        if snap.version is not None and snap.state is not None:
+            return collab.fold(snap.state, [u for _, u in snap.log]).text, snap.version
     if content is not None and version is not None:
         return content, int(version)
     async with ctx["db"].acquire() as conn:

@@ -39,6 +39,7 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.queries import prepare_flush_connection
 from shared.store.scripts import Scripts, events_options
+from shared.store.update_log import UpdateLog, append_options
 
 log = logging.getLogger("redline.flusher")
 
@@ -137,8 +138,13 @@ async def startup(ctx: Ctx) -> None:
     opened.push_async_callback(state.aclose)
     ctx["db"] = db = await create_db_pool(settings, init=prepare_flush_connection)
     opened.push_async_callback(db.close)
+    # Co-edited documents' Yjs states and logs are bytes: read on a client that does not decode.
+    state_bytes = redis_client(settings.state_url, cluster=settings.redis_cluster, binary=True)
+    opened.push_async_callback(state_bytes.aclose)
+    updates = UpdateLog(state_bytes, keys, append_options(settings))
     scripts = Scripts(state, keys, **events_options(settings))
-    ctx.update(keys=keys, scripts=scripts, flusher=Flusher(settings, state, db, scripts, keys))
+    flusher = Flusher(settings, state, db, scripts, keys, updates)
+    ctx.update(keys=keys, scripts=scripts, flusher=flusher, updates=updates)
     # The cache role gets its own client (it may be another, evicting, server).
     ctx["cache_redis"] = cache_redis = cache_client(settings.cache_url, settings.cache_timeout_s)
     opened.push_async_callback(cache_redis.aclose)

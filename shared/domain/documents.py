@@ -16,7 +16,15 @@ import asyncpg
 from redis.asyncio import Redis
 
 from shared.domain.accounts import Principal
-from shared.domain.errors import Conflict, InvalidInput, NotFound, RateLimited, TooLarge
+from shared.domain.coediting import CoEditing
+from shared.domain.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+)
 from shared.domain.models import (
     DocState,
     DocumentOut,
@@ -30,6 +38,7 @@ from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
+from shared.store.update_log import AppendStatus
 
 
 class EditStatus(IntEnum):
@@ -41,6 +50,11 @@ class EditStatus(IntEnum):
     DELETED = -2
     NO_ACCESS = -3
     RATE_LIMITED = -4  # the reply's `version` then holds the milliseconds until a retry may succeed
+    CO_EDITED = -5  # a Yjs state holds the text: the edit becomes an update (CoEditing.edit)
+
+
+# The hash fields this module reads (never `ys`, a co-edited document's Yjs state: bytes).
+FIELDS = ("v", "sv", "c", "ti", "acl", "by", "at", "ca", "del", "ds", "yb")
 
 
 def _dt(ms: str | int | None) -> datetime | None:
@@ -69,9 +83,18 @@ def allows(acl: str, who: Principal) -> bool:
 
 class Documents:
     def __init__(
-        self, settings: Settings, redis: Redis, db: asyncpg.Pool, scripts: Scripts, keys: Keys
+        self,
+        settings: Settings,
+        redis: Redis,
+        db: asyncpg.Pool,
+        scripts: Scripts,
+        keys: Keys,
+        coediting: CoEditing | None = None,
     ) -> None:
+        """`coediting` reads and edits co-edited documents' text; without it (the matcher,
+        which never reads a document's content) such a read or edit is an error."""
         self._redis = redis
+        self._coediting = coediting
         self._db = db
         self._scripts = scripts
         self._keys = keys
@@ -104,7 +127,7 @@ class Documents:
             if row is None:
                 return None
             loaded = self._row_fields(row, row["members"])
-            if await self._scripts.seed(doc_id, loaded, self._clean_ttl_ms):
+            if await self._scripts.seed(doc_id, {**loaded, **_row_state(row)}, self._clean_ttl_ms):
                 fields = dict(loaded)
             else:
                 # Someone else loaded or edited it meanwhile: theirs is at least as new.
@@ -115,8 +138,11 @@ class Documents:
 
     async def _hash(self, doc_id: str) -> dict[str, str]:
         # redis-py types its commands as sync-or-async; this client is the async one.
-        raw = self._redis.hgetall(self._keys.doc(doc_id))
-        return cast(dict[str, str], await cast(Awaitable[Any], raw))
+        raw = self._redis.hmget(self._keys.doc(doc_id), list(FIELDS))
+        values = cast(list[str | None], await cast(Awaitable[Any], raw))
+        return {
+            name: value for name, value in zip(FIELDS, values, strict=True) if value is not None
+        }
 
     @staticmethod
     def _row_fields(row: asyncpg.Record, members: Sequence[object]) -> dict[str, str]:
@@ -171,7 +197,19 @@ class Documents:
         return self._out(doc_id, fields)
 
     async def read(self, who: Principal, doc_id: str) -> DocumentOut:
-        return self._out(doc_id, await self._visible(who, doc_id))
+        fields = await self._visible(who, doc_id)
+        if fields.get("yb", "0") != "0":
+            # Co-edited, with updates not folded yet: `c` is the text as of the last fold.
+            text = await self._co(doc_id).text(doc_id)
+            if text is None:  # evicted between the two reads: load it again
+                return await self.read(who, doc_id)
+            fields["c"] = text
+        return self._out(doc_id, fields)
+
+    def _co(self, doc_id: str) -> CoEditing:
+        if self._coediting is None:
+            raise RuntimeError(f"document {doc_id} is co-edited: this process has no CoEditing")
+        return self._coediting
 
     async def edit(
         self, who: Principal, doc_id: str, content: str, base_version: int | None
@@ -182,6 +220,13 @@ class Documents:
                 doc_id, content, base_version, who.user_id, now_ms(), who.grants, self._edit_rate
             )
             status = EditStatus(reply.status)
+            if status is EditStatus.CO_EDITED:
+                merged = await self._co_edit(
+                    who, doc_id, content, base_version, reply.saved_version
+                )
+                if merged is not None:
+                    return merged
+                status = EditStatus.NOT_LOADED
             if status is EditStatus.APPLIED:
                 return EditOut(
                     id=doc_id,
@@ -208,6 +253,39 @@ class Documents:
             # Not in Redis (its clean copy expired): load it from Postgres and try again.
             if await self._fields(doc_id) is None:
                 break
+        raise NotFound(f"document {doc_id} not found")
+
+    async def _co_edit(
+        self, who: Principal, doc_id: str, content: str, base_version: int | None, saved: int
+    ) -> EditOut | None:
+        """The edit of a co-edited document, as an update; None when it must be loaded first."""
+        reply = await self._co(doc_id).edit(who, doc_id, content, base_version, now_ms())
+        if reply is None or reply.status in (AppendStatus.NOT_LOADED, AppendStatus.NOT_SEEDED):
+            return None
+        if reply.status is AppendStatus.APPENDED:
+            return EditOut(
+                id=doc_id,
+                version=reply.version,
+                saved_version=saved,
+                status=_state(reply.version, saved),
+            )
+        if reply.status is AppendStatus.STALE:
+            raise Conflict(
+                f"base_version {base_version} is stale: the document is at version {reply.version}",
+                current_version=reply.version,
+            )
+        if reply.status is AppendStatus.RATE_LIMITED:
+            raise RateLimited(
+                "too many edits of this document; retry later",
+                retry_after_s=max(1, math.ceil(reply.version / 1000)),
+                limit=self._edit_rate[1],
+                window_s=self._edit_period_s,
+                policy="edit",
+            )
+        if reply.status is AppendStatus.LOG_FULL:
+            raise Unavailable(
+                "the document is saving a backlog of edits; retry shortly", dependency="postgres"
+            )
         raise NotFound(f"document {doc_id} not found")
 
     async def delete(self, who: Principal, doc_id: str) -> None:
@@ -291,6 +369,20 @@ class Documents:
             updated_by=f.get("by") or None,
             created_at=created_at,
         )
+
+
+def _row_state(row: asyncpg.Record) -> dict[str, str | bytes]:
+    """A co-edited row's Yjs state for its Redis hash (nothing for any other row): the folded
+    state, the last log id in it, and an empty log."""
+    state = row.get("ystate")
+    if state is None:
+        return {}
+    return {
+        "ys": bytes(state),
+        "yl": row.get("ylog") or "0-0",
+        "yv": str(row["version"]),
+        "yb": "0",
+    }
 
 
 def _encode_cursor(created_at: datetime, doc_id: str) -> str:

@@ -18,13 +18,16 @@ Record = asyncpg.Record
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 # Rows the flusher writes, in the column order of the flush_buffer temp table.
-FlushRow = tuple[str, str, int, str | None, datetime]
+# id, content, version, updated_by, updated_at, and for a co-edited document its Yjs state and
+# the last update-log id folded into it (None for the others).
+FlushRow = tuple[str, str, int, str | None, datetime, bytes | None, str | None]
 
 # toast_tuple_target: a row under a page is stored as is. The default (about 2 KB) made the COPY
 # pglz-compress every 2 KB document on its way through this buffer: 25 us a row, most of the COPY.
 FLUSH_BUFFER_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS flush_buffer (
-    id uuid, content text, version bigint, updated_by uuid, updated_at timestamptz
+    id uuid, content text, version bigint, updated_by uuid, updated_at timestamptz,
+    ystate bytea, ylog text
 ) WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS
 """
 
@@ -99,7 +102,7 @@ async def document(conn: Conn, doc_id: str) -> Record | None:
     """A document with its room members (an empty array for tenant documents)."""
     return await conn.fetchrow(
         "SELECT d.id, d.tenant_id, d.title, d.content, d.version, d.updated_by, d.updated_at,"
-        " d.created_at, ARRAY(SELECT m.user_id FROM document_members m"
+        " d.created_at, d.ystate, d.ylog, ARRAY(SELECT m.user_id FROM document_members m"
         "  WHERE m.document_id = d.id ORDER BY m.user_id) AS members"
         " FROM documents d WHERE d.id = $1",
         doc_id,
@@ -250,7 +253,7 @@ async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
         await conn.copy_records_to_table(
             "flush_buffer",
             records=ordered,
-            columns=("id", "content", "version", "updated_by", "updated_at"),
+            columns=("id", "content", "version", "updated_by", "updated_at", "ystate", "ylog"),
         )
         # The buffer has no statistics, and the planner guesses it from its size: for 2 KB rows
         # a guess big enough to hash-join against a sequential scan of all of `documents`
@@ -260,7 +263,9 @@ async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
         await conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
         status = await conn.execute(
             "UPDATE documents d SET content = b.content, version = b.version,"
-            " updated_by = b.updated_by, updated_at = b.updated_at"
+            " updated_by = b.updated_by, updated_at = b.updated_at,"
+            # A document once co-edited stays so: a row without a state keeps the stored one.
+            " ystate = COALESCE(b.ystate, d.ystate), ylog = COALESCE(b.ylog, d.ylog)"
             " FROM flush_buffer b WHERE d.id = b.id AND d.version < b.version"
         )
     return int(status.split()[-1])

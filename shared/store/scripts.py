@@ -36,6 +36,9 @@ NAMES = (
 )
 
 
+# One document as read_docs reads it: v, c, by, at, del, yb (None where the field is missing).
+DocRead = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+
 # Documents per read_docs call: few enough calls to save redis-py's per-command cost, small
 # enough that one call holds Redis up for little (100 x 2 KB: well under a millisecond).
 READ_SLICE = 100
@@ -158,8 +161,8 @@ class Scripts:
         )
         return EditReply(int(status), int(version), int(saved))
 
-    async def seed(self, doc_id: str, fields: Mapping[str, str | int], ttl_ms: int) -> bool:
-        flat: list[str | int] = []
+    async def seed(self, doc_id: str, fields: Mapping[str, str | int | bytes], ttl_ms: int) -> bool:
+        flat: list[str | int | bytes] = []
         for name, value in fields.items():
             flat += (name, value)
         return bool(await self._call("seed", (self._keys.doc(doc_id),), (ttl_ms, *flat)))
@@ -248,10 +251,8 @@ class Scripts:
                 await script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute())
 
-    async def read_docs(
-        self, groups: Sequence[Sequence[str]]
-    ) -> list[tuple[str | None, str | None, str | None, str | None, str | None]]:
-        """Each document's (v, c, by, at, del), for groups of ids that each lie in one shard:
+    async def read_docs(self, groups: Sequence[Sequence[str]]) -> list[DocRead]:
+        """Each document's (v, c, by, at, del, yb), for groups of ids that each lie in one shard:
         one call a group, all in one round trip. Results in the order of the ids."""
         k = self._keys
         calls: list[tuple[Sequence[str], Sequence[Any]]] = []
@@ -260,10 +261,10 @@ class Scripts:
             for start in range(0, len(ids), READ_SLICE):
                 calls.append(([k.doc(d) for d in ids[start : start + READ_SLICE]], ()))
         replies = await self._many("read_docs", calls)
-        out: list[tuple[str | None, str | None, str | None, str | None, str | None]] = []
+        out: list[DocRead] = []
         for flat in replies:
             it = iter(flat)
-            out.extend(zip(it, it, it, it, it, strict=True))
+            out.extend(zip(it, it, it, it, it, it, strict=True))
         return out
 
     async def delete(self, doc_id: str, tombstone_ttl_ms: int, by: str = "") -> None:
@@ -277,6 +278,7 @@ class Scripts:
                 k.doc_presence(doc_id),
                 k.doc_events(doc_id),
                 k.doc_quarantine(doc_id),
+                k.update_log(doc_id),
             ),
             (doc_id, tombstone_ttl_ms, now_ms(), by),
         )

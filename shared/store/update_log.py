@@ -20,6 +20,7 @@ NAMES = ("collab_append", "collab_seed", "collab_read", "collab_trim")
 class AppendStatus(IntEnum):
     APPENDED = 1
     NOT_LOADED = 0
+    STALE = -1  # `version` then holds the current version
     DELETED = -2
     NO_ACCESS = -3
     RATE_LIMITED = -4  # `version` then holds the milliseconds until a retry may succeed
@@ -105,6 +106,7 @@ class UpdateLog:
         author: str,
         now_ms: int,
         grants: Sequence[str],
+        base_version: int | None = None,
     ) -> AppendReply:
         k, o = self._keys, self._options
         interval, burst = o.rate or (0, 0)
@@ -131,6 +133,7 @@ class UpdateLog:
                 o.events_ttl_ms,
                 o.edited_every_ms,
                 k.collab_channel(doc_id),
+                "" if base_version is None else base_version,
                 *grants,
             ),
         )

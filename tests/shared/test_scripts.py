@@ -182,9 +182,9 @@ async def test_read_docs_returns_each_document_in_order_across_slices(
     got = await scripts.read_docs([ids])
     assert len(got) == 230
     for n in (0, 4, 120, 229):
-        assert got[n] == ("1", f"c{n}", "alice", str(1000 + n), None)
-    assert got[6] == ("0", "", None, "1", None)
-    assert got[150] == (None, None, None, None, None)
+        assert got[n] == ("1", f"c{n}", "alice", str(1000 + n), None, None)
+    assert got[6] == ("0", "", None, "1", None, None)
+    assert got[150] == (None, None, None, None, None, None)
     assert got[5][4] is not None  # the tombstone reads as deleted
 
 

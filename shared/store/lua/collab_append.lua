@@ -10,9 +10,11 @@
 -- ARGV[12] at most one document.edited event per this many ms
 -- ARGV[13] the document's relay channel: every api process with a socket on it hears
 --   "<origin> <log id> <update>" (classic pub/sub; the log is the record, pub/sub the wake-up)
--- ARGV[14..] the caller's grants ("t:<tenant>", "u:<user>")
+-- ARGV[14] the version the author saw ("": any; an HTTP edit's base_version)
+-- ARGV[15..] the caller's grants ("t:<tenant>", "u:<user>")
 -- Reply: {status, version, log id}; for -4 {-4, retry_after_ms, ""}, for -5 {-5, entries, ""}
---   1 appended; 0 not in Redis (seed it from Postgres, then retry); -2 deleted; -3 no access;
+--   1 appended; 0 not in Redis (seed it from Postgres, then retry); -1 stale: the version is
+--   no longer ARGV[14] ({-1, version, ""}); -2 deleted; -3 no access;
 --   -4 rate limited; -5 the log is at its cap (backpressure: nothing is lost, the flusher has
 --   not caught up; retry later); -6 not seeded yet (install the seed update, then retry).
 -- The checks are edit.lua's, in its order, so revoking a member stops their next keystroke.
@@ -26,7 +28,7 @@ if f[3] then
 end
 local allowed = false
 local acl = ' ' .. (f[2] or '') .. ' '
-for i = 14, #ARGV do
+for i = 15, #ARGV do
   if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
     allowed = true
     break
@@ -37,6 +39,9 @@ if not allowed then
 end
 if not f[5] then
   return {-6, 0, ''}
+end
+if ARGV[14] ~= '' and tonumber(ARGV[14]) ~= tonumber(f[1]) then
+  return {-1, tonumber(f[1]), ''}
 end
 local now = tonumber(ARGV[5])
 local interval = tonumber(ARGV[8])

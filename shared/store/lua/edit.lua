@@ -10,7 +10,8 @@
 -- ARGV[10..] the caller's grants ("t:<tenant>", "u:<user>")
 -- Reply: {status, version, saved_version}; for status -4, {-4, retry_after_ms, 0}
 --   status 1 applied; 0 not in Redis (seed it from Postgres, then retry); -1 stale base version;
---   -2 deleted; -3 no access (the caller answers 404 for both, never 403); -4 rate limited.
+--   -2 deleted; -3 no access (the caller answers 404 for both, never 403); -4 rate limited;
+--   -5 co-edited (a Yjs state holds its text: the caller appends a diff update instead).
 -- The rate check lives here, not in a call of its own, so an edit stays one round trip and a
 -- refused edit is never applied; its key shares the document's hash tag (Redis Cluster).
 -- The `document.edited` event is appended here too, for the same reason: no second round trip.
@@ -20,7 +21,7 @@ local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then
   return {0, 0, 0}
 end
-local f = redis.call('HMGET', doc, 'v', 'sv', 'acl', 'del', 'ds')
+local f = redis.call('HMGET', doc, 'v', 'sv', 'acl', 'del', 'ds', 'yb')
 if f[4] then
   return {-2, 0, 0}
 end
@@ -34,6 +35,11 @@ for i = 10, #ARGV do
 end
 if not allowed then
   return {-3, 0, 0}
+end
+-- A co-edited document's text is its Yjs state and update log: a whole-content write here would
+-- overwrite them. The caller turns the content into an update instead (collab_append.lua).
+if f[6] then
+  return {-5, tonumber(f[1]), tonumber(f[2]) or 0}
 end
 -- GCRA, as in gcra.lua: a refused edit does not move the arrival time.
 local interval = tonumber(ARGV[6])

@@ -4,10 +4,7 @@ its read and its commit, while edits, a second flusher or a delete go on around 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -17,43 +14,12 @@ from services.flusher.flush import Flusher
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
+from tests.support.locks import blocked_on_lock, row_locked
 from tests.support.users import User, create_doc, edit, signup
-
-T = TypeVar("T")
 
 
 async def pg_row(db: asyncpg.Connection, doc_id: str) -> asyncpg.Record | None:
     return await db.fetchrow("SELECT version, content FROM documents WHERE id = $1", doc_id)
-
-
-@asynccontextmanager
-async def row_locked(settings: Settings, doc_id: str) -> AsyncIterator[None]:
-    """Hold the document's row lock: a flush's UPDATE waits on it until the block ends."""
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        async with conn.transaction():
-            await conn.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", doc_id)
-            yield
-    finally:
-        await conn.close()
-
-
-async def blocked_on_lock(settings: Settings, task: Awaitable[T]) -> asyncio.Task[T]:
-    """Start `task` and return once it waits on a row lock in Postgres."""
-    started = asyncio.ensure_future(task)
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        for _ in range(200):
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            )
-            if waiting:
-                return started
-            assert not started.done(), "the flush finished without waiting on the lock"
-            await asyncio.sleep(0.02)
-    finally:
-        await conn.close()
-    raise AssertionError("the flush never waited on the row lock")
 
 
 async def writer(api: httpx.AsyncClient) -> tuple[User, str]:
@@ -268,8 +234,14 @@ async def test_batches_sharing_rows_take_their_locks_in_one_order(
     alice = await signup(api, "alice")
     a, b = sorted([(await create_doc(api, alice))["id"] for _ in range(2)])
     now = datetime.now(UTC)
-    first = [(a, "a1", 5, None, now), (b, "b1", 5, None, now)]
-    second = [(b, "b2", 6, None, now), (a, "a2", 6, None, now)]
+    first: list[queries.FlushRow] = [
+        (a, "a1", 5, None, now, None, None),
+        (b, "b1", 5, None, now, None, None),
+    ]
+    second: list[queries.FlushRow] = [
+        (b, "b2", 6, None, now, None, None),
+        (a, "a2", 6, None, now, None, None),
+    ]
     conns = [await asyncpg.connect(settings.dsn) for _ in range(2)]
     try:
         for conn in conns:
