@@ -24,7 +24,7 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
 from tests.conftest import Servers, make_settings
-from tests.services.flusher.test_flush import blocked_on_lock, row_locked
+from tests.support.locks import blocked_on_lock, row_locked
 from tests.support.metrics import sample
 from tests.support.users import User, create_doc, edit, signup
 from tests.support.worker import worker_context
