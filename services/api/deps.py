@@ -2,10 +2,10 @@
 
 Why bodies are dependencies and not FastAPI body parameters: FastAPI reads and decodes a body
 before it runs any dependency, so a request without a token and with a malformed body would get
-422 instead of 401, and its JSON errors would differ from the edit lane's (services/api/
-editlane.py). A `JsonBody` parses with the one parser both use (`json_body`), and a signed-in
-route's `JsonBody` depends on the caller, so the order is structural: 401, then 422, then the
-handler. `request_bodies` puts each one in the OpenAPI document (services/api/app.py).
+422 instead of 401, and its JSON errors would differ from the edit's (services/api/edit.py). A
+`JsonBody` parses with the one parser both use (`json_body`), and a signed-in route's `JsonBody`
+depends on the caller, so the order is structural: 401, then 422, then the handler.
+`request_bodies` puts each one in the OpenAPI document (services/api/app.py).
 """
 
 from __future__ import annotations
