@@ -23,11 +23,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api import problems
-from services.api.edit import EditRoute, answer
+from services.api.edit import CANONICAL_ID, EditRoute, answer
 
-PATH = re.compile(
-    r"/v1/documents/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/content"
-)
+PATH = re.compile(f"/v1/documents/({CANONICAL_ID})/content")
 
 
 class EditLane:
