@@ -2,10 +2,10 @@
 
 Why bodies are dependencies and not FastAPI body parameters: FastAPI reads and decodes a body
 before it runs any dependency, so a request without a token and with a malformed body would get
-422 instead of 401, and its JSON errors would differ from the edit lane's (services/api/
-editlane.py). A `JsonBody` parses with the one parser both use (`json_body`), and a signed-in
-route's `JsonBody` depends on the caller, so the order is structural: 401, then 422, then the
-handler. `request_bodies` puts each one in the OpenAPI document (services/api/app.py).
+422 instead of 401, and its JSON errors would differ from the edit's (services/api/edit.py). A
+`JsonBody` parses with the one parser both use (`json_body`), and a signed-in route's `JsonBody`
+depends on the caller, so the order is structural: 401, then 422, then the handler.
+`request_bodies` puts each one in the OpenAPI document (services/api/app.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.routing import iter_route_contexts
 from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from services.api.resources import Resources
 from shared.domain.accounts import Principal
@@ -72,9 +74,26 @@ Caller = Annotated[Principal, Depends(principal)]
 async def json_body(request: Request, model: type[M]) -> M:
     """Parse the body (already capped by BodyLimit) into `model`; errors are 422 like FastAPI's."""
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(await _read(request.receive))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+async def _read(receive: Receive) -> bytes:
+    """The whole body, as `Request.body()` reads it, without its async generator: on the edit
+    path (services/api/edit.py) that generator cost as much as validating the body."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 class JsonBody:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -16,17 +14,9 @@ from deploy.embedded import Valkey, free_port
 from services.api.app import create_app
 from shared.settings import Settings
 from tests.conftest import Servers, make_settings
+from tests.support.apps import api_app
 from tests.support.metrics import closed_port_url, sample
 from tests.support.users import create_doc, signup
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 async def test_healthz_is_liveness_only(api: httpx.AsyncClient) -> None:
@@ -52,7 +42,7 @@ async def test_readyz_is_503_naming_postgres_when_it_is_unreachable(migrated: Se
     settings = make_settings(
         migrated, database_url=closed_port_url(migrated.database_url), readiness_timeout_s=0.5
     )
-    async with serving(settings) as api:
+    async with api_app(settings) as (_, api):
         started = time.monotonic()
         r = await api.get("/readyz")
         assert time.monotonic() - started < 2, "a down dependency must not hang readiness"
@@ -84,7 +74,7 @@ async def test_readyz_is_503_naming_each_redis_that_is_unreachable(
             queue_redis_url=queue.url,
             readiness_timeout_s=0.5,
         )
-        async with serving(settings) as api:
+        async with api_app(settings) as (_, api):
             r = await api.get("/readyz")
             assert r.status_code == 503
             assert r.json()["checks"] == {
@@ -140,7 +130,7 @@ async def test_metrics_count_requests_per_route_template(api: httpx.AsyncClient)
 
 async def test_each_app_has_its_own_registry(migrated: Servers) -> None:
     settings = make_settings(migrated)
-    async with serving(settings) as one, serving(settings) as two:
+    async with api_app(settings) as (_, one), api_app(settings) as (_, two):
         for _ in range(2):
             await one.get("/healthz")
         own = (await one.get("/metrics")).text
@@ -257,7 +247,7 @@ async def test_successful_autosaves_are_counted_but_not_access_logged(
     assert sample(text, "redline_http_requests_total", **labels) == 1
     # REDLINE_ACCESS_LOG_EDITS=true logs them all.
     caplog.clear()
-    async with serving(make_settings(migrated, access_log_edits=True)) as verbose:
+    async with api_app(make_settings(migrated, access_log_edits=True)) as (_, verbose):
         bob = await signup(verbose, "bob")
         other = await create_doc(verbose, bob)
         with caplog.at_level(logging.INFO, logger="redline.access"):
