@@ -88,11 +88,14 @@ class OperatorGate:
 
     def denial(self, authorization: str | None) -> tuple[int, str] | None:
         """None when `authorization` (the header's value) may read; else (status, detail)."""
+        return self.denial_of(bearer_token(authorization))
+
+    def denial_of(self, offered: str | None) -> tuple[int, str] | None:
+        """`denial` for a bearer token already read from its header."""
         if self.token is None:
             if not self.production:
                 return None
             return 403, "operator surfaces are closed: set REDLINE_OPERATOR_TOKEN to open them"
-        offered = bearer_token(authorization)
         # Constant-time: the comparison must not tell an attacker how much of a guess was right.
         if offered is not None and hmac.compare_digest(offered.encode(), self.token.encode()):
             return None

@@ -42,7 +42,7 @@ async def _viewer(token: Token, res: Res) -> Principal | None:
     gate = OperatorGate.of(res.settings)
     if gate.open:
         return await res.accounts.resolve(token)
-    denied = gate.denial(f"Bearer {token}")
+    denied = gate.denial_of(token)
     if denied is not None:
         raise (Forbidden if denied[0] == 403 else Unauthenticated)(denied[1])
     return None
