@@ -19,19 +19,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shared.domain import collab
 from shared.infra.dependencies import REDIS_DOWN
-from shared.infra.listener import Listener
+from shared.infra.fanout import Fanout
 from shared.store.keys import Keys
 
 log = logging.getLogger("redline.collab")
 
 SLOW = (1008, "too slow to keep up: reconnect to resync")
-SUBSCRIBE_WAIT_S = 2.0
 AWARENESS = b"a"
 
 # The document's whole stored state, framed as one update (after a lost subscription).
@@ -84,72 +84,43 @@ class Peer:
 
 class Rooms:
     def __init__(self, subscriber: Redis, keys: Keys, process: str, resync: Resync) -> None:
-        # Its own client (shared/infra/clients.py `pubsub_client`, binary): idle most of the
-        # time, so no read timeout. Rooms closes it.
-        self._subscriber = subscriber
-        self._pubsub = subscriber.pubsub()
+        """`subscriber`: a binary `pubsub_client`, closed by `stop`."""
         self._keys = keys
         self._process = process.encode()
         self._resync = resync
-        self._rooms: dict[str, set[Peer]] = {}
-        self._doc_of: dict[bytes, str] = {}
-        self._confirmed: dict[bytes, asyncio.Event] = {}
-        self._listener = Listener("collab relay", on_up=self._live)
-        self._was_live = False
-        self._task: asyncio.Task[None] | None = None
-        self._recovery: asyncio.Task[None] | None = None
+        self._doc_of: dict[str, str] = {}
+        self._fanout: Fanout[Peer] = Fanout(
+            subscriber,
+            "collab relay",
+            keys.collab_channel(f"-{process}"),
+            self._message,
+            self._resync_all,
+        )
 
     async def start(self) -> None:
-        """Start listening; never waits for Redis (the api starts, unready, while it is down)."""
-        self._task = asyncio.create_task(self._listener.run(self._session), name="collab relay")
+        await self._fanout.start()
 
     async def stop(self) -> None:
-        for task in (self._task, self._recovery):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        with contextlib.suppress(*REDIS_DOWN):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self._subscriber.aclose()
+        await self._fanout.stop()
 
-    # Sockets -------------------------------------------------------------------------------
     async def join(self, doc_id: str, peer: Peer) -> None:
-        """Hear the document's channel before the socket syncs, so no update is missed."""
-        peers = self._rooms.setdefault(doc_id, set())
-        peers.add(peer)
-        channel = self._keys.collab_channel(doc_id).encode()
-        if len(peers) > 1:
-            pending = self._confirmed.get(channel)
-            if pending is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pending.wait(), SUBSCRIBE_WAIT_S)
-            return
+        """Hear the document's channel before the socket syncs, so no update from another
+        process is missed; a subscription Redis does not confirm fails the socket (1013)."""
+        channel = self._keys.collab_channel(doc_id)
         self._doc_of[channel] = doc_id
-        confirmed = self._confirmed[channel] = asyncio.Event()
-        try:
-            await self._pubsub.subscribe(channel)
-            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_WAIT_S)
-        finally:
-            self._confirmed.pop(channel, None)
+        if not await self._fanout.join(channel, peer):
+            raise ConnectionError(f"the relay of document {doc_id} is not subscribed")
 
     async def leave(self, doc_id: str, peer: Peer) -> None:
-        peers = self._rooms.get(doc_id)
-        if peers is None:
-            return
-        peers.discard(peer)
-        if peers:
-            return
-        del self._rooms[doc_id]
-        channel = self._keys.collab_channel(doc_id).encode()
-        self._doc_of.pop(channel, None)
-        with contextlib.suppress(*REDIS_DOWN):
-            await self._pubsub.unsubscribe(channel)
+        channel = self._keys.collab_channel(doc_id)
+        await self._fanout.leave(channel, peer)
+        if channel not in self._fanout.channels():
+            self._doc_of.pop(channel, None)
 
     def relay(self, doc_id: str, frame: bytes) -> None:
         """`frame` to every socket of the document here, the sender's included (its client
         ignores its own updates; y-websocket's server echoes them too)."""
-        for peer in tuple(self._rooms.get(doc_id, ())):
+        for peer in self._fanout.members(self._keys.collab_channel(doc_id)):
             peer.send(frame)
 
     async def share_awareness(self, doc_id: str, origin: str, frame: bytes) -> None:
@@ -157,34 +128,13 @@ class Rooms:
         self.relay(doc_id, frame)
         payload = origin.encode() + b" " + AWARENESS + b" " + frame
         with contextlib.suppress(*REDIS_DOWN):  # cursors are best effort: never persisted
-            await self._subscriber.publish(self._keys.collab_channel(doc_id), payload)
+            await self._fanout.publish(self._keys.collab_channel(doc_id), payload)
 
     @property
     def sockets(self) -> int:
-        return sum(len(p) for p in self._rooms.values())
+        return len(self._fanout)
 
-    # Listening -----------------------------------------------------------------------------
-    async def _session(self) -> None:
-        if not self._pubsub.subscribed:
-            # get_message needs a subscription: this process's own channel, never published to.
-            await self._pubsub.subscribe(self._keys.collab_channel(f"-{self._process.decode()}"))
-        while True:
-            message = await self._pubsub.get_message(timeout=5.0)
-            self._listener.check()
-            self._listener.up()
-            if message is not None:
-                self._dispatch(message)
-
-    def _dispatch(self, message: dict[str, object]) -> None:
-        channel = message.get("channel")
-        if not isinstance(channel, bytes):
-            return
-        if message.get("type") == "subscribe":
-            event = self._confirmed.get(channel)
-            if event is not None:
-                event.set()
-            return
-        data = message.get("data")
+    async def _message(self, channel: str, data: Any) -> None:
         doc_id = self._doc_of.get(channel)
         if doc_id is None or not isinstance(data, bytes):
             return
@@ -197,13 +147,8 @@ class Rooms:
         else:
             self.relay(doc_id, collab.encode(collab.Update(frame)))
 
-    def _live(self) -> None:
-        if self._was_live:
-            self._recovery = asyncio.create_task(self._resync_all(), name="collab resync")
-        self._was_live = True
-
     async def _resync_all(self) -> None:
-        for doc_id in tuple(self._rooms):
+        for doc_id in tuple(self._doc_of.values()):
             try:
                 self.relay(doc_id, await self._resync(doc_id))
             except REDIS_DOWN as exc:

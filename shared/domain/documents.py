@@ -235,19 +235,9 @@ class Documents:
                     status=_state(reply.version, reply.saved_version),
                 )
             if status is EditStatus.STALE:
-                raise Conflict(
-                    f"base_version {base_version} is stale: the document is at version"
-                    f" {reply.version}",
-                    current_version=reply.version,
-                )
+                raise _stale(base_version, reply.version)
             if status is EditStatus.RATE_LIMITED:
-                raise RateLimited(
-                    "too many edits of this document; retry later",
-                    retry_after_s=max(1, math.ceil(reply.version / 1000)),
-                    limit=self._edit_rate[1],
-                    window_s=self._edit_period_s,
-                    policy="edit",
-                )
+                raise self._rate_limited(reply.version)
             if status is not EditStatus.NOT_LOADED:
                 break
             # Not in Redis (its clean copy expired): load it from Postgres and try again.
@@ -270,23 +260,23 @@ class Documents:
                 status=_state(reply.version, saved),
             )
         if reply.status is AppendStatus.STALE:
-            raise Conflict(
-                f"base_version {base_version} is stale: the document is at version {reply.version}",
-                current_version=reply.version,
-            )
+            raise _stale(base_version, reply.version)
         if reply.status is AppendStatus.RATE_LIMITED:
-            raise RateLimited(
-                "too many edits of this document; retry later",
-                retry_after_s=max(1, math.ceil(reply.version / 1000)),
-                limit=self._edit_rate[1],
-                window_s=self._edit_period_s,
-                policy="edit",
-            )
+            raise self._rate_limited(reply.version)
         if reply.status is AppendStatus.LOG_FULL:
             raise Unavailable(
                 "the document is saving a backlog of edits; retry shortly", dependency="postgres"
             )
         raise NotFound(f"document {doc_id} not found")
+
+    def _rate_limited(self, retry_after_ms: int) -> RateLimited:
+        return RateLimited(
+            "too many edits of this document; retry later",
+            retry_after_s=max(1, math.ceil(retry_after_ms / 1000)),
+            limit=self._edit_rate[1],
+            window_s=self._edit_period_s,
+            policy="edit",
+        )
 
     async def delete(self, who: Principal, doc_id: str) -> None:
         await self._visible(who, doc_id)
@@ -369,6 +359,13 @@ class Documents:
             updated_by=f.get("by") or None,
             created_at=created_at,
         )
+
+
+def _stale(base_version: int | None, version: int) -> Conflict:
+    return Conflict(
+        f"base_version {base_version} is stale: the document is at version {version}",
+        current_version=version,
+    )
 
 
 def _row_state(row: asyncpg.Record) -> dict[str, str | bytes]:

@@ -4,6 +4,7 @@ once per client (EVALSHA, reloaded by redis-py if the server lost it) and called
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -18,6 +19,16 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 
 LUA_DIR = Path(__file__).parent / "lua"
+_INCLUDE = re.compile(r"^-- include: (\w+)$", re.M)
+
+
+def lua_source(name: str) -> str:
+    """A script's text, each `-- include: <lib>` line replaced by lua/lib/<lib>.lua (Redis
+    scripts cannot load one another: shared functions are pasted in)."""
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    return _INCLUDE.sub(lambda m: (LUA_DIR / "lib" / f"{m.group(1)}.lua").read_text(), text)
+
+
 NAMES = (
     "edit",
     "seed",
@@ -113,9 +124,7 @@ class Scripts:
         # Every script that appends to a document's event stream caps it (MAXLEN ~) and gives it
         # this TTL after its last event, so an idle document's stream does not live forever.
         self._events = (events_maxlen, events_ttl_ms)
-        self._s = {
-            name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES
-        }
+        self._s = {name: redis.register_script(lua_source(name)) for name in NAMES}
         self._edit = self._s["edit"]  # the hot path: one lookup fewer per edit
 
     @property
@@ -399,10 +408,7 @@ class CacheScripts:
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._keys = keys
-        self._s = {
-            name: redis.register_script((LUA_DIR / f"{name}.lua").read_text())
-            for name in self.NAMES
-        }
+        self._s = {name: redis.register_script(lua_source(name)) for name in self.NAMES}
 
     def _triple(self, family: str, item: str) -> tuple[str, str, str]:
         k = self._keys

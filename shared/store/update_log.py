@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import LUA_DIR
+from shared.store.scripts import lua_source
 
 NAMES = ("collab_append", "collab_seed", "collab_read", "collab_trim")
 
@@ -94,9 +94,7 @@ class UpdateLog:
     def __init__(self, redis: Redis, keys: Keys, options: AppendOptions) -> None:
         self._keys = keys
         self._options = options
-        self._s = {
-            name: redis.register_script((LUA_DIR / f"{name}.lua").read_text()) for name in NAMES
-        }
+        self._s = {name: redis.register_script(lua_source(name)) for name in NAMES}
 
     async def append(
         self,

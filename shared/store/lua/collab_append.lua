@@ -18,23 +18,17 @@
 --   -4 rate limited; -5 the log is at its cap (backpressure: nothing is lost, the flusher has
 --   not caught up; retry later); -6 not seeded yet (install the seed update, then retry).
 -- The checks are edit.lua's, in its order, so revoking a member stops their next keystroke.
+-- include: access
 local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then
   return {0, 0, ''}
 end
-local f = redis.call('HMGET', doc, 'v', 'acl', 'del', 'ds', 'ys', 'yl', 'yb', 'ea')
+-- `yb` (set with the state by the seed), not `ys`: reading the state would copy it every call.
+local f = redis.call('HMGET', doc, 'v', 'acl', 'del', 'ds', 'yb', 'yl', 'ea')
 if f[3] then
   return {-2, 0, ''}
 end
-local allowed = false
-local acl = ' ' .. (f[2] or '') .. ' '
-for i = 15, #ARGV do
-  if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
-    allowed = true
-    break
-  end
-end
-if not allowed then
+if not granted(f[2], 15) then
   return {-3, 0, ''}
 end
 if not f[5] then
@@ -47,16 +41,14 @@ local now = tonumber(ARGV[5])
 local interval = tonumber(ARGV[8])
 local rate_tat = nil
 if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[4]) or now)
-  if tat < now then tat = now end
-  rate_tat = tat + interval
-  local early = rate_tat - tonumber(ARGV[9]) * interval - now
-  if early > 0 then
+  local early
+  rate_tat, early = gcra_next(KEYS[4], now, interval, tonumber(ARGV[9]))
+  if not rate_tat then
     return {-4, early, ''}
   end
 end
 local entries = redis.call('XLEN', KEYS[3])
-local bytes = tonumber(f[7]) or 0
+local bytes = tonumber(f[5]) or 0
 if entries >= tonumber(ARGV[6]) or bytes + #ARGV[2] > tonumber(ARGV[7]) then
   return {-5, entries, ''}
 end
@@ -87,7 +79,7 @@ redis.call('PERSIST', KEYS[3])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 -- Keystrokes come tens a second: the event says "edited", throttled, not every keystroke.
-if not f[8] or now - tonumber(f[8]) >= tonumber(ARGV[12]) then
+if not f[7] or now - tonumber(f[7]) >= tonumber(ARGV[12]) then
   redis.call('HSET', doc, 'ea', ARGV[5])
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*', 'type', 'document.edited',
     'document_id', ARGV[1], 'version', v, 'by', ARGV[4], 'at', ARGV[5])

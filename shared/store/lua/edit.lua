@@ -17,6 +17,7 @@
 -- The `document.edited` event is appended here too, for the same reason: no second round trip.
 -- An applied edit takes the document out of quarantine (shared/store/lua/quarantine.lua) and marks it
 -- dirty: the flusher writes the new content; if that is refused too, it is quarantined again.
+-- include: access
 local doc = KEYS[1]
 if redis.call('EXISTS', doc) == 0 then
   return {0, 0, 0}
@@ -25,15 +26,7 @@ local f = redis.call('HMGET', doc, 'v', 'sv', 'acl', 'del', 'ds', 'yb')
 if f[4] then
   return {-2, 0, 0}
 end
-local allowed = false
-local acl = ' ' .. (f[3] or '') .. ' '
-for i = 10, #ARGV do
-  if string.find(acl, ' ' .. ARGV[i] .. ' ', 1, true) then
-    allowed = true
-    break
-  end
-end
-if not allowed then
+if not granted(f[3], 10) then
   return {-3, 0, 0}
 end
 -- A co-edited document's text is its Yjs state and update log: a whole-content write here would
@@ -41,15 +34,12 @@ end
 if f[6] then
   return {-5, tonumber(f[1]), tonumber(f[2]) or 0}
 end
--- GCRA, as in gcra.lua: a refused edit does not move the arrival time.
+-- A refused edit does not move the arrival time.
 local interval = tonumber(ARGV[6])
 if interval > 0 then
   local now = tonumber(ARGV[5])
-  local tat = tonumber(redis.call('GET', KEYS[3]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local early = new_tat - tonumber(ARGV[7]) * interval - now
-  if early > 0 then
+  local new_tat, early = gcra_next(KEYS[3], now, interval, tonumber(ARGV[7]))
+  if not new_tat then
     return {-4, early, 0}
   end
   redis.call('SET', KEYS[3], new_tat, 'PX', new_tat - now)

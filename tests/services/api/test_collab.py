@@ -13,13 +13,11 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from deploy.embedded import free_port
 from services.api.app import create_app
 from shared.domain import collab
 from shared.infra.clients import redis_client
@@ -27,6 +25,7 @@ from shared.infra.edge import EdgeLimits, edge_protocol
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.update_log import UpdateLog, append_options
+from tests.support.servers import served
 from tests.support.users import User, create_doc, signup
 
 
@@ -38,31 +37,14 @@ def collab_settings(settings: Settings) -> Settings:
 @asynccontextmanager
 async def api_server(settings: Settings) -> AsyncIterator[str]:
     """The api under uvicorn, as services/api/__main__.py runs it with co-editing on."""
-    port = free_port()
-    config = uvicorn.Config(
+    async with served(
         create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
         ws="auto",
         ws_max_size=settings.collab_max_frame_bytes,
         ws_per_message_deflate=False,
         http=edge_protocol(EdgeLimits.of(settings, settings.api_max_connections)),
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the api stopped while starting")
-            await asyncio.sleep(0.02)
+    ) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 @pytest.fixture

@@ -9,12 +9,9 @@ from redis.asyncio import Redis
 
 from services.flusher.flush import Flusher
 from shared.domain.jobs import arq_settings
-from shared.infra.clients import create_db_pool, redis_client
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.queries import prepare_flush_connection
-from shared.store.scripts import Scripts
-from shared.store.update_log import UpdateLog, append_options
+from tests.support.flushers import flusher_of
 from tests.support.worker import worker_context
 
 
@@ -39,20 +36,12 @@ def keys(settings: Settings) -> Keys:
 
 @pytest.fixture
 async def flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
-    db = await create_db_pool(settings, init=prepare_flush_connection)
-    state_bytes = redis_client(settings.state_url, cluster=settings.redis_cluster, binary=True)
-    updates = UpdateLog(state_bytes, keys, append_options(settings))
-    yield Flusher(settings, redis, db, Scripts(redis, keys), keys, updates)
-    await state_bytes.aclose()
-    await db.close()
+    async with flusher_of(settings, redis, keys) as flusher:
+        yield flusher
 
 
 @pytest.fixture
 async def second_flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
     """Another flusher process's worth of state: its own Postgres pool and lease token."""
-    db = await create_db_pool(settings, init=prepare_flush_connection)
-    state_bytes = redis_client(settings.state_url, cluster=settings.redis_cluster, binary=True)
-    updates = UpdateLog(state_bytes, keys, append_options(settings))
-    yield Flusher(settings, redis, db, Scripts(redis, keys), keys, updates)
-    await state_bytes.aclose()
-    await db.close()
+    async with flusher_of(settings, redis, keys) as flusher:
+        yield flusher

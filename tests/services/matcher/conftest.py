@@ -12,17 +12,16 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from deploy.embedded import free_port
 from services.matcher.app import create_app
 from services.matcher.pool import Pool
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
+from tests.support.servers import served
 from tests.support.users import User, signup
 
 Serve = Callable[..., Any]
@@ -31,31 +30,14 @@ Serve = Callable[..., Any]
 @asynccontextmanager
 async def matcher_server(settings: Settings) -> AsyncIterator[str]:
     """The matcher app under uvicorn, configured as services/matcher/__main__.py runs it."""
-    port = free_port()
-    config = uvicorn.Config(
+    async with served(
         create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
         ws_per_message_deflate=False,
         ws_max_size=settings.ws_max_message_bytes,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the matcher stopped while starting")
-            await asyncio.sleep(0.02)
+    ) as port:
         yield f"ws://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 @pytest.fixture
