@@ -30,6 +30,9 @@ from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import EditStatus, Scripts
 
+# The document hash's text fields (the edit, seed, mark-clean and delete scripts write them).
+TEXT_FIELDS = ("v", "sv", "c", "ti", "acl", "by", "at", "ca", "ds", "del")
+
 
 def _dt(ms: str | int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
@@ -102,9 +105,12 @@ class Documents:
         return fields
 
     async def _hash(self, doc_id: str) -> dict[str, str]:
-        # redis-py types its commands as sync-or-async; this client is the async one.
-        raw = self._redis.hgetall(self._keys.doc(doc_id))
-        return cast(dict[str, str], await cast(Awaitable[Any], raw))
+        # Only the text fields: a co-edited document's hash also holds its Yjs state (`ys`),
+        # bytes this decoding client cannot read. redis-py types its commands as
+        # sync-or-async; this client is the async one.
+        raw = self._redis.hmget(self._keys.doc(doc_id), list(TEXT_FIELDS))
+        values = cast(list[str | None], await cast(Awaitable[Any], raw))
+        return {k: v for k, v in zip(TEXT_FIELDS, values, strict=True) if v is not None}
 
     @staticmethod
     def _row_fields(row: asyncpg.Record) -> dict[str, str]:
