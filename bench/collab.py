@@ -30,7 +30,7 @@ from bench.collab_client import Editor, Room, Wire, open_editor, state_vector
 from bench.meters import CpuMeter, Procs
 from bench.options import ROOT, Options
 from bench.processes import child_env, say
-from bench.results import CollabRun, percentile
+from bench.results import CollabRun, Report, percentile
 from bench.stack import Stack
 from deploy.embedded import free_port
 from shared.domain import collab
@@ -39,6 +39,7 @@ from shared.store.keys import Keys
 from shared.store.update_log import UpdateLog, append_options
 
 NODE_DIR = ROOT / "bench" / "node"
+PEER_VERSIONS = "@hocuspocus/server 4.7.0, y-websocket 2.1.0"  # bench/node/package.json
 PEERS = {
     "hocuspocus": NODE_DIR / "hocuspocus-server.mjs",
     "y-websocket": NODE_DIR / "node_modules" / "y-websocket" / "bin" / "server.cjs",
@@ -317,29 +318,24 @@ async def _peer(stack: Stack, system: str) -> Server:
     )
 
 
-async def run(stack: Stack, opts: Options) -> tuple[list[CollabRun], str]:
-    """Every cell against Redline, then against each peer; the runs and a note on the peers."""
+async def run(stack: Stack, opts: Options, report: Report) -> None:
+    """Every cell against Redline, then against each peer, into `report` as they finish."""
     missing = peers_installed()
-    names = ["redline"] + ([] if missing else list(PEERS))
-    note = (
-        f"peers not run: {missing}"
-        if missing
-        else "peers: @hocuspocus/server 4.7.0, y-websocket 2.1.0"
-    )
-    say(f"collab: {note}")
-    runs: list[CollabRun] = []
+    names = [n for n in opts.collab_systems if n == "redline" or not missing]
+    note = f"peers not run: {missing}" if missing else f"peers: {PEER_VERSIONS}"
+    report.meta["collab_peers"] = note
+    say(f"collab: {', '.join(names)}; {note}")
     for system in names:
         server = await (_redline(stack, opts) if system == "redline" else _peer(stack, system))
         try:
             for docs, editors, size in CELLS:
                 load = Load(docs, editors, size, opts.collab_duration, opts.collab_key_rate)
-                runs.append(await cell(server, load, _rng(opts, load)))
+                report.collab.append(await cell(server, load, _rng(opts, load)))
             if system != "y-websocket":  # the target compares Redline with Hocuspocus
-                runs += await search(server, opts)
+                report.collab += await search(server, opts)
         finally:
             await server.close()
             await asyncio.to_thread(stack.children.stop_all)
-    return runs, note
 
 
 def _rng(opts: Options, load: Load) -> random.Random:

@@ -14,6 +14,7 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redline", "naive", "ceiling")
 SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher", "events", "collab")
+COLLAB_SYSTEMS = ("redline", "hocuspocus", "y-websocket")
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
 # name: (full default, --quick default)
@@ -66,6 +67,7 @@ class Options:
     collab_search_s: float
     match_pools: tuple[int, ...]
     systems: tuple[str, ...]
+    collab_systems: tuple[str, ...]
     scenarios: tuple[str, ...]
     quick: bool
     seed: int
@@ -159,6 +161,12 @@ def parser() -> argparse.ArgumentParser:
         help="s of each step of the co-editing max-rate search (2; quick 1)",
     )
     add("--systems", action=_names(SYSTEMS), default=SYSTEMS, help="comma list (all)")
+    add(
+        "--collab-systems",
+        action=_names(COLLAB_SYSTEMS),
+        default=COLLAB_SYSTEMS,
+        help="comma list for the collab scenario (all; the peers need bench/node installed)",
+    )
     add("--scenarios", action=_names(SCENARIOS), default=SCENARIOS, help="comma list (all)")
     add("--seed", type=int, default=1, help="seed of the generated content")
     add("--no-plot", dest="plot", action="store_false", help="skip the PNG")
@@ -198,6 +206,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         collab_search_s=float(values["collab_search_s"]),
         match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
+        collab_systems=tuple(ns.collab_systems),
         scenarios=tuple(ns.scenarios),
         quick=bool(ns.quick),
         seed=int(ns.seed),

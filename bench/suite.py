@@ -169,7 +169,7 @@ def run(opts: Options) -> tuple[Report, list[str]]:
                 say(f"events FAILED:\n{traceback.format_exc()}")
         if "collab" in opts.scenarios:
             try:
-                report.collab, report.meta["collab_peers"] = run_async(collab.run(stack, opts))
+                run_async(collab.run(stack, opts, report))
             except Exception as exc:
                 failures.append(f"collab: {exc!r}")
                 say(f"collab FAILED:\n{traceback.format_exc()}")

@@ -140,7 +140,7 @@ def _collab_cost(run: CollabRun) -> float | None:
 
 
 def _collab(report: Report) -> list[Target]:
-    runs = [c for c in report.collab if c.system == "redline"]
+    runs = [c for c in report.collab if c.system == "redline" and c.phase == "cells"]
     if not report.collab:
         return []
     wire = max(runs, key=lambda c: c.wire_per_keystroke or 0.0) if runs else None
