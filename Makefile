@@ -33,7 +33,21 @@ format: install
 	@$(BIN)/ruff format .
 	@$(BIN)/ruff check --fix .
 
+# The co-editing peers (Hocuspocus, y-websocket) come from npm, pinned by bench/node's lock file;
+# without Node the collab scenario runs Redline alone. Never part of `make test`.
+NODE_PEERS := bench/node
 bench: install
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  if [ $(NODE_PEERS)/node_modules/.package-lock.json -nt $(NODE_PEERS)/package-lock.json ]; then \
+	    echo "==> co-editing peers installed in $(NODE_PEERS)"; \
+	  else \
+	    echo "==> installing the co-editing peers: npm ci in $(NODE_PEERS)"; \
+	    npm ci --prefix $(NODE_PEERS) --no-audit --no-fund --loglevel=error \
+	      || echo "make bench: npm ci failed: the collab scenario runs Redline alone"; \
+	  fi; \
+	else \
+	  echo "make bench: node/npm not found: the collab scenario runs Redline alone"; \
+	fi
 	@$(BIN)/python -m bench
 
 # Containers (compose.yaml + deploy/): needs Docker with the compose plugin; not used by tests.

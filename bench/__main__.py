@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.plot and (report.loads or report.flushes):
         for path in chart.draw(report, opts.results_dir, stamp, opts.flush_interval):
             say(f"saved {path}")
+    if opts.plot and report.collab:
+        for path in chart.draw_collab(report, opts.results_dir, stamp):
+            say(f"saved {path}")
     for failure in failures:
         say(f"FAILED {failure}")
     return 1 if failures else 0

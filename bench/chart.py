@@ -15,7 +15,13 @@ from matplotlib.axes import Axes
 
 from bench.results import LoadRun, Report
 
-COLORS = {"redline": "tab:red", "naive": "tab:blue", "ceiling": "tab:green"}
+COLORS = {
+    "redline": "tab:red",
+    "naive": "tab:blue",
+    "ceiling": "tab:green",
+    "hocuspocus": "tab:purple",
+    "y-websocket": "tab:orange",
+}
 
 
 def _cdf(ax: Axes, runs: list[LoadRun], scenario: str) -> None:
@@ -113,3 +119,40 @@ def draw(report: Report, results_dir: Path, stamp: str, flush_interval: int) -> 
     copy = results_dir / f"{stamp}.png"
     shutil.copyfile(latest, copy)
     return [latest, copy]
+
+
+def _collab_bars(ax: Axes, report: Report, value: str, label: str) -> None:
+    runs = [c for c in report.collab if c.phase == "cells"]
+    cells = list(dict.fromkeys(f"{c.docs}x{c.editors}\n{c.doc_bytes // 1024} KB" for c in runs))
+    systems = list(dict.fromkeys(c.system for c in runs))
+    width = 0.8 / max(1, len(systems))
+    for k, system in enumerate(systems):
+        mine = [c for c in runs if c.system == system]
+        xs = [i + (k - (len(systems) - 1) / 2) * width for i in range(len(mine))]
+        ax.bar(
+            xs,
+            [getattr(c, value) or 0.0 for c in mine],
+            width,
+            label=system,
+            color=COLORS.get(system),
+        )
+    ax.set_xticks(range(len(cells)), cells, fontsize=7)
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8)
+
+
+def draw_collab(report: Report, results_dir: Path, stamp: str) -> list[Path]:
+    """The co-editing scenario's PNG: p99 and wire bytes per cell and system."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    _collab_bars(axes[0], report, "p50_ms", "keystroke -> co-editor p50, ms")
+    _collab_bars(axes[1], report, "p99_ms", "keystroke -> co-editor p99, ms")
+    axes[1].axhline(15, color="grey", ls="--", lw=0.8)
+    _collab_bars(axes[2], report, "wire_per_keystroke", "wire bytes a keystroke a socket")
+    axes[2].axhline(64, color="grey", ls="--", lw=0.8)
+    fig.suptitle(f"Redline co-editing bench {stamp}", fontsize=11)
+    fig.tight_layout()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"collab-{stamp}.png"
+    fig.savefig(path, dpi=90, format="png")
+    plt.close(fig)
+    return [path]

@@ -13,7 +13,8 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redline", "naive", "ceiling")
-SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher", "events")
+SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher", "events", "collab")
+COLLAB_SYSTEMS = ("redline", "hocuspocus", "y-websocket")
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
 # name: (full default, --quick default)
@@ -35,6 +36,9 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "events_rate": (500, 500),
     "events_sockets": (200, 200),
     "events_saves": (200, 30),
+    "collab_duration": (5.0, 1.5),
+    "collab_key_rate": (5.0, 5.0),
+    "collab_search_s": (2.0, 1.0),
 }
 
 
@@ -58,8 +62,12 @@ class Options:
     events_rate: float
     events_sockets: int
     events_saves: int
+    collab_duration: float
+    collab_key_rate: float
+    collab_search_s: float
     match_pools: tuple[int, ...]
     systems: tuple[str, ...]
+    collab_systems: tuple[str, ...]
     scenarios: tuple[str, ...]
     quick: bool
     seed: int
@@ -141,7 +149,24 @@ def parser() -> argparse.ArgumentParser:
         help="/v1/ws/events sockets, each following one of --docs documents (200)",
     )
     add("--events-saves", type=int, help="sequential saves timed to job.completed (200; quick 30)")
+    add(
+        "--collab-duration",
+        type=float,
+        help="s of typing in each co-editing cell, 15 cells with both peers (5; quick 1.5)",
+    )
+    add("--collab-key-rate", type=float, help="keystrokes/s of each co-editing typist (5)")
+    add(
+        "--collab-search-s",
+        type=float,
+        help="s of each step of the co-editing max-rate search (2; quick 1)",
+    )
     add("--systems", action=_names(SYSTEMS), default=SYSTEMS, help="comma list (all)")
+    add(
+        "--collab-systems",
+        action=_names(COLLAB_SYSTEMS),
+        default=COLLAB_SYSTEMS,
+        help="comma list for the collab scenario (all; the peers need bench/node installed)",
+    )
     add("--scenarios", action=_names(SCENARIOS), default=SCENARIOS, help="comma list (all)")
     add("--seed", type=int, default=1, help="seed of the generated content")
     add("--no-plot", dest="plot", action="store_false", help="skip the PNG")
@@ -176,8 +201,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         events_rate=float(values["events_rate"]),
         events_sockets=int(values["events_sockets"]),
         events_saves=int(values["events_saves"]),
+        collab_duration=float(values["collab_duration"]),
+        collab_key_rate=float(values["collab_key_rate"]),
+        collab_search_s=float(values["collab_search_s"]),
         match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
+        collab_systems=tuple(ns.collab_systems),
         scenarios=tuple(ns.scenarios),
         quick=bool(ns.quick),
         seed=int(ns.seed),
@@ -201,6 +230,9 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
         "--flush-reps": o.flush_reps,
         "--drain-timeout": o.drain_timeout,
         "--lag-duration": o.lag_duration,
+        "--collab-duration": o.collab_duration,
+        "--collab-key-rate": o.collab_key_rate,
+        "--collab-search-s": o.collab_search_s,
     }
     for flag, value in positive.items():
         if value <= 0:
@@ -212,8 +244,13 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
         )
     if max(o.match_pools) > 1_000_000:
         p.error("--match-pools: at most 1,000,000 users in a pool")
-    if max(o.duration, o.lag_duration) > 600:
-        p.error("--duration and --lag-duration are capped at 600 s: every run is bounded")
+    if max(o.duration, o.lag_duration, o.collab_duration) > 600:
+        p.error(
+            "--duration, --lag-duration and --collab-duration are capped at 600 s:"
+            " every run is bounded"
+        )
+    if o.collab_key_rate > 50:
+        p.error("--collab-key-rate: at most 50 keystrokes/s a typist")
     if not 16 <= o.content_bytes <= 512 * 1024:
         p.error("--content-bytes must be between 16 and 524288")
     try:

@@ -31,13 +31,16 @@ class Children:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str], program: str = sys.executable
+    ) -> subprocess.Popen[bytes]:
+        """Start `program args` (Python by default; the co-editing peers run on Node)."""
         self.stop(name)  # one process per name: a leftover of a failed start is not forgotten
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{name}.log").open("ab") as log:
             # A session of its own: the terminal's Ctrl-C reaches only us; we stop it in order.
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [program, *args],
                 env=env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,

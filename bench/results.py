@@ -183,6 +183,37 @@ class EventsRun:
 
 
 @dataclass
+class CollabRun:
+    """bench/collab.py: one shape x document size against one co-editing system."""
+
+    system: str
+    phase: str  # "cells" (the workload matrix) or "search" (a step of the max-rate search)
+    key_rate: float  # keystrokes/s of each typist (human gaps around it)
+    loadavg: float  # the machine's 1-minute load average at the end: noise from other work
+    docs: int
+    editors: int  # per document
+    doc_bytes: int  # initial document size
+    seconds: float  # of typing
+    join_s: float  # opening and syncing every socket, before the typing
+    keystrokes: int
+    keystrokes_per_s: float
+    deliveries: int  # (keystroke, co-editor) pairs applied by the co-editor
+    expected: int  # keystrokes x (editors - 1)
+    p50_ms: float | None  # keystroke -> each co-editor applied it
+    p99_ms: float | None
+    max_ms: float | None
+    wire_sent: int  # bytes, WebSocket frame headers included, typing and settling only
+    wire_received: int
+    wire_per_keystroke: float | None  # (sent + received) / keystrokes / editors: per socket
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    server_cpu_per_1k: float | None = None  # the api process or the Node server
+    valkey_cpu_per_1k: float | None = None
+    converged: bool = False  # every editor's final text equal, every keystroke in it
+    stored_equal: bool | None = None  # Redline: equal to the folded Redis state and log
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Target:
     name: str
     value: float | None
@@ -203,6 +234,7 @@ class Report:
     idle_sockets: list[IdleSockets] = field(default_factory=list)  # one process, then two
     match_notify: NotifyLatency | None = None
     events: EventsRun | None = None
+    collab: list[CollabRun] = field(default_factory=list)
 
     def load(self, scenario: str, system: str) -> LoadRun | None:
         return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
@@ -227,6 +259,7 @@ class Report:
             "idle_sockets": [asdict(i) for i in self.idle_sockets],
             "match_notify": None if self.match_notify is None else asdict(self.match_notify),
             "events": None if self.events is None else asdict(self.events),
+            "collab": [asdict(c) for c in self.collab],
         }
 
 

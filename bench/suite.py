@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import backlog, events, matcher, profiles, systems, workload
+from bench import backlog, collab, events, matcher, profiles, systems, workload
 from bench.options import ROOT, Options
 from bench.peers import NAIVE_FILL
 from bench.processes import say
@@ -167,6 +167,12 @@ def run(opts: Options) -> tuple[Report, list[str]]:
             except Exception as exc:
                 failures.append(f"events: {exc!r}")
                 say(f"events FAILED:\n{traceback.format_exc()}")
+        if "collab" in opts.scenarios:
+            try:
+                run_async(collab.run(stack, opts, report))
+            except Exception as exc:
+                failures.append(f"collab: {exc!r}")
+                say(f"collab FAILED:\n{traceback.format_exc()}")
     finally:
         say("stopping every process started")
         with signals_ignored():

@@ -248,6 +248,81 @@ def idle(report: Report) -> str:
     return render(headers, rows)
 
 
+def collab(report: Report) -> str:
+    headers = (
+        "system",
+        "docs x editors",
+        "doc KB",
+        "keys/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "delivered",
+        "B/key/socket",
+        "server cpu s/1k",
+        "valkey cpu s/1k",
+        "loadgen cpu s",
+        "other cpu s",
+        "load avg",
+        "converged",
+    )
+    rows = [
+        (
+            c.system,
+            f"{c.docs}x{c.editors}",
+            f"{c.doc_bytes // 1024:,}",
+            _f(c.keystrokes_per_s, 0),
+            _f(c.p50_ms, 2),
+            _f(c.p99_ms, 2),
+            _f(c.max_ms, 1),
+            f"{c.deliveries}/{c.expected}",
+            _f(c.wire_per_keystroke),
+            _f(c.server_cpu_per_1k, 3),
+            _f(c.valkey_cpu_per_1k, 3),
+            _f(c.cpu_s.get("loadgen"), 1),
+            _f(c.cpu_s.get("other"), 1),
+            _f(c.loadavg),
+            ("yes" if c.converged else "NO")
+            + {None: "", True: ", = stored", False: ", != STORED"}[c.stored_equal],
+        )
+        for c in report.collab
+        if c.phase == "cells"
+    ]
+    return render(headers, rows)
+
+
+def collab_search(report: Report) -> str:
+    headers = (
+        "system",
+        "docs x editors",
+        "target keys/s",
+        "achieved/s",
+        "p50 ms",
+        "p99 ms",
+        "delivered",
+        "server cpu s/1k",
+        "loadgen cpu s",
+        "load avg",
+    )
+    rows = [
+        (
+            c.system,
+            f"{c.docs}x{c.editors}",
+            f"{c.key_rate * c.docs * c.editors:,.0f}",
+            _f(c.keystrokes_per_s, 0),
+            _f(c.p50_ms, 2),
+            _f(c.p99_ms, 2),
+            f"{c.deliveries}/{c.expected}",
+            _f(c.server_cpu_per_1k, 3),
+            _f(c.cpu_s.get("loadgen"), 1),
+            _f(c.loadavg),
+        )
+        for c in report.collab
+        if c.phase == "search"
+    ]
+    return render(headers, rows)
+
+
 def targets(report: Report) -> str:
     headers = ("target", "measured", "limit", "result", "note")
     rows = [
@@ -294,6 +369,17 @@ def everything(report: Report) -> str:
         ]
     if report.events is not None:
         parts += ["", "Live events on /v1/ws/events (one matcher process)", events(report)]
+    if report.collab:
+        parts += [
+            "",
+            "Co-editing: keystroke -> every co-editor applied it; B/key/socket = bytes on all"
+            " sockets (both ways, frame headers included) / keystrokes / editors a document;"
+            f" {report.meta.get('collab_peers', '')}",
+            collab(report),
+        ]
+        if any(c.phase == "search" for c in report.collab):
+            parts += ["", "Co-editing max-rate search (faster typing each step)"]
+            parts += [collab_search(report)]
     if report.targets:
         parts += ["", "Targets", targets(report)]
     return "\n".join(parts)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 
+from bench.collab import SEARCH_P99_MS, SEARCH_RATES, SEARCH_SHAPE, sustained
 from bench.options import Options
-from bench.results import LoadRun, Report, Target
+from bench.results import CollabRun, LoadRun, Report, Target
 
 THROUGHPUT_VS_CEILING = 0.90  # Redline's max edits/s over the ceiling peer's, one worker each
 P99_VS_CEILING = 1.2  # Redline's open-loop p99 over the ceiling peer's
@@ -120,7 +121,109 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
     out += _profile_targets(report)
     out += _matcher(report)
     out += _events(report)
+    out += _collab(report)
     return out
+
+
+COLLAB_WIRE_BYTES = 64.0  # wire bytes a keystroke, at every document size
+COLLAB_P99_MS = 15.0  # keystroke -> co-editor, at 1,000 keystrokes/s on one api process
+COLLAB_RATE = 1000.0
+COLLAB_SIZE_COST = 1.5  # CPU a keystroke at 512 KB over at 2 KB
+COLLAB_VS_HOCUSPOCUS = 0.8  # max sustainable keystrokes/s over Hocuspocus's
+
+
+def _collab_cost(run: CollabRun) -> float | None:
+    """Redline's server CPU a keystroke: the api process and Valkey."""
+    if run.server_cpu_per_1k is None:
+        return None
+    return run.server_cpu_per_1k + (run.valkey_cpu_per_1k or 0.0)
+
+
+def _collab(report: Report) -> list[Target]:
+    runs = [c for c in report.collab if c.system == "redline" and c.phase == "cells"]
+    if not report.collab:
+        return []
+    wire = max(runs, key=lambda c: c.wire_per_keystroke or 0.0) if runs else None
+    busiest = max(runs, key=lambda c: c.keystrokes_per_s) if runs else None
+    rate_p99 = _check(
+        f"collab keystroke -> co-editor p99 ms at {COLLAB_RATE:,.0f} keys/s, one api, <=",
+        busiest.p99_ms if busiest else None,
+        COLLAB_P99_MS,
+        at_least=False,
+        note=f"{busiest.docs}x{busiest.editors} at {busiest.keystrokes_per_s:,.0f} keys/s"
+        if busiest
+        else "",
+    )
+    if busiest and busiest.keystrokes_per_s < 0.9 * COLLAB_RATE:
+        rate_p99.passed = None
+        rate_p99.note += f": below {COLLAB_RATE:,.0f}/s, no verdict"
+    worst = max(runs, key=lambda c: c.p99_ms or 0.0) if runs else None
+    small = next((c for c in runs if (c.docs, c.editors, c.doc_bytes) == (10, 10, 2048)), None)
+    large = next((c for c in runs if (c.docs, c.editors, c.doc_bytes) == (10, 10, 524288)), None)
+    converged = [c.converged and c.stored_equal is not False for c in report.collab]
+    return [
+        _check(
+            "collab wire bytes a keystroke a socket (worst redline cell), <=",
+            wire.wire_per_keystroke if wire else None,
+            COLLAB_WIRE_BYTES,
+            at_least=False,
+            note=f"{wire.docs}x{wire.editors}, {wire.doc_bytes // 1024} KB" if wire else "",
+        ),
+        rate_p99,
+        _check(
+            "collab keystroke -> co-editor p99 ms (worst redline cell), <=",
+            worst.p99_ms if worst else None,
+            COLLAB_P99_MS,
+            at_least=False,
+            note=f"{worst.docs}x{worst.editors}, {worst.doc_bytes // 1024} KB,"
+            f" {worst.keystrokes_per_s:,.0f} keys/s"
+            if worst
+            else "",
+        ),
+        _check(
+            "collab redline CPU a keystroke, 512 KB over 2 KB (10x10), <=",
+            _ratio(_collab_cost(large), _collab_cost(small)) if large and small else None,
+            COLLAB_SIZE_COST,
+            at_least=False,
+            note="api + Valkey CPU s per 1,000 keystrokes",
+        ),
+        _check(
+            "collab runs converged (and equal to Redline's stored state), fraction >=",
+            sum(converged) / len(converged),
+            1.0,
+            at_least=True,
+            note=f"{sum(converged)}/{len(converged)} runs",
+        ),
+        _max_rate(report),
+    ]
+
+
+def _sustained(report: Report, system: str) -> float | None:
+    """The fastest search step `system` kept within the p99, keystrokes/s (0 when none did);
+    None when it was not searched."""
+    steps = [c for c in report.collab if c.phase == "search" and c.system == system]
+    if not steps:
+        return None
+    good = [c.keystrokes_per_s for c in steps if sustained(c)]
+    return max(good, default=0.0)
+
+
+def _max_rate(report: Report) -> Target:
+    ours, theirs = _sustained(report, "redline"), _sustained(report, "hocuspocus")
+    target = _check(
+        f"collab redline max keys/s at p99 <= {SEARCH_P99_MS:.0f} ms over hocuspocus's, >=",
+        _ratio(ours, theirs),
+        COLLAB_VS_HOCUSPOCUS,
+        at_least=True,
+        note=f"{ours or 0:,.0f} vs {theirs or 0:,.0f} keys/s, {SEARCH_SHAPE[0]}x{SEARCH_SHAPE[1]}",
+    )
+    if theirs == 0.0:
+        target.note += ": hocuspocus sustained no step, no verdict"
+    elif ours is not None and theirs is not None:
+        top = SEARCH_RATES[-1] * 0.9
+        if ours >= top and theirs >= top:
+            target.note += ": both reached the last step (the load generator's limit)"
+    return target
 
 
 def _events(report: Report) -> list[Target]:

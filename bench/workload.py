@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 import string
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ def text(rng: random.Random, size: int) -> str:
     return "".join(rng.choices(ALPHABET, k=size))
 
 
-async def _bounded(jobs: list[Awaitable[T]], limit: int = 8) -> list[T]:
+async def bounded(jobs: Sequence[Awaitable[T]], limit: int = 8) -> list[T]:
     """Await the (not yet started) coroutines, at most `limit` at a time."""
     gate = asyncio.Semaphore(limit)
 
@@ -74,14 +74,25 @@ async def create(
             session = await _call(client, "POST", "/v1/auth/login", 200, json=creds)
             return str(session["token"])
 
-        async def document(j: int) -> str:
-            body = {"title": f"bench document {j}", "content": text(rng, content_bytes)}
-            doc = await _call(client, "POST", "/v1/documents", 201, json=body, headers=auth)
-            return str(doc["id"])
-
-        tokens = await _bounded([member(i) for i in range(1, editors)])
-        doc_ids = await _bounded([document(j) for j in range(docs)])
+        tokens = await bounded([member(i) for i in range(1, editors)])
+        doc_ids = await documents(client, str(owner["token"]), content(rng, docs, content_bytes))
     return Workload([str(owner["token"]), *tokens], doc_ids, str(owner["tenant_id"]))
+
+
+def content(rng: random.Random, docs: int, content_bytes: int) -> list[str]:
+    return [text(rng, content_bytes) for _ in range(docs)]
+
+
+async def documents(client: httpx.AsyncClient, token: str, contents: list[str]) -> list[str]:
+    """One document per content, created as the user of `token`; their ids."""
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async def document(j: int) -> str:
+        body = {"title": f"bench document {j}", "content": contents[j]}
+        doc = await _call(client, "POST", "/v1/documents", 201, json=body, headers=auth)
+        return str(doc["id"])
+
+    return await bounded([document(j) for j in range(len(contents))])
 
 
 def requests(port: int, work: Workload, content_bytes: int, rng: random.Random) -> list[bytes]:

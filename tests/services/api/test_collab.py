@@ -358,3 +358,17 @@ async def test_a_collab_socket_counts_as_an_editor(host: str, http: httpx.AsyncC
             break
         await asyncio.sleep(0.02)
     assert r.json()["editors"] == []
+
+
+async def test_a_long_document_opens_again_once_its_yjs_state_is_stored(
+    host: str, http: httpx.AsyncClient
+) -> None:
+    """The seeded state sits in the document's hash as bytes (a 2 KB text makes bytes no UTF-8
+    decoder reads): a second socket and GET still read the document."""
+    ada = await signup(http, "ada")
+    content = "x" * 2048
+    doc = await create_doc(http, ada, content=content)
+    async with editor(host, ada, doc["id"]) as one, editor(host, ada, doc["id"]) as two:
+        assert str(one.text) == str(two.text) == content
+    r = await http.get(f"/v1/documents/{doc['id']}", headers=ada.auth)
+    assert r.status_code == 200 and r.json()["content"] == content
