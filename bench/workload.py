@@ -52,10 +52,16 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, want: int, **
 
 
 async def create(
-    port: int, editors: int, docs: int, content_bytes: int, rng: random.Random
+    port: int,
+    editors: int,
+    docs: int,
+    content_bytes: int,
+    rng: random.Random,
+    name: str = "editor",
 ) -> Workload:
     """One tenant: its owner is editor 0, every other editor a member with a session of its own;
-    the owner creates the documents (each with `content_bytes` of content)."""
+    the owner creates the documents (each with `content_bytes` of content). Usernames are `name`
+    and a number: a scenario that makes its own tenant in the same run names it apart."""
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=30, trust_env=False) as client:
         owner = await _call(
@@ -63,13 +69,12 @@ async def create(
             "POST",
             "/v1/auth/signup",
             201,
-            json={"username": "editor0000", "password": PASSWORD},
+            json={"username": f"{name}0000", "password": PASSWORD},
         )
         auth = {"Authorization": f"Bearer {owner['token']}"}
 
         async def member(i: int) -> str:
-            name = f"editor{i:04d}"
-            creds = {"username": name, "password": PASSWORD}
+            creds = {"username": f"{name}{i:04d}", "password": PASSWORD}
             await _call(client, "POST", "/v1/tenant/members", 201, json=creds, headers=auth)
             session = await _call(client, "POST", "/v1/auth/login", 200, json=creds)
             return str(session["token"])
