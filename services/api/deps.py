@@ -73,8 +73,13 @@ Caller = Annotated[Principal, Depends(principal)]
 
 async def json_body(request: Request, model: type[M]) -> M:
     """Parse the body (already capped by BodyLimit) into `model`; errors are 422 like FastAPI's."""
+    return await received_body(request.receive, model)
+
+
+async def received_body(receive: Receive, model: type[M]) -> M:
+    """`json_body` from the ASGI receive channel itself (the edit lane has no Request)."""
     try:
-        return model.model_validate_json(await _read(request.receive))
+        return model.model_validate_json(await _read(receive))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 

@@ -20,8 +20,10 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
-from services.api.deps import bearer, json_body, resources
+from services.api.deps import bearer, received_body, resources
+from services.api.resources import Resources
 from shared.domain.models import ContentEdit
 
 # A document id as `str(UUID)` spells it: what the lane's path takes, and what `answer` edits.
@@ -30,18 +32,31 @@ _CANONICAL = re.compile(CANONICAL_ID)
 _UUID = TypeAdapter(UUID)
 
 
-async def answer(request: Request) -> Response:
-    """The edit of the document `doc_id` (a path parameter) by the request's caller: 202
+async def edited(res: Resources, authorization: str | None, receive: Receive, raw_id: str) -> bytes:
+    """The edit of document `raw_id` by the holder of `authorization`: the 202 body
     `{id, version, saved_version, status}`, or an error for the handler table."""
-    res = await resources(request)
     # In the order FastAPI checks a route's inputs, which every other route keeps: the caller
     # (401), the body (422), then the path (422), then the edit.
-    who = await res.accounts.resolve(bearer(request.headers.get("authorization")))
-    edit = await json_body(request, ContentEdit)
-    doc_id = _canonical(request.path_params["doc_id"])
+    who = await res.accounts.resolve(bearer(authorization))
+    edit = await received_body(receive, ContentEdit)
+    doc_id = _canonical(raw_id)
     out = await res.documents.edit(who, doc_id, edit.content, edit.base_version)
     # From typed values: no response-model re-validation on the hot path.
-    return Response(out.model_dump_json(), 202, media_type="application/json")
+    return out.model_dump_json().encode()
+
+
+# The 202's headers, as Starlette's Response(body, 202, media_type="application/json") sets them.
+def accepted_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+
+
+async def answer(request: Request) -> Response:
+    """The documented route's door: `edited` for this request."""
+    res = await resources(request)
+    body = await edited(
+        res, request.headers.get("authorization"), request.receive, request.path_params["doc_id"]
+    )
+    return Response(body, 202, media_type="application/json")
 
 
 def _canonical(doc_id: str) -> str:

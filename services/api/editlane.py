@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api import problems
-from services.api.edit import CANONICAL_ID, EditRoute, answer
+from services.api.edit import CANONICAL_ID, EditRoute, accepted_headers, edited
 
 PATH = re.compile(f"/v1/documents/({CANONICAL_ID})/content")
 
@@ -35,6 +35,7 @@ class EditLane:
 
     def __init__(self, app: ASGIApp, api: FastAPI) -> None:
         self.app = app
+        self._api = api
         # The route the router would have matched: request metrics and access logs read its
         # template from scope["route"] (shared/infra/observer.py).
         self._route = next(
@@ -52,9 +53,18 @@ class EditLane:
             return
         scope["route"] = self._route
         scope["path_params"] = {"doc_id": match.group(1)}
-        request = Request(scope, receive)
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
         try:
-            response = await answer(request)
+            body = await edited(self._api.state.resources, authorization, receive, match.group(1))
         except Exception as exc:  # answered exactly as the router's exception handlers would
-            response = await problems.answer(request, exc)
-        await response(scope, receive, send)
+            response = await problems.answer(Request(scope, receive), exc)
+            await response(scope, receive, send)
+            return
+        # The bytes the documented route's Response sends, without building one: this is the
+        # keystroke path.
+        await send(
+            {"type": "http.response.start", "status": 202, "headers": accepted_headers(body)}
+        )
+        await send({"type": "http.response.body", "body": body})
