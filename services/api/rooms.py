@@ -130,10 +130,6 @@ class Rooms:
         with contextlib.suppress(*REDIS_DOWN):  # cursors are best effort: never persisted
             await self._fanout.publish(self._keys.collab_channel(doc_id), payload)
 
-    @property
-    def sockets(self) -> int:
-        return len(self._fanout)
-
     async def _message(self, channel: str, data: Any) -> None:
         doc_id = self._doc_of.get(channel)
         if doc_id is None or not isinstance(data, bytes):

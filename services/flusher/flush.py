@@ -128,6 +128,7 @@ class _Fold:
     """A co-edited document as one flush folded it: written with the row, trimmed after."""
 
     state: bytes
+    text: str
     folded_id: str
     folded_bytes: int
 
@@ -284,7 +285,14 @@ class Flusher:
         # entries the fold holds (compare-on-id: entries appended meanwhile stay).
         for doc_id, fold in folds.items():
             if doc_id not in refused:
-                await self._trim(doc_id, fold, rows)
+                await self._updates.trim(
+                    doc_id,
+                    fold.folded_id,
+                    fold.state,
+                    fold.text,
+                    fold.folded_bytes,
+                    self._clean_ttl_ms,
+                )
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
         # refused document keeps its mark until the quarantine takes it.
         stats.cleaned = await self._scripts.mark_clean_shards(
@@ -312,7 +320,10 @@ class Flusher:
         folded = collab.fold(snapshot.state, [u for _, u in snapshot.log])
         if snapshot.log:
             folds[doc_id] = _Fold(
-                folded.state, snapshot.log[-1][0], sum(len(u) for _, u in snapshot.log)
+                folded.state,
+                folded.text,
+                snapshot.log[-1][0],
+                sum(len(u) for _, u in snapshot.log),
             )
         last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
         return (
@@ -323,12 +334,6 @@ class Flusher:
             _ms_to_dt(at),
             folded.state,
             last,
-        )
-
-    async def _trim(self, doc_id: str, fold: _Fold, rows: list[queries.FlushRow]) -> None:
-        text = next(row[1] for row in rows if row[0] == doc_id)
-        await self._updates.trim(
-            doc_id, fold.folded_id, fold.state, text, fold.folded_bytes, self._clean_ttl_ms
         )
 
     async def _write(

@@ -24,7 +24,7 @@ _CLIENT_MIN = 2
 
 class CoEditing:
     def __init__(self, updates: UpdateLog, max_entries: int) -> None:
-        self.updates = updates
+        self._updates = updates
         self._max_entries = max_entries
         self._client_id = secrets.randbelow(2**32 - _CLIENT_MIN) + _CLIENT_MIN
         # The origin of HTTP edits on the relay: not this process's socket origin, so this
@@ -35,7 +35,7 @@ class CoEditing:
 
     async def text(self, doc_id: str) -> str | None:
         """The document's current text; None when Redis does not hold it."""
-        snapshot = await self.updates.read(doc_id, self._max_entries)
+        snapshot = await self._updates.read(doc_id, self._max_entries)
         if snapshot.version is None or snapshot.state is None:
             return None
         return collab.fold(snapshot.state, [u for _, u in snapshot.log]).text
@@ -49,13 +49,13 @@ class CoEditing:
         self._locks[doc_id] = (lock, users + 1)
         try:
             async with lock:
-                snapshot = await self.updates.read(doc_id, self._max_entries)
+                snapshot = await self._updates.read(doc_id, self._max_entries)
                 if snapshot.version is None or snapshot.state is None:
                     return None
                 state = collab.merged([snapshot.state, *(u for _, u in snapshot.log)])
                 doc, text = collab.new_doc(state, client_id=self._client_id)
                 update = collab.text_update(doc, text, content)
-                return await self.updates.append(
+                return await self._updates.append(
                     doc_id,
                     update,
                     self.origin,
