@@ -13,7 +13,17 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redline", "naive", "ceiling")
-SCENARIOS = ("open", "closed", "lag", "flush", "profiles", "matcher", "events", "collab")
+SCENARIOS = (
+    "open",
+    "closed",
+    "lag",
+    "flush",
+    "profiles",
+    "matcher",
+    "events",
+    "collab",
+    "compaction",
+)
 COLLAB_SYSTEMS = ("redline", "hocuspocus", "y-websocket")
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
@@ -39,6 +49,7 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "collab_duration": (5.0, 1.5),
     "collab_key_rate": (5.0, 5.0),
     "collab_search_s": (2.0, 1.0),
+    "compaction_updates": (3, 3),
 }
 
 
@@ -65,6 +76,7 @@ class Options:
     collab_duration: float
     collab_key_rate: float
     collab_search_s: float
+    compaction_updates: int
     match_pools: tuple[int, ...]
     systems: tuple[str, ...]
     collab_systems: tuple[str, ...]
@@ -160,6 +172,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="s of each step of the co-editing max-rate search (2; quick 1)",
     )
+    add(
+        "--compaction-updates",
+        type=int,
+        help="keystrokes in each co-edited document's log per compaction run (3);"
+        " --flush-docs documents, --flush-reps runs",
+    )
     add("--systems", action=_names(SYSTEMS), default=SYSTEMS, help="comma list (all)")
     add(
         "--collab-systems",
@@ -204,6 +222,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         collab_duration=float(values["collab_duration"]),
         collab_key_rate=float(values["collab_key_rate"]),
         collab_search_s=float(values["collab_search_s"]),
+        compaction_updates=int(values["compaction_updates"]),
         match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
         collab_systems=tuple(ns.collab_systems),
@@ -233,6 +252,7 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
         "--collab-duration": o.collab_duration,
         "--collab-key-rate": o.collab_key_rate,
         "--collab-search-s": o.collab_search_s,
+        "--compaction-updates": o.compaction_updates,
     }
     for flag, value in positive.items():
         if value <= 0:

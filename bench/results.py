@@ -122,6 +122,10 @@ class FlushRun:
     cleaned: int
     still_dirty: int
     cpu_s: dict[str, float] = field(default_factory=dict)
+    # "text": plain documents (bench/backlog.py); "collab": co-edited ones, folded and trimmed
+    # (bench/compaction.py), with the bare COPY + UPDATE of the same rows beside it.
+    kind: str = "text"
+    bare_docs_per_s: float | None = None
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import backlog, collab, events, matcher, profiles, systems, workload
+from bench import backlog, collab, compaction, events, matcher, profiles, systems, workload
 from bench.options import ROOT, Options
 from bench.peers import NAIVE_FILL
 from bench.processes import say
@@ -137,6 +137,23 @@ def run(opts: Options) -> tuple[Report, list[str]]:
                 ),
                 fast=False,
             )
+        if "compaction" in opts.scenarios:
+            try:
+                report.flushes += run_async(
+                    compaction.run(
+                        stack,
+                        opts.flush_docs,
+                        opts.flush_reps,
+                        opts.content_bytes,
+                        opts.compaction_updates,
+                        opts.flush_interval,
+                        opts.seed,
+                    ),
+                    fast=False,
+                )
+            except Exception as exc:
+                failures.append(f"compaction: {exc!r}")
+                say(f"compaction FAILED:\n{traceback.format_exc()}")
         if "matcher" in opts.scenarios:
             try:
                 report.match_latency, report.match_notify, report.idle_sockets = run_async(

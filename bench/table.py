@@ -80,13 +80,25 @@ def cpu(report: Report) -> str:
 
 
 def flushes(report: Report) -> str:
-    headers = ("run", "docs", "seconds", "docs/s", "batches", "rows written", "pg cpu s")
+    headers = (
+        "run",
+        "kind",
+        "docs",
+        "seconds",
+        "docs/s",
+        "bare rows/s",
+        "batches",
+        "rows written",
+        "pg cpu s",
+    )
     rows = [
         (
             str(i + 1),
+            f.kind,
             f"{f.docs:,}",
             _f(f.seconds, 3),
             _f(f.docs_per_s, 0),
+            _f(f.bare_docs_per_s, 0),
             str(f.batches),
             f"{f.written:,}",
             _f(f.cpu_s.get("postgres"), 2),
@@ -344,7 +356,11 @@ def everything(report: Report) -> str:
         parts += ["Edit load (latency from scheduled send time in the open loop)", loads(report)]
         parts += ["", "CPU seconds during each run, by process group", cpu(report)]
     if report.flushes:
-        parts += ["", "Flush throughput: one Flusher.flush_dirty() over the dirty backlog"]
+        parts += [
+            "",
+            "Flush throughput: one Flusher.flush_dirty() over the dirty backlog"
+            " (collab: co-edited documents, folded and trimmed)",
+        ]
         parts += [flushes(report)]
     if report.profiles:
         p = report.profiles

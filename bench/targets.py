@@ -13,6 +13,7 @@ P99_VS_CEILING = 1.2  # Redline's open-loop p99 over the ceiling peer's
 WRITES_PER_EDIT = 0.01  # Postgres row writes per edit, default 30 s flush interval
 DIRTY_AGE_SLACK_S = 2.0  # oldest dirty age <= flush_interval + this
 FLUSH_DOCS_PER_S = 20_000.0
+COMPACTION_VS_BARE = 0.6  # compaction docs/s over the bare write of the same rows
 GENERATOR_RATE = 1000.0  # the load generator must sustain this open loop
 MATCH_P99_MS = 5.0  # find_match p99 with 10,000 users in one language pool
 MATCH_P99_GROWTH = 2.0  # p99 at the largest pool over p99 at the smallest
@@ -95,7 +96,7 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
         age.passed = None
         age.note = f"runs ({longest:.0f}s) too short to exceed it; run the lag scenario"
     out.append(age)
-    rates = [f.docs_per_s for f in report.flushes]
+    rates = [f.docs_per_s for f in report.flushes if f.kind == "text"]
     out.append(
         _check(
             "flush_dirty docs/s (median), >=",
@@ -105,6 +106,7 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
             note=f"{opts.flush_docs} dirty docs of {opts.content_bytes} B",
         )
     )
+    out += _compaction(report, opts)
     opens = [r for r in report.loads if r.scenario == "open"]
     best = max(opens, key=lambda r: r.achieved_per_s) if opens else None
     out.append(
@@ -357,5 +359,32 @@ def _matcher(report: Report) -> list[Target]:
             SCALE_OUT_MEMORY,
             at_least=False,
             note=f"{two.kb_per_socket:.1f} vs {idle.kb_per_socket:.1f} KB" if idle and two else "",
+        ),
+    ]
+
+
+def _compaction(report: Report, opts: Options) -> list[Target]:
+    """Co-edited documents: the flush folds their logs and trims them (bench/compaction.py)."""
+    runs = [f for f in report.flushes if f.kind == "collab"]
+    if not runs:
+        return []
+    note = (
+        f"{opts.flush_docs} docs of {opts.content_bytes} B, {opts.compaction_updates} updates each"
+    )
+    ratios = [f.docs_per_s / f.bare_docs_per_s for f in runs if f.bare_docs_per_s]
+    return [
+        _check(
+            "compaction docs/s (median), >=",
+            statistics.median(f.docs_per_s for f in runs),
+            FLUSH_DOCS_PER_S,
+            at_least=True,
+            note=note,
+        ),
+        _check(
+            "compaction / bare COPY + UPDATE of the same rows (median), >=",
+            statistics.median(ratios) if ratios else None,
+            COMPACTION_VS_BARE,
+            at_least=True,
+            note="the flusher's own statement alone, same batch size, same run",
         ),
     ]

@@ -35,7 +35,7 @@ from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import QuarantineStatus, Scripts
-from shared.store.update_log import UpdateLog
+from shared.store.update_log import Trim, UpdateLog
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,6 @@ def _reason(exc: BaseException) -> str:
 
 def _ms_to_dt(ms: str | None) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class _Fold:
-    """A co-edited document as one flush folded it: written with the row, trimmed after."""
-
-    state: bytes
-    text: str
-    folded_id: str
-    folded_bytes: int
 
 
 class Flusher:
@@ -260,21 +250,18 @@ class Flusher:
         docs = await self._scripts.read_docs(list(batch.by_shard.values()))
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []
-        folds: dict[str, _Fold] = {}
-        for doc_id, (v, content, by, at, deleted, coedited) in zip(ids, docs, strict=True):
+        coedited: list[tuple[str, str | None, str | None]] = []
+        for doc_id, (v, content, by, at, deleted, yb) in zip(ids, docs, strict=True):
             if v is None or deleted or content is None:
                 # Gone: mark_clean drops it from the dirty index. (A hash with a version but no
                 # content is never written; version 0 keeps it dirty rather than lose it.)
                 versions[doc_id] = 0
-                continue
-            if coedited is not None:
-                row = await self._fold(doc_id, by, at, folds)
-                versions[doc_id] = 0 if row is None else row[2]
-                if row is not None:
-                    rows.append(row)
-                continue
-            versions[doc_id] = int(v)
-            rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at), None, None))
+            elif yb is not None:
+                coedited.append((doc_id, by, at))
+            else:
+                versions[doc_id] = int(v)
+                rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at), None, None))
+        folds = await self._fold(coedited, versions, rows)
         stats.read = len(rows)
         refused: dict[str, BaseException] = {}
         if rows:
@@ -283,16 +270,9 @@ class Flusher:
                 stats.written = await self._write(conn, sorted(rows, key=_id), refused)
         # After the commit, a co-edited document keeps its fold in Redis and drops the log
         # entries the fold holds (compare-on-id: entries appended meanwhile stay).
-        for doc_id, fold in folds.items():
-            if doc_id not in refused:
-                await self._updates.trim(
-                    doc_id,
-                    fold.folded_id,
-                    fold.state,
-                    fold.text,
-                    fold.folded_bytes,
-                    self._clean_ttl_ms,
-                )
+        kept = [t for t in folds if t.doc_id not in refused]
+        if kept:
+            await self._updates.trim_many(kept, self._clean_ttl_ms)
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
         # refused document keeps its mark until the quarantine takes it.
         stats.cleaned = await self._scripts.mark_clean_shards(
@@ -310,31 +290,41 @@ class Flusher:
         return stats
 
     async def _fold(
-        self, doc_id: str, by: str | None, at: str | None, folds: dict[str, _Fold]
-    ) -> queries.FlushRow | None:
-        """A co-edited document's row: its stored state with its log folded in (one script read:
-        state, log and version agree). None when it went away since read_docs."""
-        snapshot = await self._updates.read(doc_id, self._log_max)
-        if snapshot.version is None or snapshot.deleted or snapshot.state is None:
-            return None
-        folded = collab.fold(snapshot.state, [u for _, u in snapshot.log])
-        if snapshot.log:
-            folds[doc_id] = _Fold(
-                folded.state,
-                folded.text,
-                snapshot.log[-1][0],
-                sum(len(u) for _, u in snapshot.log),
+        self,
+        coedited: list[tuple[str, str | None, str | None]],
+        versions: dict[str, int],
+        rows: list[queries.FlushRow],
+    ) -> list[Trim]:
+        """Co-edited documents' rows, added to `rows`: each one's stored state with its log
+        folded in, from one snapshot a document (state, log and version agree), all read in one
+        round trip. A document that went away since read_docs gets version 0 (dirty mark
+        dropped). Returns the folds to keep in Redis once the rows are committed."""
+        if not coedited:
+            return []
+        snapshots = await self._updates.read_many([d for d, _, _ in coedited], self._log_max)
+        trims: list[Trim] = []
+        for (doc_id, by, at), snapshot in zip(coedited, snapshots, strict=True):
+            if snapshot.version is None or snapshot.deleted or snapshot.state is None:
+                versions[doc_id] = 0
+                continue
+            folded = collab.fold(snapshot.state, [u for _, u in snapshot.log])
+            last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
+            if snapshot.log:
+                folded_bytes = sum(len(u) for _, u in snapshot.log)
+                trims.append(Trim(doc_id, last, folded.state, folded.text, folded_bytes))
+            versions[doc_id] = snapshot.version
+            rows.append(
+                (
+                    doc_id,
+                    folded.text,
+                    snapshot.version,
+                    by or None,
+                    _ms_to_dt(at),
+                    folded.state,
+                    last,
+                )
             )
-        last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
-        return (
-            doc_id,
-            folded.text,
-            snapshot.version,
-            by or None,
-            _ms_to_dt(at),
-            folded.state,
-            last,
-        )
+        return trims
 
     async def _write(
         self, conn: queries.Conn, rows: list[queries.FlushRow], refused: dict[str, BaseException]

@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from shared.infra.clock import now_ms
 from shared.settings import Settings
@@ -108,6 +109,22 @@ def events_options(settings: Settings) -> EventsOptions:
         "events_maxlen": settings.doc_events_maxlen,
         "events_ttl_ms": settings.doc_events_ttl_s * 1000,
     }
+
+
+async def run_many(
+    redis: Redis,
+    script: AsyncScript,
+    calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+) -> list[Any]:
+    """Several calls of one script in one round trip (a pipeline). Redis Cluster refuses
+    scripts in a pipeline, so there they go concurrently instead, one per call; each call's
+    keys share one hash tag either way."""
+    if isinstance(redis, RedisCluster):
+        return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls)))
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            await script(keys=keys, args=args, client=pipe)
+        return list(await pipe.execute())
 
 
 class Scripts:
@@ -252,13 +269,7 @@ class Scripts:
         """Several calls of one script in one round trip (a pipeline). Redis Cluster refuses
         scripts in a pipeline, so there they go concurrently instead, one per call; each call's
         keys share one hash tag either way."""
-        script = self._s[name]
-        if isinstance(self._redis, RedisCluster):
-            return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls)))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            return list(await pipe.execute())
+        return await run_many(self._redis, self._s[name], calls)
 
     async def read_docs(self, groups: Sequence[Sequence[str]]) -> list[DocRead]:
         """Each document's (v, c, by, at, del, yb), for groups of ids that each lie in one shard:

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from redis.asyncio import Redis
 
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import lua_source
+from shared.store.scripts import lua_source, run_many
 
 NAMES = ("collab_append", "collab_seed", "collab_read", "collab_trim")
 
@@ -63,6 +64,18 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Trim:
+    """A fold written to Postgres, to keep in Redis: its state and text, the last log id it holds
+    and the log bytes it folded."""
+
+    doc_id: str
+    folded_id: str
+    state: bytes
+    text: str
+    folded_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class LogLimits:
     entries: int
     bytes: int
@@ -92,6 +105,7 @@ def append_options(settings: Settings) -> AppendOptions:
 
 class UpdateLog:
     def __init__(self, redis: Redis, keys: Keys, options: AppendOptions) -> None:
+        self._redis = redis
         self._keys = keys
         self._options = options
         self._s = {name: redis.register_script(lua_source(name)) for name in NAMES}
@@ -145,28 +159,49 @@ class UpdateLog:
 
     async def read(self, doc_id: str, max_entries: int) -> Snapshot:
         k = self._keys
-        version, state, folded, text, deleted, tail = await self._s["collab_read"](
+        reply = await self._s["collab_read"](
             keys=(k.doc(doc_id), k.update_log(doc_id)), args=(max_entries,)
         )
-        log = tuple((_text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2))
-        return Snapshot(
-            version=None if version is None else int(version),
-            state=None if state is None else bytes(state),
-            folded_id=_text(folded),
-            text=None if text is None else _text(text),
-            deleted=deleted is not None,
-            log=log,
-        )
+        return _snapshot(reply)
+
+    async def read_many(self, doc_ids: Sequence[str], max_entries: int) -> list[Snapshot]:
+        """`read` of each document, all in one round trip (the flusher's batch)."""
+        k = self._keys
+        calls = [((k.doc(d), k.update_log(d)), (max_entries,)) for d in doc_ids]
+        return [_snapshot(r) for r in await run_many(self._redis, self._s["collab_read"], calls)]
 
     async def trim(
         self, doc_id: str, folded_id: str, state: bytes, text: str, folded_bytes: int, ttl_ms: int
     ) -> tuple[TrimStatus, int]:
+        return (await self.trim_many([Trim(doc_id, folded_id, state, text, folded_bytes)], ttl_ms))[
+            0
+        ]
+
+    async def trim_many(self, trims: Sequence[Trim], ttl_ms: int) -> list[tuple[TrimStatus, int]]:
+        """Each trim (status, entries left), all in one round trip."""
         k = self._keys
-        status, left = await self._s["collab_trim"](
-            keys=(k.doc(doc_id), k.update_log(doc_id)),
-            args=(folded_id, state, text, folded_bytes, ttl_ms),
-        )
-        return TrimStatus(int(status)), int(left)
+        calls = [
+            (
+                (k.doc(t.doc_id), k.update_log(t.doc_id)),
+                (t.folded_id, t.state, t.text, t.folded_bytes, ttl_ms),
+            )
+            for t in trims
+        ]
+        replies = await run_many(self._redis, self._s["collab_trim"], calls)
+        return [(TrimStatus(int(status)), int(left)) for status, left in replies]
+
+
+def _snapshot(reply: Sequence[Any]) -> Snapshot:
+    version, state, folded, text, deleted, tail = reply
+    log = tuple((_text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2))
+    return Snapshot(
+        version=None if version is None else int(version),
+        state=None if state is None else bytes(state),
+        folded_id=_text(folded),
+        text=None if text is None else _text(text),
+        deleted=deleted is not None,
+        log=log,
+    )
 
 
 def _text(value: bytes | str) -> str:
