@@ -108,6 +108,8 @@ class Documents:
             settings.edit_rate,
         )
         self._edit_period_s = settings.edit_period_s
+        # A co-edited document's edits are Yjs updates, under the append script's rate instead.
+        self._collab_rate = settings.collab_update_rate
 
     def _check_size(self, content: str) -> None:
         # Cheap bound first: UTF-8 needs at most 4 bytes a character.
@@ -262,7 +264,13 @@ class Documents:
         if reply.status is AppendStatus.STALE:
             raise _stale(base_version, reply.version)
         if reply.status is AppendStatus.RATE_LIMITED:
-            raise self._rate_limited(reply.version)
+            raise RateLimited(
+                "too many edits of this co-edited document; retry later",
+                retry_after_s=max(1, math.ceil(reply.version / 1000)),
+                limit=self._collab_rate,
+                window_s=1,
+                policy="collab",
+            )
         if reply.status is AppendStatus.LOG_FULL:
             raise Unavailable(
                 "the document is saving a backlog of edits; retry shortly", dependency="postgres"
