@@ -16,6 +16,7 @@ from shared.store.keys import Keys
 from shared.store.scripts import lua_source, run_many
 
 NAMES = ("collab_append", "collab_seed", "collab_read", "collab_trim")
+SLICE = 50  # documents a read or trim script call
 
 
 class AppendStatus(IntEnum):
@@ -159,36 +160,80 @@ class UpdateLog:
 
     async def read(self, doc_id: str, max_entries: int) -> Snapshot:
         k = self._keys
-        reply = await self._s["collab_read"](
+        (reply,) = await self._s["collab_read"](
             keys=(k.doc(doc_id), k.update_log(doc_id)), args=(max_entries,)
         )
         return _snapshot(reply)
 
     async def read_many(self, doc_ids: Sequence[str], max_entries: int) -> list[Snapshot]:
-        """`read` of each document, all in one round trip (the flusher's batch)."""
+        """`read` of each document (the flusher's batch): one script call per shard slice, all
+        in one round trip. Snapshots in the order of the ids."""
         k = self._keys
-        calls = [((k.doc(d), k.update_log(d)), (max_entries,)) for d in doc_ids]
-        return [_snapshot(r) for r in await run_many(self._redis, self._s["collab_read"], calls)]
+        slices = _slices(k, doc_ids)
+        calls = [
+            (
+                [key for i in at for key in (k.doc(doc_ids[i]), k.update_log(doc_ids[i]))],
+                (max_entries,),
+            )
+            for at in slices
+        ]
+        replies = await run_many(self._redis, self._s["collab_read"], calls)
+        out: list[Snapshot | None] = [None] * len(doc_ids)
+        for at, reply in zip(slices, replies, strict=True):
+            for i, r in zip(at, reply, strict=True):
+                out[i] = _snapshot(r)
+        return [s for s in out if s is not None]
 
     async def trim(
         self, doc_id: str, folded_id: str, state: bytes, text: str, folded_bytes: int, ttl_ms: int
     ) -> tuple[TrimStatus, int]:
-        return (await self.trim_many([Trim(doc_id, folded_id, state, text, folded_bytes)], ttl_ms))[
-            0
-        ]
+        (out,) = await self.trim_many([Trim(doc_id, folded_id, state, text, folded_bytes)], ttl_ms)
+        return out
 
     async def trim_many(self, trims: Sequence[Trim], ttl_ms: int) -> list[tuple[TrimStatus, int]]:
-        """Each trim (status, entries left), all in one round trip."""
+        """Each trim's (status, entries left), in the order given: one script call per shard
+        slice, all in one round trip."""
         k = self._keys
+        slices = _slices(k, [t.doc_id for t in trims])
         calls = [
             (
-                (k.doc(t.doc_id), k.update_log(t.doc_id)),
-                (t.folded_id, t.state, t.text, t.folded_bytes, ttl_ms),
+                [
+                    key
+                    for i in at
+                    for key in (k.doc(trims[i].doc_id), k.update_log(trims[i].doc_id))
+                ],
+                [
+                    ttl_ms,
+                    *(
+                        arg
+                        for i in at
+                        for arg in (
+                            trims[i].folded_id,
+                            trims[i].state,
+                            trims[i].text,
+                            trims[i].folded_bytes,
+                        )
+                    ),
+                ],
             )
-            for t in trims
+            for at in slices
         ]
         replies = await run_many(self._redis, self._s["collab_trim"], calls)
-        return [(TrimStatus(int(status)), int(left)) for status, left in replies]
+        out: list[tuple[TrimStatus, int]] = [(TrimStatus.GONE, 0)] * len(trims)
+        for at, flat in zip(slices, replies, strict=True):
+            for n, i in enumerate(at):
+                out[i] = (TrimStatus(int(flat[2 * n])), int(flat[2 * n + 1]))
+        return out
+
+
+def _slices(keys: Keys, doc_ids: Sequence[str]) -> list[list[int]]:
+    """Positions of the ids grouped by shard (one hash tag a script call, as a cluster wants),
+    in order within a shard, in slices of SLICE: a script blocks Redis while it runs, and
+    states may be large."""
+    shards: dict[int, list[int]] = {}
+    for i, d in enumerate(doc_ids):
+        shards.setdefault(keys.shard_of(d), []).append(i)
+    return [at[i : i + SLICE] for at in shards.values() for i in range(0, len(at), SLICE)]
 
 
 def _snapshot(reply: Sequence[Any]) -> Snapshot:

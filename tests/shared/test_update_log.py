@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import astuple
 
 import pytest
 from redis.asyncio import Redis
@@ -21,6 +22,7 @@ from shared.store.update_log import (
     AppendStatus,
     LogLimits,
     SeedStatus,
+    Trim,
     TrimStatus,
     UpdateLog,
 )
@@ -238,3 +240,35 @@ async def test_a_recreated_log_sorts_after_the_fold_even_if_the_clock_went_back(
     reply = await log.append(doc_id, update, "o", "alice", 1, GRANTS)
     assert reply.log_id == "99999999999999-6"
     assert (await log.read(doc_id, 100)).log == ((reply.log_id, update),)
+
+
+@pytest.mark.parametrize("shards", [1, 64])
+async def test_many_reads_and_trims_answer_each_document_in_order(
+    redis: Redis, binary: Redis, settings: Settings, shards: int
+) -> None:
+    """The flusher's batch: read_many and trim_many group ids by shard and slice them (one
+    script call per slice: 120 documents in one shard are three slices), and answer in the
+    order asked, a missing document and a stale trim included."""
+    keys = Keys(settings.key_prefix, shards)
+    log = UpdateLog(binary, keys, OPTIONS)
+    docs = [await co_edited(redis, keys, log, f"doc {i}") for i in range(120)]
+    for i, doc_id in enumerate(docs):
+        (update,) = keystrokes(collab.seed_update(f"doc {i}"), "!")
+        assert (await log.append(doc_id, update, "o", "alice", 1, GRANTS)).status == 1
+    missing = str(uuid.uuid4())
+    order = [*reversed(docs[60:]), missing, *docs[:60]]
+    snaps = await log.read_many(order, 100)
+    assert snaps[60].version is None
+    texts = [collab.fold(s.state, [u for _, u in s.log]).text for s in snaps if s.state]
+    assert texts == [f"doc {i}!" for i in [*reversed(range(60, 120)), *range(60)]]
+    trims = [
+        Trim(d, s.log[-1][0], *astuple(collab.fold(s.state, [u for _, u in s.log])), 1)
+        for d, s in zip(order, snaps, strict=True)
+        if s.state
+    ]
+    stale = Trim(docs[5], "0-1", b"", "", 0)  # older than the fold the batch keeps first
+    got = await log.trim_many([*trims, stale], TTL)
+    assert got[:-1] == [(TrimStatus.TRIMMED, 0)] * 120
+    assert got[-1] == (TrimStatus.STALE, 0)
+    after = await log.read_many(docs, 100)
+    assert [(a.text, a.log) for a in after] == [(f"doc {i}!", ()) for i in range(120)]
