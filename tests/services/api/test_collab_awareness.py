@@ -171,19 +171,25 @@ async def test_past_the_caps_a_state_is_neither_stored_nor_relayed_and_the_socke
 async def test_awareness_expires_unrenewed(
     http: httpx.AsyncClient, collab_settings: Settings
 ) -> None:
-    brief = collab_settings.model_copy(update={"collab_awareness_ttl_s": 0.3})
+    """An entry lapses on its own (while the hash lives on, renewed by another client), and the
+    hash lapses with its last entry: nobody unrenewed is sent to a late joiner."""
+    brief = collab_settings.model_copy(update={"collab_awareness_ttl_s": 0.6})
     async with api_server(brief) as address, httpx.AsyncClient(base_url=f"http://{address}") as c:
         ada = await signup(c, "ada")
         doc = (await create_doc(c, ada))["id"]
         async with aware_editor(address, ada, doc) as (one, heard):
             await announce(one, 5, 1, state(user="ada"))
             await heard.until(5, state(user="ada"))
-            assert [e.client for e in await query(one, heard)] == [5]
             await asyncio.sleep(0.4)
+            await announce(one, 6, 1, state(user="ada, elsewhere"))
+            await heard.until(6, state(user="ada, elsewhere"))
+            await asyncio.sleep(0.3)  # 5 is past its 0.6 s, 6 is not
+            assert [e.client for e in await query(one, heard)] == [6]
+            await asyncio.sleep(0.6)
             assert await query(one, heard) == []
             async with aware_editor(address, ada, doc) as (late, late_heard):
                 assert await query(late, late_heard) == []
-                assert late_heard.of(5) == []
+                assert late_heard.of(5) == late_heard.of(6) == []
 
 
 async def test_query_awareness_is_answered_with_every_stored_state(
