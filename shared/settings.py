@@ -153,6 +153,16 @@ class Settings(BaseSettings):
     collab_heartbeat_s: float = Field(
         15.0, gt=0, description="an empty awareness frame after this long without output"
     )
+    # Stored awareness (cursors, names), so a late joiner sees them at once: never persisted.
+    # y-protocols clients renew their state every 15 s and drop a remote one after 30 s unheard,
+    # so an entry lives as long; the caps bound what one document holds in Redis.
+    collab_awareness_ttl_s: float = Field(30.0, gt=0)
+    collab_awareness_max_entries: int = Field(
+        128, ge=1, description="awareness states (Yjs clients) stored per document"
+    )
+    collab_awareness_max_state_bytes: int = Field(
+        4096, ge=64, description="largest awareness state (its JSON) stored and relayed"
+    )
 
     # Document event streams (state Redis) and /v1/ws/events.
     doc_events_maxlen: int = Field(1000, ge=10, description="entries kept per document stream")

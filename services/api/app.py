@@ -119,12 +119,16 @@ def create_app(settings: Settings) -> FastAPI:
                 pubsub_client(settings, binary=True),
                 keys,
                 queue,
+                state_bytes,
             ),
         )
         obs.watch(*health.checks(state, queue, db, cache_redis))
         await app.state.resources.collab.start()
         revocations = asyncio.create_task(
-            accounts.listen(on_revoked=app.state.resources.collab.revoked),
+            accounts.listen(
+                on_revoked=app.state.resources.collab.revoked,
+                on_live=app.state.resources.collab.set_live,
+            ),
             name="session revocations",
         )
         log.info("api ready")

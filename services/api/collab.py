@@ -10,8 +10,12 @@ append script has put it in the document's update log, bumped the version and ma
 document dirty. A refused or failed append closes the socket without relaying; the client's
 resync (step 1/2) on reconnect resends what the server lacks. A malformed frame closes 1007 and
 never enters the log; a text frame closes 1003; a frame over the cap 1009; the author's update
-rate or a full log 1013 (try again later: the flusher has not folded yet); a deleted document or
-revoked access 1008.
+rate or a full log 1013 (try again later: the flusher has not folded yet); a deleted document,
+revoked access, a logout or the session's expiry 1008.
+
+Awareness (cursors, names) is stored too, bounded and expiring, never persisted: a joining socket
+gets every stored state right after step 1, query-awareness is answered from the store, and a
+closing socket's clients are announced gone (state null) to everyone else.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pycrdt import get_state, get_update
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from services.api.rooms import Peer, Rooms
+from services.api.rooms import AWARENESS, Peer, Rooms
 from shared.domain import collab
 from shared.domain.accounts import Accounts, Principal, token_hash
 from shared.domain.collab import MalformedMessage
@@ -35,9 +39,11 @@ from shared.domain.documents import Documents
 from shared.domain.errors import RedlineError
 from shared.domain.handshake import authenticate, refuse
 from shared.domain.jobs import enqueue_flush
+from shared.domain.sessions import SessionDeadlines
 from shared.infra.clock import now_ms
 from shared.infra.dependencies import DOWN
 from shared.settings import Settings
+from shared.store.awareness import AwarenessStatus, AwarenessStore, awareness_limits
 from shared.store.keys import Keys
 from shared.store.update_log import AppendReply, AppendStatus, SeedStatus, Snapshot, UpdateLog
 
@@ -52,6 +58,7 @@ CLOSE_FOR: dict[AppendStatus, tuple[int, str]] = {
     AppendStatus.DELETED: (1008, "the document was deleted"),
     AppendStatus.NO_ACCESS: (1008, "you may no longer edit this document"),
 }
+SESSION_ENDED = (1008, "session ended")  # expired (or revoked unheard): as the matcher says
 
 
 class Collab:
@@ -64,7 +71,9 @@ class Collab:
         subscriber: Redis,
         keys: Keys,
         queue: ArqRedis,
+        state: Redis,
     ) -> None:
+        """`state`: a binary client of the state Redis (stored awareness, session checks)."""
         self._settings = settings
         self._accounts = accounts
         self._documents = documents
@@ -75,18 +84,34 @@ class Collab:
         # skips what its own sockets sent: they were relayed here at once).
         self._process = secrets.token_hex(4)
         self.rooms = Rooms(subscriber, keys, self._process, self._whole)
-        # Open sockets by session (token hash): a logout anywhere closes them.
-        self._by_session: dict[str, set[Peer]] = {}
+        self._awareness = AwarenessStore(state, keys, awareness_limits(settings))
+        # The Yjs client ids each socket (by origin) stored awareness for: cleared when it closes.
+        self._announced: dict[str, set[int]] = {}
+        # Open sockets by session key: a logout anywhere, or the session's expiry, closes them.
+        self._sessions: SessionDeadlines[Peer] = SessionDeadlines(
+            state, keys, settings.ws_session_check_s, _session_ended, log
+        )
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.rooms.start()
+        self._watch = asyncio.create_task(self._sessions.run(), name="collab session watch")
 
     def revoked(self, session: str) -> None:
         """A session ended (logout, published to every process): close its sockets."""
-        for peer in tuple(self._by_session.get(session, ())):
+        for peer in self._sessions.of(self._keys.session(session)):
             peer.stop(1008, "logged out")
+        self._sessions.revoked(session)
+
+    def set_live(self, live: bool) -> None:
+        """Whether revocations are heard (`Accounts.listen`'s on_live): while they are not,
+        every session with a socket here is checked each second."""
+        self._sessions.set_live(live)
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.rooms.stop()
 
     async def serve(self, ws: WebSocket, document_id: str) -> None:
@@ -101,10 +126,13 @@ class Collab:
             self._heartbeat(peer, principal, doc_id), name="collab heartbeat"
         )
         origin = f"{self._process}:{secrets.token_hex(4)}"
-        self._by_session.setdefault(session, set()).add(peer)
+        session_key = self._keys.session(session)
+        self._sessions.watch(session_key, peer)
         try:
             await self.rooms.join(doc_id, peer)
             peer.send(collab.encode(collab.SyncStep1(get_state(_folded(snapshot)))))
+            # Then everyone's cursors at once, not at each client's next renewal (up to 15 s).
+            await self._send_awareness(peer, doc_id, always=False)
             await self._receive(peer, principal, doc_id, origin)
         except DOWN as exc:
             log.warning("collab dependency failed", extra={"err": str(exc), "doc": doc_id})
@@ -113,11 +141,9 @@ class Collab:
             log.exception("collab socket failed", extra={"doc": doc_id})
             peer.stop(1011, "internal error")
         finally:
-            peers = self._by_session.get(session, set())
-            peers.discard(peer)
-            if not peers:
-                self._by_session.pop(session, None)
+            self._sessions.unwatch(session_key, peer)
             await self.rooms.leave(doc_id, peer)
+            await self._clear_awareness(doc_id, origin)
             peer.stop(1000, "closed")
             await self._leave(principal, doc_id)
             beat.cancel()
@@ -204,7 +230,58 @@ class Collab:
             else:
                 peer.stop(*CLOSE_FOR[reply.status])
         elif isinstance(msg, collab.Awareness):
-            await self.rooms.share_awareness(doc_id, origin, frame)
+            await self._aware(doc_id, origin, msg, frame)
+        elif isinstance(msg, collab.QueryAwareness):
+            await self._send_awareness(peer, doc_id, always=True)
+
+    # Awareness ---------------------------------------------------------------------------
+    async def _aware(self, doc_id: str, origin: str, msg: collab.Awareness, frame: bytes) -> None:
+        """Store the frame's entries, then relay what was taken: the frame as sent when all
+        was (the script published it to the other processes in the same call), else only the
+        entries taken. A state refused (stale, or past a cap) goes to nobody; the socket stays:
+        cursors are not worth a reconnect loop."""
+        entries = collab.parse_awareness(msg.payload)
+        if not entries:
+            return  # nobody in it (a heartbeat's shape)
+        relay = origin.encode() + b" " + AWARENESS + b" " + frame  # as Rooms reads the channel
+        statuses = await self._awareness.set(doc_id, entries, origin, now_ms(), relay)
+        announced = self._announced.setdefault(origin, set())
+        taken = []
+        for entry, status in zip(entries, statuses, strict=True):
+            if status == AwarenessStatus.STORED:
+                # Bounded: past twice the cap, what is not remembered expires on its own.
+                if len(announced) < 2 * self._settings.collab_awareness_max_entries:
+                    announced.add(entry.client)
+            elif status == AwarenessStatus.REMOVED:
+                announced.discard(entry.client)
+            elif status in (AwarenessStatus.FULL, AwarenessStatus.TOO_BIG):
+                log.debug("awareness refused", extra={"doc": doc_id, "status": status.name})
+            if status.taken:
+                taken.append(entry)
+        if len(taken) == len(entries):
+            self.rooms.relay(doc_id, frame)
+        elif taken:
+            await self.rooms.share_awareness(doc_id, origin, collab.awareness_frame(taken))
+
+    async def _send_awareness(self, peer: Peer, doc_id: str, *, always: bool) -> None:
+        """Every stored awareness state to this socket; with nothing stored, an empty update
+        only when asked (`always`: query-awareness gets an answer)."""
+        states = await self._awareness.states(doc_id, now_ms())
+        if states or always:
+            peer.send(collab.awareness_frame(states))
+
+    async def _clear_awareness(self, doc_id: str, origin: str) -> None:
+        """A closing socket's clients are gone: removed from the store, and every other socket
+        told (state null at the next clock). Best effort: unremoved, they expire by themselves."""
+        announced = self._announced.pop(origin, None)
+        if not announced:
+            return
+        try:
+            gone = await self._awareness.clear(doc_id, origin, sorted(announced))
+            if gone:
+                await self.rooms.share_awareness(doc_id, origin, collab.gone_frame(gone))
+        except DOWN as exc:
+            log.info("collab awareness not cleared", extra={"err": str(exc), "doc": doc_id})
 
     async def _missing(self, doc_id: str, step1: collab.SyncStep1) -> bytes:
         """What a client with this state vector lacks of the document, as one update."""
@@ -263,6 +340,10 @@ class Collab:
                 await enqueue_flush(self._queue, self._keys, doc_id)
         except LEAVE_FAILURES as exc:  # still dirty: the cron flush saves it
             log.info("collab leave not recorded", extra={"err": str(exc), "doc": doc_id})
+
+
+def _session_ended(peer: Peer) -> None:
+    peer.stop(*SESSION_ENDED)
 
 
 def _folded(snapshot: Snapshot) -> bytes:

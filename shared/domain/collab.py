@@ -6,7 +6,9 @@ Wire format (y-protocols 1.0 `sync.js`, y-websocket 2.1): one message per binary
 type then its body. Type 0 is sync, followed by a varUint sub-type (0 step 1 carrying a state
 vector, 1 step 2 and 2 update, each carrying an update) and a varBytes payload; type 1 is
 awareness (a varBytes awareness update, relayed as received, never re-encoded); type 3 asks for
-every known awareness state. varUint: 7 bits a byte, least significant group first, high bit set
+every known awareness state. An awareness update (y-protocols 1.0 `awareness.js`) is a varUint
+count, then per client a varUint client id, a varUint clock and a varString state (its JSON;
+`null`: the client is gone). varUint: 7 bits a byte, least significant group first, high bit set
 on every byte but the last; varBytes: a varUint length, then the bytes.
 
 pycrdt is pinned (pyproject.toml): its `Text` offsets are UTF-8 bytes, where Yjs counts UTF-16
@@ -15,8 +17,10 @@ units; `text_update` below converts, and its updates interoperate with Yjs clien
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pycrdt import Doc, Text, get_state, merge_updates
 
@@ -164,6 +168,59 @@ def checked(update: bytes) -> bytes:
     except ValueError:
         raise MalformedMessage("not a Yjs update") from None
     return update
+
+
+# Awareness -----------------------------------------------------------------------------------
+class AwarenessEntry(NamedTuple):
+    """One client in an awareness update: its Yjs client id, its clock (one more at each change
+    of its state) and its state's JSON as sent; `GONE` once the client has left."""
+
+    client: int
+    clock: int
+    state: bytes
+
+
+GONE = b"null"
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_awareness(payload: bytes) -> list[AwarenessEntry]:
+    """The entries of an awareness message's payload; MalformedMessage for anything else. Each
+    state must be JSON as JavaScript reads it (UTF-8, no NaN or Infinity): every client
+    `JSON.parse`s every state it hears, and one that throws breaks its awareness for good."""
+    reader = _Reader(payload)
+    entries: list[AwarenessEntry] = []
+    for _ in range(reader.var_uint()):
+        client = reader.var_uint()
+        clock = reader.var_uint()
+        state = reader.var_bytes()
+        try:
+            json.loads(state.decode(), parse_constant=_no_constant)
+        except ValueError:
+            raise MalformedMessage("an awareness state that is not JSON") from None
+        entries.append(AwarenessEntry(client, clock, state))
+    reader.end()
+    return entries
+
+
+def awareness_frame(entries: Iterable[tuple[int, int, bytes]]) -> bytes:
+    """An awareness message carrying these (client id, clock, state JSON) entries."""
+    body = bytearray()
+    count = 0
+    for client, clock, state in entries:
+        body += _var_uint(client) + _var_uint(clock) + _var_bytes(state)
+        count += 1
+    return encode(Awareness(_var_uint(count) + bytes(body)))
+
+
+def gone_frame(clients: Iterable[tuple[int, int]]) -> bytes:
+    """Tell every client that these (client id, last clock) have left: state null at the next
+    clock, as y-protocols' `removeAwarenessStates` does (a client takes a null state only with a
+    newer clock, and one told that it is itself gone re-announces itself)."""
+    return awareness_frame((client, clock + 1, GONE) for client, clock in clients)
 
 
 # Documents -----------------------------------------------------------------------------------

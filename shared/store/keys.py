@@ -65,6 +65,12 @@ class Keys:
         (shared/store/lua/collab_append.lua, collab_trim.lua)."""
         return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:y"
 
+    def awareness(self, doc_id: str) -> str:
+        """Hash of a co-edited document's awareness states (cursors, names) by Yjs client id:
+        "<clock> <expiry ms> <origin> <state JSON>", capped and expiring, never persisted
+        (shared/store/lua/awareness_set.lua, awareness_clear.lua)."""
+        return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:aw"
+
     def collab_channel(self, doc_id: str) -> str:
         """Pub/sub channel of a co-edited document: each appended update ("<origin> <log id>
         <update>") and awareness frame ("<origin> a <frame>"), heard by every api process with

@@ -26,8 +26,10 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from services.api.app import create_app
 from services.flusher import worker
 from services.matcher.pool import Pool, PoolEntry
+from shared.infra.clients import redis_client
 from shared.infra.permissions import _dryrun, _queued, can_flushall
 from shared.settings import Settings
+from shared.store.awareness import AwarenessLimits, AwarenessStatus, AwarenessStore
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
 from tests.conftest import ROOT, Servers, make_settings
@@ -363,6 +365,25 @@ async def test_the_matcher_does_its_whole_job_as_its_user_in_production(
         await admin.aclose()
     warnings = [r for r in caplog.records if r.name.startswith("redline.matcher")]
     assert not warnings, [(r.name, r.getMessage(), r.__dict__.get("err")) for r in warnings]
+
+
+async def test_the_api_stores_and_clears_awareness_as_its_user(acl_port: int) -> None:
+    """The awareness scripts' commands (a new client sweeps with HGETALL and counts with HLEN;
+    HSET, PEXPIRE, PUBLISH; the clear's HGET, HDEL), the plain read, and the collab sockets'
+    session PTTL, all as redline-api."""
+    keys = Keys("rl", 64)
+    client = redis_client(service_url(acl_port, "api"), binary=True)
+    store = AwarenessStore(client, keys, AwarenessLimits(30_000, 8, 1024))
+    doc = "00000000-0000-4000-8000-00000000aaaa"
+    try:
+        assert await store.set(doc, [(7, 1, b'{"u":"ada"}')], "p:s", 1000, b"p:s a x") == [
+            AwarenessStatus.STORED
+        ]
+        assert await store.states(doc, 1000) == [(7, 1, b'{"u":"ada"}')]
+        assert await store.clear(doc, "p:s", [7]) == [(7, 1)]
+        assert await client.pttl(keys.session("a" * 64)) == -2
+    finally:
+        await client.aclose()
 
 
 async def test_a_service_refuses_a_url_without_its_password(acl_port: int) -> None:
