@@ -299,6 +299,7 @@ class Scripts:
                 k.doc_events(doc_id),
                 k.doc_quarantine(doc_id),
                 k.update_log(doc_id),
+                k.awareness(doc_id),
             ),
             (doc_id, tombstone_ttl_ms, now_ms(), by),
         )

@@ -21,6 +21,7 @@ from shared.infra.clients import redis_client
 from shared.settings import Settings
 from shared.store.awareness import AwarenessLimits, AwarenessStatus, AwarenessStore
 from shared.store.keys import Keys
+from shared.store.scripts import Scripts
 
 LIMITS = AwarenessLimits(ttl_ms=30_000, max_entries=3, max_state_bytes=64)
 NOW = 1_000_000
@@ -197,3 +198,13 @@ async def test_the_relay_is_published_only_when_every_entry_was_taken(
             assert heard == [b"first", b"gone"]
     finally:
         await listener.aclose()
+
+
+async def test_deleting_the_document_drops_its_awareness(
+    store: AwarenessStore, redis: Redis, keys: Keys
+) -> None:
+    d = doc()
+    assert await store.set(d, [(7, 1, b'{"at":1}')], "p:a", NOW) == [STORED]
+    await Scripts(redis, keys).delete(d, 60_000)
+    assert await store.states(d, NOW) == []
+    assert await redis.exists(keys.awareness(d)) == 0

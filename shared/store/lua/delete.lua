@@ -3,10 +3,11 @@
 -- KEYS[4] the shard's presence index   KEYS[5] the document's event stream
 -- KEYS[6] the shard's quarantine (a deleted document has nothing left to save)
 -- KEYS[7] the document's update log (co-editing: nothing in it is worth saving now)
+-- KEYS[8] the document's awareness states (no cursor outlives the document)
 -- ARGV[1] document id     ARGV[2] tombstone TTL (ms)   ARGV[3] now (ms)   ARGV[4] deleting user
 -- Reply: 1
 -- The event stream keeps a final `document.deleted` entry and goes with the tombstone.
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[7], KEYS[8])
 redis.call('HSET', KEYS[1], 'del', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
