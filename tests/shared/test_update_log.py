@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import astuple
 
 import pytest
 from redis.asyncio import Redis
@@ -261,11 +260,11 @@ async def test_many_reads_and_trims_answer_each_document_in_order(
     assert snaps[60].version is None
     texts = [collab.fold(s.state, [u for _, u in s.log]).text for s in snaps if s.state]
     assert texts == [f"doc {i}!" for i in [*reversed(range(60, 120)), *range(60)]]
-    trims = [
-        Trim(d, s.log[-1][0], *astuple(collab.fold(s.state, [u for _, u in s.log])), 1)
-        for d, s in zip(order, snaps, strict=True)
-        if s.state
-    ]
+    trims = []
+    for d, s in zip(order, snaps, strict=True):
+        if s.state:
+            f = collab.fold(s.state, [u for _, u in s.log])
+            trims.append(Trim(d, s.log[-1][0], f.state, f.text, 1))
     stale = Trim(docs[5], "0-1", b"", "", 0)  # older than the fold the batch keeps first
     got = await log.trim_many([*trims, stale], TTL)
     assert got[:-1] == [(TrimStatus.TRIMMED, 0)] * 120
