@@ -132,9 +132,12 @@ class Typing:
     def everyone(self) -> list[AnyTypist]:
         return [*self.all_sockets(), *self.all_http()]
 
-    def stop_typing(self) -> None:
+    async def stop_typing(self) -> None:
+        """Stop everyone, and wait for the HTTP editors' last PUT: one landing after the
+        texts converged would change them again."""
         for t in self.everyone():
             t.stop_typing()
+        await asyncio.gather(*(t.close() for t in self.all_http()))
 
     async def close(self) -> None:
         await asyncio.gather(*(t.close() for t in self.everyone()))
@@ -370,7 +373,7 @@ async def test_api_sigkill_mid_typing_loses_no_acknowledged_update(
                 await c.apis[victim].start()
                 await asyncio.sleep(1.0)
             await acks_grow(t, "acks after both restarts")
-            t.stop_typing()
+            await t.stop_typing()
             finals = await converged(c, t, users[0])
             rows = await flushed(c, users[0], finals)
             tl = tally(t, finals)
@@ -470,7 +473,7 @@ async def test_flusher_sigkill_mid_compaction_loses_nothing_and_postgres_never_g
                     await flusher.start()
                 await acks_grow(t, "acks after the last restart")
                 await asyncio.sleep(1.0)
-                t.stop_typing()
+                await t.stop_typing()
                 finals = await converged(c, t, users[0])
                 rows = await flushed(c, users[0], finals)
                 await asyncio.sleep(0.2)  # one more sample of the final rows
@@ -527,7 +530,7 @@ async def test_state_valkey_sigkill_mid_typing_loses_no_acknowledged_update(
                 await asyncio.to_thread(valkey.start)
                 await acks_grow(t, "acks once Valkey is back")
                 await asyncio.sleep(1.0)
-            t.stop_typing()
+            await t.stop_typing()
             finals = await converged(c, t, users[0])
             rows = await flushed(c, users[0], finals)
             tl = tally(t, finals)

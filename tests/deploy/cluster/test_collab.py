@@ -148,6 +148,8 @@ async def test_many_clients_through_two_api_processes_converge_and_compact_on_th
                 folded += (await flusher.flush_dirty()).written
             for t in everyone:
                 t.stop_typing()
+            # The HTTP editors' last PUT lands before the texts are compared.
+            await asyncio.gather(*(e.close() for e in editors))
             finals = await converged_texts(client, ada, typists)
         finally:
             await asyncio.gather(*(t.close() for t in everyone))
