@@ -5,46 +5,27 @@ access is refused before accept, and bad frames close the socket without enterin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from services.api.app import create_app
 from shared.domain import collab
-from shared.infra.clients import redis_client
-from shared.infra.edge import EdgeLimits, edge_protocol
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.update_log import UpdateLog, append_options
-from tests.support.servers import served
-from tests.support.users import User, create_doc, signup
+from tests.support.collab import Editor, api_server, editor, stored_text
+from tests.support.users import create_doc, signup
 
 
 @pytest.fixture
 def collab_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"collab_enabled": True})
-
-
-@asynccontextmanager
-async def api_server(settings: Settings) -> AsyncIterator[str]:
-    """The api under uvicorn, as services/api/__main__.py runs it with co-editing on."""
-    async with served(
-        create_app(settings),
-        ws="auto",
-        ws_max_size=settings.collab_max_frame_bytes,
-        ws_per_message_deflate=False,
-        http=edge_protocol(EdgeLimits.of(settings, settings.api_max_connections)),
-    ) as port:
-        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -57,92 +38,6 @@ async def host(collab_settings: Settings) -> AsyncIterator[str]:
 async def http(host: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=f"http://{host}") as client:
         yield client
-
-
-class Editor:
-    """A y-websocket client: a pycrdt document synced over one socket. An update it typed is
-    acknowledged when the server relays it back (the server relays only what it stored)."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.doc, self.text = collab.new_doc()
-        self.synced = asyncio.Event()
-        self.pending: set[bytes] = set()
-        self.acked = 0
-        self.on_other: Callable[[bytes], None] = lambda frame: None  # awareness, heartbeats
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for frame in self.ws:
-                assert isinstance(frame, bytes)
-                msg = collab.parse(frame)
-                if isinstance(msg, collab.SyncStep1):
-                    before = self.doc.get_update(msg.state_vector)
-                    await self.ws.send(collab.encode(collab.SyncStep2(before)))
-                elif isinstance(msg, collab.SyncStep2):
-                    self.doc.apply_update(msg.update)
-                    self.synced.set()
-                elif isinstance(msg, collab.Update):
-                    if msg.update in self.pending:
-                        self.pending.discard(msg.update)
-                        self.acked += 1
-                    self.doc.apply_update(msg.update)
-                else:
-                    self.on_other(frame)
-
-    async def start(self) -> None:
-        await self.ws.send(collab.encode(collab.SyncStep1(self.doc.get_state())))
-        await asyncio.wait_for(self.synced.wait(), 5)
-
-    async def type(self, at: int, chars: str) -> None:
-        current = str(self.text)
-        offset = len(current[: min(at, len(current))].encode())
-        before = self.doc.get_state()
-        self.text.insert(offset, chars)
-        update = self.doc.get_update(before)
-        self.pending.add(update)
-        await self.ws.send(collab.encode(collab.Update(update)))
-
-    async def settled(self) -> None:
-        """Every update this editor typed has come back acknowledged."""
-        for _ in range(500):
-            if not self.pending:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{len(self.pending)} updates never acknowledged")
-
-    async def closed(self) -> None:
-        """Until the server has closed the socket."""
-        await asyncio.wait_for(self._reader, 5)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._reader
-
-
-@asynccontextmanager
-async def editor(host: str, user: User, doc_id: str) -> AsyncIterator[Editor]:
-    async with connect(
-        f"ws://{host}/v1/collab/{doc_id}", additional_headers=user.auth, max_size=None
-    ) as ws:
-        ed = Editor(ws)
-        await ed.start()
-        try:
-            yield ed
-        finally:
-            await ed.close()
-
-
-async def stored_text(settings: Settings, doc_id: str) -> str:
-    """The document's text as its Redis state and log hold it: what the flusher would fold."""
-    client = redis_client(settings.state_url, binary=True)
-    try:
-        keys = Keys(settings.key_prefix, settings.doc_shards)
-        snap = await UpdateLog(client, keys, append_options(settings)).read(doc_id, 100_000)
-        return collab.fold(snap.state, [u for _, u in snap.log]).text
-    finally:
-        await client.aclose()
 
 
 async def test_two_editors_typing_at_once_converge_with_nothing_lost(
