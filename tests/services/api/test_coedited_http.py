@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.services.api.test_collab import api_server, editor, stored_text
+from tests.support.collab import api_server, editor, stored_text
 from tests.support.users import create_doc, signup
 
 

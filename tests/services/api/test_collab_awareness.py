@@ -20,7 +20,7 @@ from shared.domain.accounts import token_hash
 from shared.domain.collab import AwarenessEntry
 from shared.settings import Settings
 from shared.store.keys import Keys
-from tests.services.api.test_collab import Editor, api_server
+from tests.support.collab import Editor, api_server
 from tests.support.users import User, create_doc, signup
 
 
