@@ -135,9 +135,9 @@ class Settings(BaseSettings):
     # PEXPIRE, a process configured with a shorter session_ttl_s).
     ws_session_check_s: float = Field(60.0, gt=0)
 
-    # Co-editing (/v1/collab/{document_id} on the api; docs/collab.md). Off by default until the
-    # fault suite and the cluster suite cover it (the write path and its race tests are done).
-    collab_enabled: bool = False
+    # Co-editing (/v1/collab/{document_id} on the api; docs/collab.md). False: the api serves no
+    # WebSocket at all (uvicorn ws="none").
+    collab_enabled: bool = True
     collab_max_frame_bytes: int = Field(
         1_048_576, ge=1024, description="largest binary frame (a reconnecting client's step 2)"
     )

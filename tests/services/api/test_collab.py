@@ -152,7 +152,7 @@ async def test_a_frame_over_the_cap_closes_1009(
 
 
 async def test_the_route_is_not_served_when_co_editing_is_off(settings: Settings) -> None:
-    async with api_server(settings) as address:
+    async with api_server(settings.model_copy(update={"collab_enabled": False})) as address:
         assert await refused(address, "/v1/collab/00000000-0000-4000-8000-000000000000") in (
             403,
             404,
