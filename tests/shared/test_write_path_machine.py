@@ -2,7 +2,8 @@
 
 Rules drive what a deployment does to a document, in any order: an edit through the api (the
 edit lane), a flush pass or a one-document flush (the flusher's own functions, as its jobs call
-them), the clean copy leaving Redis (what its TTL does), a read, a delete. The model is the
+them), a flush pass that dies part way, the clean copy leaving Redis (what its TTL does), a read,
+a delete. The model is the
 Jepsen-style ledger of what clients were told: each 202's version and content. After every step:
 GET returns the newest acknowledged content (until it is overwritten), Postgres never goes back
 a version and never holds a version nobody was acknowledged, and a deleted document never comes
@@ -18,6 +19,7 @@ not per example, hence the suppressed health check).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -142,6 +144,25 @@ class WritePath(RuleBasedStateMachine):
     @rule()
     def flush_pass(self) -> None:
         self.w.run(self.w.flusher.flush_dirty())
+
+    @rule(ticks=st.integers(0, 60))
+    def flush_crash(self, ticks: int) -> None:
+        """A flush pass that dies part way (the flusher SIGKILLed, as far as Redis and Postgres
+        can tell): cancelled after `ticks` turns of the event loop (a whole pass takes about 60
+        here), wherever it got to (claim, read, the Postgres write, mark clean). Where exactly
+        is up to timing; the invariants must hold at every one of those points."""
+
+        async def crash() -> None:
+            task = asyncio.ensure_future(self.w.flusher.flush_dirty())
+            for _ in range(ticks):
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self.w.run(crash())
 
     @rule(i=st.integers(0, DOCS - 1))
     def flush_one(self, i: int) -> None:
