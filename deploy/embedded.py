@@ -73,6 +73,9 @@ class Valkey:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--save", "",
+            # It holds the state role (unsaved edits): never evict. No maxmemory cap here (the
+            # machine's memory is the limit); with one (deploy/redis/state.conf), a full server
+            # refuses writes and the services answer 503 (shared/infra/dependencies.py).
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.data_dir / "valkey.log"),
             "--daemonize", "no",

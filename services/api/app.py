@@ -29,7 +29,7 @@ from shared.domain.profile_cache import ProfileCache
 from shared.infra.cache import Cache
 from shared.infra.clients import cache_client, create_db_pool, pubsub_client, redis_client
 from shared.infra.health import Observability, health_router
-from shared.infra.metrics import CacheCounters, HttpMetrics, new_registry
+from shared.infra.metrics import CacheCounters, DependencyMetrics, HttpMetrics, new_registry
 from shared.infra.observer import RequestObserver
 from shared.infra.permissions import check_redis_users, service_urls
 from shared.settings import Settings
@@ -154,7 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url="/v1/docs",
         redoc_url=None,
     )
-    problems.install(app)
+    problems.install(app, DependencyMetrics(registry))
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     # Added before BodyLimit, so it runs inside it: the edit lane's bodies are capped the same way.
     app.add_middleware(EditLane, api=app)

@@ -17,7 +17,8 @@ from starlette.requests import ClientDisconnect
 
 from shared.domain import errors
 from shared.domain.models import Problem, ValidationProblem
-from shared.infra.dependencies import DOWN, which
+from shared.infra.dependencies import DOWN, detail, reason, retry_after_s, which
+from shared.infra.metrics import DependencyMetrics
 from shared.infra.problems import MEDIA_TYPE, problem, rate_limit_headers
 
 log = logging.getLogger("redline.api")
@@ -86,11 +87,18 @@ def allowed_methods(request: Request) -> list[str]:
 async def _dependency(request: Request, exc: Exception) -> JSONResponse:
     # A failure of a dependency, not of the request: 503, and the client may retry; nothing
     # was applied, so nothing was lost.
-    dependency = which(exc)
+    metrics: DependencyMetrics | None = getattr(request.app.state, "dependency_metrics", None)
+    if metrics is not None:
+        metrics.failed(exc)
     log.warning(
-        "%s unavailable during %s %s: %r", dependency, request.method, request.url.path, exc
+        "%s %s during %s %s: %r",
+        which(exc),
+        "full" if reason(exc) == "full" else "unavailable",
+        request.method,
+        request.url.path,
+        exc,
     )
-    return problem(503, f"{dependency} is unavailable; retry shortly", {"Retry-After": "1"})
+    return problem(503, detail(exc), {"Retry-After": str(retry_after_s(exc))})
 
 
 async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
@@ -189,6 +197,8 @@ def schemas() -> dict[str, Any]:
     return found
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, metrics: DependencyMetrics | None = None) -> None:
+    """The handler table on `app`; each 503 for a dependency counted in `metrics`."""
+    app.state.dependency_metrics = metrics
     for cls, handler in HANDLERS.items():
         app.add_exception_handler(cls, handler)

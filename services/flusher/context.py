@@ -6,8 +6,9 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
-# Keys startup sets: settings, registry, flush_metrics, job_metrics, keys, state, db, scripts,
-# flusher, cache_redis, profiles, probe_server; arq adds redis, job_id, job_try, ...
+# Keys startup sets: settings, registry, flush_metrics, job_metrics, dependency_metrics, keys,
+# state, db, scripts, flusher, cache_redis, profiles, probe_server; arq adds redis, job_id,
+# job_try, ...
 Ctx = dict[str, Any]
 
 _CLIENTS = "clients"

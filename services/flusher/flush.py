@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from shared.domain import collab, dirty
 from shared.infra.clock import now_ms
-from shared.infra.dependencies import DOWN
+from shared.infra.dependencies import DOWN, REDIS_FULL
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
@@ -270,14 +270,23 @@ class Flusher:
                 stats.written = await self._write(conn, sorted(rows, key=_id), refused)
         # After the commit, a co-edited document keeps its fold in Redis and drops the log
         # entries the fold holds (compare-on-id: entries appended meanwhile stay).
-        kept = [t for t in folds if t.doc_id not in refused]
-        if kept:
-            await self._updates.trim_many(kept, self._clean_ttl_ms)
+        unfolded: set[str] = set()
+        trims = [t for t in folds if t.doc_id not in refused]
+        if trims:
+            try:
+                await self._updates.trim_many(trims, self._clean_ttl_ms)
+            except REDIS_FULL:
+                # Redis at maxmemory refuses the folds' new states (a trim writes them): those
+                # documents stay dirty with their logs, and a later flush folds them again (the
+                # same rows: a no-op under the version guard). The rest of the batch goes on.
+                unfolded = {t.doc_id for t in trims}
+                log.warning("redis full: %d co-edited documents stay dirty unfolded", len(unfolded))
+        kept = refused.keys() | unfolded
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
         # refused document keeps its mark until the quarantine takes it.
         stats.cleaned = await self._scripts.mark_clean_shards(
             [
-                (shard, [(d, versions[d]) for d in shard_ids if d not in refused])
+                (shard, [(d, versions[d]) for d in shard_ids if d not in kept])
                 for shard, shard_ids in batch.by_shard.items()
             ],
             self._clean_ttl_ms,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 import time
@@ -32,6 +33,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from shared.infra.clients import check_client
+from shared.infra.dependencies import REDIS_FULL
 from shared.settings import Settings
 from shared.store import queries
 
@@ -94,13 +96,34 @@ class Outage:
             self.since = None
 
 
-class ResilientWorker(Worker):
-    """An arq Worker whose poll loop and close survive a Redis outage (see the module docs)."""
+# A job run in the worker's own loop, given the worker's ctx, while the queue cannot hold jobs.
+Direct = Callable[[dict[str, Any]], Awaitable[object]]
 
-    def __init__(self, *args: Any, backoff: Backoff | None = None, **kwargs: Any) -> None:
+
+class ResilientWorker(Worker):
+    """An arq Worker whose poll loop and close survive a Redis outage (see the module docs).
+
+    `when_full=(job, every_s)`: while the queue Redis is full (at maxmemory under noeviction, as
+    the state Redis is; in the shipped deployments they are one server), arq can neither enqueue
+    a cron job nor start one (both are writes Redis refuses), so the crons stop; the flush is
+    what must not stop (it persists acknowledged edits, and its scripts run at maxmemory:
+    shared/store/lua/claim.lua), so `job` is run here directly, at most once per `every_s`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        backoff: Backoff | None = None,
+        when_full: tuple[Direct, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.backoff = backoff or Backoff()
         self.outage = Outage("queue Redis (job loop)")
+        self._when_full = when_full
+        self._direct_at = -math.inf
+        self._direct_outage = 0  # the outage the last direct run was in (logged once each)
+        self.direct_runs = 0
 
     async def _poll_iteration(self) -> None:
         while True:
@@ -108,11 +131,32 @@ class ResilientWorker(Worker):
                 await super()._poll_iteration()
             except OUTAGE as exc:
                 self.outage.failed(exc)
+                if isinstance(exc, REDIS_FULL):
+                    await self._run_direct()
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             self.outage.ok()
             self.backoff.reset()
             return
+
+    async def _run_direct(self) -> None:
+        if self._when_full is None:
+            return
+        job, every_s = self._when_full
+        now = time.monotonic()
+        if now - self._direct_at < every_s:
+            return
+        self._direct_at = now
+        if self._direct_outage != self.outage.outages:
+            self._direct_outage = self.outage.outages
+            log.warning("queue Redis full: running the flush in the job loop until it is not")
+        self.direct_runs += 1
+        # The job catches what a dependency does to it; anything else is a bug, logged, and the
+        # loop carries on as it would after a failed arq job.
+        try:
+            await job(self.ctx)
+        except Exception:
+            log.exception("direct flush failed")
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         # arq takes a job slot (its semaphore and job counter) before the Redis calls that start

@@ -32,8 +32,9 @@ from shared.domain.profile_cache import ProfileCache
 from shared.infra.cache import Cache
 from shared.infra.clients import cache_client, create_db_pool, redis_client
 from shared.infra.clock import now_ms
+from shared.infra.dependencies import reason, which
 from shared.infra.health import Observability, postgres_check, redis_check
-from shared.infra.metrics import FlushMetrics, JobMetrics, new_registry
+from shared.infra.metrics import DependencyMetrics, FlushMetrics, JobMetrics, new_registry
 from shared.infra.permissions import check_redis_users, service_urls
 from shared.settings import Settings
 from shared.store.keys import Keys
@@ -59,6 +60,7 @@ def _metrics(ctx: Ctx) -> None:
             registry=registry,
             flush_metrics=FlushMetrics(registry),
             job_metrics=JobMetrics(registry),
+            dependency_metrics=DependencyMetrics(registry),
         )
 
 
@@ -203,8 +205,15 @@ async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
     except TRANSIENT as exc:
         # Already logged per attempt; the marks stay and the next tick retries. No traceback
         # flood while a dependency is down.
-        log.warning("flush tick gave up for now: %s: %s", type(exc).__name__, exc)
+        log.warning(
+            "flush tick gave up for now (%s %s): %s: %s",
+            which(exc),
+            reason(exc),
+            type(exc).__name__,
+            exc,
+        )
         ctx["job_metrics"].failed("flush_dirty")
+        ctx["dependency_metrics"].failed(exc)
         return {"read": 0, "written": 0, "batches": 0, "error": str(exc)}
     if stats.read:
         log.info(
@@ -283,6 +292,9 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         job_timeout=max(settings.flush_interval * 4, settings.job_timeout_s),
         health_check_key=keys.flusher_health,
     )
+    # A full queue Redis stops arq's crons (enqueueing and starting a job are writes): the flush
+    # pass then runs in the job loop itself, on the cron's cadence.
+    options["when_full"] = (flush_dirty, settings.flush_interval)
     options.update(overrides)
     # arq's Worker, made to survive the queue Redis going away (services/flusher/resilient.py).
     return ResilientWorker(**options)

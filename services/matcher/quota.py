@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket
 from services.matcher.connection import Connection
 from shared.domain.handshake import refuse
 from shared.infra.clock import now_ms
-from shared.infra.dependencies import DOWN
+from shared.infra.dependencies import DOWN, detail, reason, retry_after_s
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
 
@@ -100,8 +100,12 @@ async def admit(ws: WebSocket, quota: SocketQuota, user_id: str, socket_id: str)
     """Count the socket in its user's cap, or refuse the handshake (429, or 503)."""
     try:
         taken = await quota.take(user_id, socket_id)
-    except DOWN:
-        await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
+    except DOWN as exc:
+        # The count is a write: a state Redis at maxmemory refuses it (the session's read before
+        # it still worked), and the answer says so.
+        full = reason(exc) == "full"
+        text = detail(exc) if full else "the matcher cannot reach its stores; retry shortly"
+        await refuse(ws, 503, text, {"Retry-After": str(retry_after_s(exc))})
         return False
     if not taken:
         await refuse(

@@ -25,6 +25,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from shared.infra.dependencies import reason, which
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # The edit path answers in well under a millisecond, so the buckets start far below
@@ -96,6 +98,24 @@ class HttpMetrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+class DependencyMetrics:
+    """What a dependency's failure cost: each request answered 503 (api), or flush pass given up
+    (flusher), because Redis or Postgres was down, or Redis full (at maxmemory under noeviction:
+    shared/infra/dependencies.py). An alert on `reason="full"` says "add memory", not "restart"."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.unavailable = Counter(
+            "redline_dependency_unavailable",
+            "Requests refused (503) or flush passes given up because a dependency failed, by"
+            " dependency (redis, postgres) and reason (down; full: Redis at maxmemory)",
+            ["dependency", "reason"],
+            registry=registry,
+        )
+
+    def failed(self, exc: BaseException) -> None:
+        self.unavailable.labels(which(exc), reason(exc)).inc()
 
 
 class CacheCounters(Collector):

@@ -8,17 +8,22 @@ import math
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 
 from shared.infra.cache import CacheStats
 from shared.infra.clients import redis_client
+from shared.infra.dependencies import DOWN, REDIS_DOWN, detail, reason, retry_after_s
 from shared.infra.health import Check, Observability, health_router, redis_check
 from shared.infra.logs import JsonFormatter, RequestIdFilter, accept_request_id, request_id
 from shared.infra.metrics import (
     CacheCounters,
+    DependencyMetrics,
     FlushMetrics,
     HttpMetrics,
     JobMetrics,
@@ -248,3 +253,23 @@ def test_json_log_lines_carry_the_request_id() -> None:
     outside = logging.LogRecord("redline.api", logging.INFO, __file__, 1, "bye", (), None)
     RequestIdFilter().filter(outside)
     assert "request_id" not in JsonFormatter().format(outside)
+
+
+def test_dependency_metrics_count_by_dependency_and_reason() -> None:
+    registry = new_registry()
+    deps = DependencyMetrics(registry)
+    full = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    deps.failed(full)
+    deps.failed(full)
+    deps.failed(RedisConnectionError("Connection refused"))
+    deps.failed(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
+    out = render(registry).decode()
+    name = "redline_dependency_unavailable_total"
+    assert sample(out, name, dependency="redis", reason="full") == 2
+    assert sample(out, name, dependency="redis", reason="down") == 1
+    assert sample(out, name, dependency="postgres", reason="down") == 1
+    # A full Redis is still "down" for every handler of DOWN, with its own answer.
+    assert isinstance(full, DOWN) and isinstance(full, REDIS_DOWN)
+    assert (reason(full), retry_after_s(full)) == ("full", 5)
+    assert detail(full).startswith("redis is full (maxmemory reached)")
+    assert detail(RedisConnectionError()) == "redis is unavailable; retry shortly"

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Claim a shard for flushing and list its oldest dirty documents.
 -- KEYS[1] the shard's dirty index        KEYS[2] the shard's flush lease
 -- ARGV[1] lease token   ARGV[2] lease length (ms)   ARGV[3] how many ids at most
@@ -5,6 +6,9 @@
 -- Reply: the ids, oldest first; empty when another flusher holds the lease. The lease is taken
 -- only when there is something to flush.
 -- Nothing is removed from the dirty index here: only mark_clean does that, after the commit.
+-- allow-oom: the flusher's bookkeeping (a lease, saved versions, saved events, a quarantine
+-- entry: a few bytes a document) runs even with the state Redis at maxmemory, so that flushing,
+-- what makes documents clean and lets them expire, never stops when Redis is full.
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
   return {}

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- After a Postgres commit: mark each written document clean if its version is still the one written.
 -- KEYS[1] the shard's dirty index   KEYS[2..n+1] document hashes   KEYS[n+2..2n+1] their event streams
 -- ARGV[1] TTL for clean entries (ms)   ARGV[2] when the flush read the documents (ms)
@@ -8,6 +9,9 @@
 -- changes date from after the read, so its first-dirty time moves to the read time (otherwise a
 -- document under constant editing would look ever older). saved_version only moves forward, and
 -- each move is a `document.saved {version}` event (all streams share the shard's hash tag).
+-- allow-oom: the flusher's bookkeeping (a lease, saved versions, saved events, a quarantine
+-- entry: a few bytes a document) runs even with the state Redis at maxmemory, so that flushing,
+-- what makes documents clean and lets them expire, never stops when Redis is full.
 local n = (#KEYS - 1) / 2
 local cleaned = 0
 for i = 1, n do

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Move documents whose write Postgres refused for their data (not a transient failure) out of
 -- the dirty index into the shard's quarantine, each only if its version is still the refused one.
 -- KEYS[1] the shard's dirty index   KEYS[2] the shard's quarantine (zset, score = first ms)
@@ -9,6 +10,9 @@
 -- Compare-on-version, as mark_clean does: an edit that lands between the failed write and this
 -- call keeps its dirty mark, so it is neither lost nor quarantined blindly. The hash itself is
 -- never touched here but made persistent: it is the only copy of the unsaved content.
+-- allow-oom: the flusher's bookkeeping (a lease, saved versions, saved events, a quarantine
+-- entry: a few bytes a document) runs even with the state Redis at maxmemory, so that flushing,
+-- what makes documents clean and lets them expire, never stops when Redis is full.
 local n = #KEYS - 2
 local out = {}
 for i = 1, n do
