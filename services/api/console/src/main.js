@@ -150,6 +150,20 @@ function renderHome () {
     h('div', { class: 'column' }, partnerCard(), trendingCard())))
 }
 
+// Room documents belong to their two partners, not to a workspace, so the documents list does
+// not hold them: this browser remembers the rooms it was matched into.
+const rooms = {
+  key: () => `redline.rooms.${me.user_id}`,
+  all () {
+    try { return JSON.parse(localStorage.getItem(rooms.key()) || '[]') } catch { return [] }
+  },
+  add (frame) {
+    const kept = rooms.all().filter((r) => r.id !== frame.document_id)
+    kept.unshift({ id: frame.document_id, shared: frame.shared_interests, at: new Date().toISOString() })
+    localStorage.setItem(rooms.key(), JSON.stringify(kept.slice(0, 20)))
+  }
+}
+
 function documentsCard () {
   const title = field('Title', { name: 'title', required: true, maxlength: 200, placeholder: 'Meeting notes' })
   const out = h('p', { class: 'error', role: 'alert' })
@@ -172,7 +186,13 @@ function documentsCard () {
     }
   }, title.el, create)
   load()
-  return h('section', { class: 'card docs-card', 'aria-labelledby': 'docs-h' }, h('h2', { id: 'docs-h' }, 'Documents'), form, out, list)
+  const mine = rooms.all()
+  const roomList = mine.length
+    ? [h('h3', {}, 'Your rooms'), h('ul', { class: 'docs', 'aria-label': 'Your rooms' }, ...mine.map((r) => h('li', {},
+        h('a', { href: `/d/${r.id}`, 'data-nav': true }, `Room: ${r.shared.join(', ')}`),
+        h('span', { class: 'muted' }, ` · matched ${when(r.at)}`))))]
+    : []
+  return h('section', { class: 'card docs-card', 'aria-labelledby': 'docs-h' }, h('h2', { id: 'docs-h' }, 'Documents'), form, out, list, ...roomList)
 
   async function load () {
     try {
@@ -244,6 +264,7 @@ function partnerCard () {
     },
     matched (frame) {
       sessionStorage.setItem(`redline.match.${frame.document_id}`, JSON.stringify(frame.shared_interests))
+      rooms.add(frame)
       navigate(`/d/${frame.document_id}`)
     }
   })
@@ -277,7 +298,7 @@ function partnerCard () {
 }
 
 function trendingCard () {
-  const list = h('ol', { class: 'trending', 'aria-label': 'Trending interests' })
+  const list = h('ol', { class: 'trending', 'aria-label': 'Trending interests' }, h('li', { class: 'muted empty' }, 'Loading…'))
   api('GET', '/trending/interests?limit=10').then((items) => {
     list.replaceChildren(...(items.length
       ? items.map((t) => h('li', {}, t.slug, h('span', { class: 'muted' }, ` · ${t.score} ${t.score === 1 ? 'match' : 'matches'}`)))
@@ -328,10 +349,13 @@ async function renderDocument (id) {
   // "Saved" never shows a version older than our own edit.
   let asking = null
   let askAgain = false
-  async function confirm () {
+  async function confirm (afterAck = false) {
+    // Only an acknowledged edit holds `Saved` back until the answer; a refresh does not flicker.
+    if (afterAck) {
+      st.confirming = true
+      render()
+    }
     if (asking) { askAgain = true; return }
-    st.confirming = true
-    render()
     asking = (async () => {
       do {
         askAgain = false
@@ -381,7 +405,7 @@ async function renderDocument (id) {
       st.connected = connected
       st.everConnected = everConnected
       st.pending = pending
-      if (wasPending && !pending && connected) confirm()
+      if (wasPending && !pending && connected) confirm(true)
       wasPending = pending
       render()
     },

@@ -77,15 +77,23 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(migrated: Servers, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(
+    migrated: Servers, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
+    """Co-editing on (as the lead plans by default); a test may override settings with
+    `@pytest.mark.parametrize("stack", [{...}], indirect=True)`."""
+    overrides: dict[str, Any] = getattr(request, "param", {})
     # allowed_origins is left to its default, the console's own origin: as `make run` serves it.
     settings = make_settings(
         migrated,
-        api_port=free_port(),
-        matcher_port=free_port(),
-        collab_enabled=True,
-        flush_interval=2,
-        login_rate=100_000,
+        **{
+            "api_port": free_port(),
+            "matcher_port": free_port(),
+            "collab_enabled": True,
+            "flush_interval": 2,
+            "login_rate": 100_000,
+            **overrides,
+        },
     )
     assert f"http://127.0.0.1:{settings.api_port}" in settings.allowed_origins
     env = settings_env(settings)
@@ -146,10 +154,17 @@ class Person:
         return value
 
     async def saved_version(self) -> int:
-        await expect(self.status).to_have_text(SAVED, timeout=STEP_MS)
-        match = SAVED.match(await self.status.inner_text())
-        assert match is not None
-        return int(match.group(1))
+        """The N of `Saved (version N)`, once the status reads so (read in the same look as
+        the check: the status may move on right after)."""
+        handle = await self.page.wait_for_function(
+            """() => {
+                const m = /^Saved \\(version (\\d+)\\)$/.exec(
+                    document.getElementById('save-status')?.textContent ?? '');
+                return m ? m[1] : null;  // a string: version 0 must be truthy
+            }""",
+            timeout=STEP_MS,
+        )
+        return int(await handle.json_value())
 
     async def editor_end(self) -> None:
         """Focus the editor with the cursor at the end of the text."""

@@ -8,6 +8,7 @@ import asyncio
 import re
 from collections import Counter
 
+import pytest
 from playwright.async_api import expect
 
 from tests.services.api.console.conftest import (
@@ -16,6 +17,7 @@ from tests.services.api.console.conftest import (
     Person,
     Stack,
     converged,
+    new_document,
     sign_up,
     unique,
 )
@@ -100,6 +102,12 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
     trending = ada.page.get_by_role("list", name="Trending interests")
     await expect(trending).to_contain_text("jazz")
     await expect(trending).not_to_contain_text("chess")
+    # The room is not a workspace document: the console remembers it under Your rooms.
+    await ada.page.get_by_role("list", name="Your rooms").get_by_role("link").click()
+    await expect(ada.page).to_have_url(f"{stack.url}/d/{doc_id}")
+    await expect(ada.page.get_by_text("You were matched on: jazz.")).to_be_visible()
+    await ada.page.go_back()
+    await expect(trending).to_contain_text("jazz")
     await ada.shot("trending")
 
     for person in (ada, bo):
@@ -124,3 +132,41 @@ async def test_phone_width(people: People, stack: Stack) -> None:
     assert await pat.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     assert await pat.text() == "typed on a phone"
     assert pat.unexpected_errors() == [], pat.errors
+
+
+@pytest.mark.parametrize(
+    "stack", [{"collab_enabled": False, "match_rate": 1, "match_period_s": 60}], indirect=True
+)
+async def test_collab_off_rate_limited_search_and_log_out(people: People, stack: Stack) -> None:
+    """With co-editing off the console says so and autosaves over HTTP; a second search within
+    the match budget counts down; logging out returns to the login form."""
+    kim = await people("kim")
+    await sign_up(kim, unique("kim"))
+    doc_id = await new_document(kim, "Solo")
+    await expect(kim.page.get_by_text("Co-editing is off on this server")).to_be_visible()
+    await kim.page.locator(".cm-content").click()
+    await kim.page.keyboard.type("saved over http", delay=20)
+    version = await kim.saved_version()
+    assert await stack.stored(doc_id) == ("saved over http", version)
+    await kim.shot("collab-off")
+
+    await kim.page.get_by_role("link", name="← Documents").click()
+    await expect(kim.page.get_by_role("list", name="Documents")).to_contain_text("Solo")
+    await search(kim, "chess")
+    status = kim.page.locator(".match-status")
+    await expect(status).to_contain_text("No match yet")
+    await kim.page.get_by_role("button", name="Cancel").click()
+    await expect(status).to_have_text("Search cancelled.")
+    await search(kim, "chess")
+    await expect(status).to_have_text(re.compile(r"^Too many searches\. Try again in \d+ s\.$"))
+    await expect(kim.page.get_by_role("button", name="Find a partner")).to_be_disabled()
+    first = await status.inner_text()
+    await kim.page.wait_for_timeout(2100)
+    assert await status.inner_text() != first  # it counts down
+    await kim.shot("rate-limited")
+
+    await kim.page.get_by_role("button", name="Log out").click()
+    await expect(kim.page.get_by_label("Username", exact=True)).to_be_visible()
+    assert await kim.page.evaluate("() => localStorage.getItem('redline.token')") is None
+    await kim.shot("logged-out")
+    assert kim.unexpected_errors() == [], kim.errors
