@@ -139,7 +139,8 @@ async def test_phone_width(people: People, stack: Stack) -> None:
 )
 async def test_collab_off_rate_limited_search_and_log_out(people: People, stack: Stack) -> None:
     """With co-editing off the console says so and autosaves over HTTP; a second search within
-    the match budget counts down; logging out returns to the login form."""
+    the match budget counts down; a document deleted while open says so; logging out returns to
+    the login form, and an ended session is said to have ended."""
     kim = await people("kim")
     await sign_up(kim, unique("kim"))
     doc_id = await new_document(kim, "Solo")
@@ -165,8 +166,30 @@ async def test_collab_off_rate_limited_search_and_log_out(people: People, stack:
     assert await status.inner_text() != first  # it counts down
     await kim.shot("rate-limited")
 
+    # The document is deleted while it is open: the page says so and the editor goes.
+    token = await kim.token()
+    await kim.page.goto(f"/d/{doc_id}")
+    await kim.saved_version()
+    r = await stack.http.delete(
+        f"/v1/documents/{doc_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert r.status_code == 204, r.text
+    await expect(kim.status).to_have_text("This document was deleted.")
+    gone = kim.page.get_by_role("alert").filter(has_text="This document was deleted.")
+    await expect(gone).to_be_visible()
+    assert await kim.page.locator(".cm-editor").count() == 0
+    await kim.shot("deleted")
+
+    await kim.page.get_by_role("link", name="← Documents").click()
     await kim.page.get_by_role("button", name="Log out").click()
     await expect(kim.page.get_by_label("Username", exact=True)).to_be_visible()
     assert await kim.page.evaluate("() => localStorage.getItem('redline.token')") is None
     await kim.shot("logged-out")
-    assert kim.unexpected_errors() == [], kim.errors
+    # A session that ended elsewhere (the old token, logged out): said plainly on the next visit.
+    await kim.page.evaluate("t => localStorage.setItem('redline.token', t)", token)
+    await kim.page.goto("/")
+    await expect(kim.page.get_by_role("alert")).to_have_text("Your session ended. Log in again.")
+    await expect(kim.page.get_by_label("Username", exact=True)).to_be_focused()
+    await kim.shot("session-ended")
+    # The one error the browser logs: the refused /auth/me of the ended session.
+    assert kim.unexpected_errors(r"status of 401") == [], kim.errors
