@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.synced
 
-.PHONY: install run test lint format bench clean up down
+.PHONY: install run test lint format bench clean up down console
 
 install: $(STAMP)
 
@@ -21,8 +21,28 @@ run: install
 	@$(BIN)/python -m deploy.run
 
 # Lint first: ruff and mypy (strict) must be clean, then the whole suite against real servers.
+# The console's browser tests drive Debian's Chromium (tests/services/api/console/): installed
+# here when missing and apt is there (as root, else through sudo). Without it they skip, saying
+# why; under CI=true they fail.
+CHROMIUM := /usr/bin/chromium
 test: lint
+	@if [ ! -x $(CHROMIUM) ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> installing Debian's chromium for the console's browser tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }; } \
+	    || echo "make test: could not install chromium: the console's browser tests will skip (fail under CI=true)"; \
+	fi
 	@$(BIN)/python -m pytest
+
+# The console (services/api/console/): its built files in dist/ are committed, so `make run`
+# needs no Node; this rebuilds them from the locked npm packages (Node 20.19+). A source changed
+# without rebuilding fails tests/services/api/console/test_build.py.
+CONSOLE := services/api/console
+console:
+	@command -v npm >/dev/null 2>&1 || { echo "make console: needs Node 20.19+ with npm" >&2; exit 1; }
+	@npm ci --prefix $(CONSOLE) --no-audit --no-fund --loglevel=error
+	@npm run --prefix $(CONSOLE) build
 
 lint: install
 	@$(BIN)/ruff check .

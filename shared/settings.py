@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     # Matcher (WebSocket pool and matching).
     # Comma-separated browser origins allowed to open a WebSocket ("*" allows any). A request
     # without an Origin header is not from a browser and is allowed: its bearer token decides.
+    # Unset: the console's own origin (the api's port on 127.0.0.1 and localhost), so the console
+    # `make run` serves opens its sockets on the matcher's port; set it empty to allow none.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     pool_ttl_s: int = Field(120, ge=3, description="a pool entry lives this long unrefreshed")
     match_scan_limit: int = Field(64, ge=1, description="longest-waiting candidates per interest")
@@ -231,6 +233,14 @@ class Settings(BaseSettings):
         if v not in _CRON_INTERVALS:
             raise ValueError("warm_interval_s must divide 60 seconds or 60 minutes")
         return v
+
+    @model_validator(mode="after")
+    def _default_origins(self) -> Settings:
+        if "allowed_origins" not in self.model_fields_set:
+            port = self.api_port
+            origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+            object.__setattr__(self, "allowed_origins", origins)
+        return self
 
     @model_validator(mode="after")
     def _default_roles(self) -> Settings:

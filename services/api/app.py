@@ -21,6 +21,7 @@ from services.api.ratelimit import RateLimiter
 from services.api.resources import Resources
 from services.api.routes import auth, documents, health, jobs, profiles, stats, trending
 from services.api.routes import collab as collab_routes
+from services.api.routes import console as console_routes
 from shared.domain.accounts import Accounts
 from shared.domain.coediting import CoEditing
 from shared.domain.documents import Documents
@@ -176,4 +177,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stats.router)
     if settings.collab_enabled:
         app.include_router(collab_routes.router)
+    # The browser console at / (services/api/console/, docs/console.md).
+    app.include_router(console_routes.router(settings))
     return app
