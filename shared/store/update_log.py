@@ -176,9 +176,8 @@ class UpdateLog:
         return built
 
     async def _run_append(self, args: tuple[EncodableT, ...]) -> Any:
-        script = self._s["collab_append"]
         if not self._batching:
-            return await script(keys=args[:6], args=args[6:])
+            return await self._one(args)
         loop = asyncio.get_running_loop()
         if self._batch is not None:  # another append of this turn leads a batch: join it
             joined: asyncio.Future[Any] = loop.create_future()
@@ -189,7 +188,7 @@ class UpdateLog:
             await asyncio.sleep(0)  # the rest of this turn's ready sockets join the batch
             self._batch = None
             if len(batch) == 1:
-                return await script(keys=args[:6], args=args[6:])
+                return await self._one(args)
             replies = await self._pipelined([a for a, _ in batch])
         except BaseException as exc:  # Redis down, or this task cancelled: none is known done
             if self._batch is batch:
@@ -210,12 +209,21 @@ class UpdateLog:
             raise replies[0]
         return replies[0]
 
+    async def _one(self, args: tuple[EncodableT, ...]) -> Any:
+        # EVALSHA as redis-py's Script runs it (numkeys 6), minus its per-call tuple building.
+        script, run = self._s["collab_append"], self._redis.execute_command
+        try:
+            return await run("EVALSHA", script.sha, 6, *args)  # type: ignore[no-untyped-call]
+        except NoScriptError:  # a restarted server: load the script, run it (it had not run)
+            script.sha = await self._redis.script_load(script.script)
+            return await run("EVALSHA", script.sha, 6, *args)  # type: ignore[no-untyped-call]
+
     async def _pipelined(self, calls: list[tuple[EncodableT, ...]]) -> list[Any]:
         """Every call's reply (or its error), in order, from one pipeline."""
         script = self._s["collab_append"]
         pipe = self._redis.pipeline(transaction=False)
         for args in calls:
-            pipe.evalsha(script.sha, 6, *args)
+            pipe.execute_command("EVALSHA", script.sha, 6, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if lost:
@@ -224,7 +232,7 @@ class UpdateLog:
             script.sha = await self._redis.script_load(script.script)
             pipe = self._redis.pipeline(transaction=False)
             for i in lost:
-                pipe.evalsha(script.sha, 6, *calls[i])
+                pipe.execute_command("EVALSHA", script.sha, 6, *calls[i])
             for i, reply in zip(lost, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         return replies
