@@ -171,15 +171,6 @@ class Collab:
 
     # Frames --------------------------------------------------------------------------------
     async def _receive(self, peer: Peer, who: Principal, doc_id: str, origin: str) -> None:
-        # The frames are read in a task of their own: each frame and each append's reply then
-        # resumes this reader's few coroutine frames, not the ASGI stack's twenty or so.
-        reader = asyncio.create_task(self._frames(peer, who, doc_id, origin), name="collab reader")
-        try:
-            await reader
-        finally:
-            reader.cancel()  # when this one is cancelled (a no-op once the reader is done)
-
-    async def _frames(self, peer: Peer, who: Principal, doc_id: str, origin: str) -> None:
         cap = self._settings.collab_max_frame_bytes
         while peer.close_with is None:
             message = await peer.ws.receive()
