@@ -18,8 +18,10 @@ def main() -> None:
         log_config=None,
         access_log=False,
         # WebSockets only for co-editing (/v1/collab); per-message compression off: it costs
-        # ~30 KB a socket in zlib state, and a Yjs keystroke is 20 bytes.
-        ws="auto" if settings.collab_enabled else "none",
+        # ~30 KB a socket in zlib state, and a Yjs keystroke is 20 bytes. websockets' sans-I/O
+        # protocol, what "auto" picks today, named: the legacy "websockets" one cost ~25% more
+        # api CPU a keystroke in interleaved runs of the collab bench.
+        ws="websockets-sansio" if settings.collab_enabled else "none",
         ws_max_size=settings.collab_max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval_s,

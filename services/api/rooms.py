@@ -1,7 +1,8 @@
 """The collab sockets this process holds, by document, and the relay between processes.
 
-A socket's frames go out through a bounded queue drained by its own task, so one slow reader
-never holds up the others; a socket whose queue fills is closed (1008, as the matcher does) and
+A socket's frames go out at once from the task relaying them while its transport takes them; one
+whose transport pushes back gets a bounded backlog drained by its own task, so one slow reader
+never holds up the others; a socket whose backlog fills is closed (1008, as the matcher does) and
 resyncs when its client reconnects: nothing is lost, every update is in the document's log.
 
 Across processes: the append script publishes each stored update on the document's channel
@@ -18,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,6 +34,8 @@ from shared.store.keys import Keys
 log = logging.getLogger("redline.collab")
 
 SLOW = (1008, "too slow to keep up: reconnect to resync")
+# A send's errors when its client went away (uvicorn's ClientDisconnected is an OSError).
+GONE = (WebSocketDisconnect, RuntimeError, OSError)
 AWARENESS = b"a"
 
 # The document's whole stored state, framed as one update (after a lost subscription).
@@ -39,47 +43,121 @@ Resync = Callable[[str], Awaitable[bytes]]
 
 
 class Peer:
-    """The sending side of one collab socket."""
+    """The sending side of one collab socket.
+
+    A frame goes out at once, from the task relaying it, when nothing is queued before it and
+    the transport takes it without waiting: the usual case, where uvicorn's send returns without
+    ever suspending, so a relay costs no task switch a socket. A send that must wait (the
+    transport pushes back) is finished by the socket's writer task (`drain`), and what follows
+    it queues behind it there: one slow reader never holds up the relaying task nor the others,
+    and one whose backlog fills is closed (SLOW)."""
 
     def __init__(self, ws: WebSocket, queue: int) -> None:
         self.ws = ws
-        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(queue)
+        self._loop = asyncio.get_running_loop()
+        self._limit = queue
+        self._backlog: deque[bytes] = deque()
+        self._waiting: _Resumed | None = None  # a send that suspended, for `drain` to finish
+        self._draining = False  # `drain` is sending: everything goes through the backlog
+        self._wake = asyncio.Event()
+        self._gone = False
         self.close_with: tuple[int, str] | None = None
         self.closed = asyncio.Event()
-        self.sent_at = asyncio.get_running_loop().time()
+        self.sent_at = self._loop.time()
 
     def send(self, frame: bytes) -> None:
-        if self.close_with is not None:
+        if self.close_with is not None or self._gone:
             return
+        if self._waiting is not None or self._draining or self._backlog:
+            if len(self._backlog) >= self._limit:
+                self.stop(*SLOW)
+            else:
+                self._backlog.append(frame)
+                self._wake.set()
+            return
+        sending = self.ws.send_bytes(frame)
         try:
-            self._outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            self.stop(*SLOW)
+            waits_for = sending.send(None)
+        except StopIteration:
+            self.sent_at = self._loop.time()
+            return
+        except GONE:
+            self._went_away()
+            return
+        except Exception:  # this socket's failure, not the relaying task's
+            log.exception("collab send failed")
+            self._went_away()
+            return
+        self._waiting = _Resumed(sending, waits_for)
+        self._wake.set()
 
     def stop(self, code: int, reason: str) -> None:
         """Close the socket once what is queued has gone out; the first reason wins."""
         if self.close_with is None:
             self.close_with = (code, reason)
-            with contextlib.suppress(asyncio.QueueFull):
-                self._outbox.put_nowait(b"")
+            self._wake.set()
+
+    def _went_away(self) -> None:
+        self._gone = True  # the client went away: nothing left to send to
+        self._wake.set()
 
     async def drain(self) -> None:
-        """Send the outbox until the socket is stopped or goes away."""
-        loop = asyncio.get_running_loop()
+        """Finish a send that had to wait and send the backlog behind it, until the socket is
+        stopped or goes away; then close it."""
         try:
-            while True:
-                frame = await self._outbox.get()
-                if not frame:
-                    break
-                await self.ws.send_bytes(frame)
-                self.sent_at = loop.time()
-            if self.close_with is not None:
-                code, reason = self.close_with
-                await self.ws.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+            while not self._gone:
+                await self._wake.wait()
+                self._wake.clear()
+                self._draining = True
+                if self._waiting is not None:
+                    await self._waiting
+                    self._waiting = None
+                    self.sent_at = self._loop.time()
+                while self._backlog and not self._gone:
+                    await self.ws.send_bytes(self._backlog.popleft())
+                    self.sent_at = self._loop.time()
+                self._draining = False
+                if self.close_with is not None and not self._gone:
+                    code, reason = self.close_with
+                    await self.ws.close(code, reason)
+                    return
+        except GONE:
             pass  # the client went away: nothing left to send to
         finally:
+            self._gone = True
+            if self._waiting is not None:
+                self._waiting.close()
             self.closed.set()
+
+
+class _Resumed:
+    """Awaiting it finishes, in the awaiting task, a coroutine another task started and that
+    suspended on `waits_for` (what it yielded: the future it waits on)."""
+
+    __slots__ = ("_coro", "_waits_for")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waits_for: Any) -> None:
+        self._coro = coro
+        self._waits_for = waits_for
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waits_for = self._coro, self._waits_for
+        while True:
+            try:
+                sent = yield waits_for
+            except BaseException as exc:  # a cancel, or the future's error: the coroutine's own
+                try:
+                    waits_for = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waits_for = coro.send(sent)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        self._coro.close()
 
 
 class Rooms:

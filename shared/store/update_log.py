@@ -4,12 +4,16 @@ document's update log, its seed and its trim. They run on a client whose replies
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 from shared.settings import Settings
 from shared.store.keys import Keys
@@ -110,6 +114,28 @@ class UpdateLog:
         self._keys = keys
         self._options = options
         self._s = {name: redis.register_script(lua_source(name)) for name in NAMES}
+        o = options
+        interval, burst = o.rate or (0, 0)
+        # The arguments every append of the process shares, encoded once (ARGV[6..12]).
+        self._limits = tuple(
+            str(n).encode()
+            for n in (
+                o.limits.entries,
+                o.limits.bytes,
+                interval,
+                burst,
+                o.events_maxlen,
+                o.events_ttl_ms,
+                o.edited_every_ms,
+            )
+        )
+        self._doc_keys: dict[str, tuple[bytes, ...]] = {}
+        # Appends issued in one turn of the event loop (sockets whose keystrokes arrived
+        # together) go to Redis as one pipeline: one write and one read for all of them, and
+        # none of redis-py's per-command round of pool, retry and timeout. Plain Redis only: a
+        # cluster's commands are one call each (their slots may be on different nodes).
+        self._batching = not isinstance(redis, RedisCluster)
+        self._batch: list[tuple[tuple[EncodableT, ...], asyncio.Future[Any]]] | None = None
 
     async def append(
         self,
@@ -121,36 +147,108 @@ class UpdateLog:
         grants: Sequence[str],
         base_version: int | None = None,
     ) -> AppendReply:
-        k, o = self._keys, self._options
-        interval, burst = o.rate or (0, 0)
-        status, version, log_id = await self._s["collab_append"](
-            keys=(
-                k.doc(doc_id),
-                k.doc_dirty(doc_id),
-                k.update_log(doc_id),
-                k.edit_rate(doc_id, author),
-                k.doc_events(doc_id),
-                k.doc_quarantine(doc_id),
-            ),
-            args=(
-                doc_id,
-                update,
-                origin,
-                author,
-                now_ms,
-                o.limits.entries,
-                o.limits.bytes,
-                interval,
-                burst,
-                o.events_maxlen,
-                o.events_ttl_ms,
-                o.edited_every_ms,
-                k.collab_channel(doc_id),
-                "" if base_version is None else base_version,
-                *grants,
-            ),
+        """Each call is its own script run with its own reply, batched or not: an update is in
+        the log when its call returns APPENDED, whatever became of the others."""
+        doc, dirty, log, events, quarantine, channel = self._doc_keys.get(
+            doc_id
+        ) or self._doc_keys_of(doc_id)
+        args: tuple[EncodableT, ...] = (
+            doc,
+            dirty,
+            log,
+            self._keys.edit_rate(doc_id, author),
+            events,
+            quarantine,
+            doc_id,
+            update,
+            origin,
+            author,
+            now_ms,
+            *self._limits,
+            channel,
+            b"" if base_version is None else base_version,
+            *grants,
         )
+        status, version, log_id = await self._run_append(args)
         return AppendReply(AppendStatus(int(status)), int(version), _text(log_id))
+
+    def _doc_keys_of(self, doc_id: str) -> tuple[bytes, ...]:
+        """A document's keys but the author's rate key, and its relay channel, built once."""
+        if len(self._doc_keys) >= 10_000:
+            self._doc_keys.clear()  # a bound, not an LRU: rebuilding them is cheap
+        k = self._keys
+        names = (
+            k.doc(doc_id),
+            k.doc_dirty(doc_id),
+            k.update_log(doc_id),
+            k.doc_events(doc_id),
+            k.doc_quarantine(doc_id),
+            k.collab_channel(doc_id),
+        )
+        built = self._doc_keys[doc_id] = tuple(n.encode() for n in names)
+        return built
+
+    async def _run_append(self, args: tuple[EncodableT, ...]) -> Any:
+        if not self._batching:
+            return await self._one(args)
+        loop = asyncio.get_running_loop()
+        if self._batch is not None:  # another append of this turn leads a batch: join it
+            joined: asyncio.Future[Any] = loop.create_future()
+            self._batch.append((args, joined))
+            return await joined
+        batch = self._batch = [(args, loop.create_future())]
+        try:
+            await asyncio.sleep(0)  # the rest of this turn's ready sockets join the batch
+            self._batch = None
+            if len(batch) == 1:
+                return await self._one(args)
+            replies = await self._pipelined([a for a, _ in batch])
+        except BaseException as exc:  # Redis down, or this task cancelled: none is known done
+            if self._batch is batch:
+                self._batch = None
+            failed = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
+            for _, joined in batch[1:]:
+                if not joined.done():
+                    joined.set_exception(failed)
+            raise
+        for (_, joined), reply in zip(batch[1:], replies[1:], strict=True):
+            if joined.done():
+                continue  # its socket went away meanwhile
+            if isinstance(reply, Exception):
+                joined.set_exception(reply)
+            else:
+                joined.set_result(reply)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return replies[0]
+
+    async def _one(self, args: tuple[EncodableT, ...]) -> Any:
+        # EVALSHA as redis-py's Script runs it (numkeys 6), minus its per-call tuple building.
+        script, run = self._s["collab_append"], self._redis.execute_command
+        try:
+            return await run("EVALSHA", script.sha, 6, *args)  # type: ignore[no-untyped-call]
+        except NoScriptError:  # a restarted server: load the script, run it (it had not run)
+            script.sha = await self._redis.script_load(script.script)
+            return await run("EVALSHA", script.sha, 6, *args)  # type: ignore[no-untyped-call]
+
+    async def _pipelined(self, calls: list[tuple[EncodableT, ...]]) -> list[Any]:
+        """Every call's reply (or its error), in order, from one pipeline."""
+        script = self._s["collab_append"]
+        pipe = self._redis.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command("EVALSHA", script.sha, 6, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if lost:
+            # The server lost its script cache (a restart or a flush): NOSCRIPT is answered
+            # before the script runs, so these did not; load it and run them again.
+            script.sha = await self._redis.script_load(script.script)
+            pipe = self._redis.pipeline(transaction=False)
+            for i in lost:
+                pipe.execute_command("EVALSHA", script.sha, 6, *calls[i])
+            for i, reply in zip(lost, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        return replies
 
     async def seed(self, doc_id: str, update: bytes, version: int) -> SeedStatus:
         status = await self._s["collab_seed"](

@@ -113,6 +113,86 @@ async def test_append_refusals(redis: Redis, keys: Keys, log: UpdateLog) -> None
         assert await redis.xlen(keys.update_log(refused)) == 0
 
 
+async def test_appends_of_one_turn_each_get_their_own_reply(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    """Appends issued together go to Redis as one pipeline; each is still its own script run:
+    a refusal among them refuses that one alone, and every appended one is in its log."""
+    first, second = await co_edited(redis, keys, log), await co_edited(redis, keys, log)
+    typed = keystrokes(collab.seed_update("seed text"), "abc")
+    other_tenant = ("t:tenant-b", "u:mallory")
+    replies = await asyncio.gather(
+        log.append(first, typed[0], "p:1", "alice", 1, GRANTS),
+        log.append(second, typed[0], "p:2", "alice", 1, GRANTS),
+        log.append(first, typed[1], "p:1", "alice", 2, GRANTS),
+        log.append(str(uuid.uuid4()), typed[0], "p:3", "alice", 1, GRANTS),
+        log.append(first, typed[2], "p:4", "mallory", 3, other_tenant),
+        log.append(first, typed[2], "p:1", "alice", 3, GRANTS),
+    )
+    assert [(r.status, r.version) for r in replies] == [
+        (AppendStatus.APPENDED, 4),
+        (AppendStatus.APPENDED, 4),
+        (AppendStatus.APPENDED, 5),
+        (AppendStatus.NOT_LOADED, 0),
+        (AppendStatus.NO_ACCESS, 0),
+        (AppendStatus.APPENDED, 6),
+    ]
+    snap = await log.read(first, 100)
+    assert snap.log == tuple((replies[i].log_id, typed[j]) for i, j in ((0, 0), (2, 1), (5, 2)))
+    assert collab.fold(snap.state, [u for _, u in snap.log]).text == "seed textabc"
+    assert (await log.read(second, 100)).log == ((replies[1].log_id, typed[0]),)
+
+
+async def test_appends_run_again_after_the_server_lost_its_scripts(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    doc_id = await co_edited(redis, keys, log)
+    seed = collab.seed_update("seed text")
+    typed = keystrokes(seed, "ab")
+    await redis.script_flush()  # as a restarted server has no scripts
+    replies = await asyncio.gather(
+        *(log.append(doc_id, u, "p:1", "alice", 1, GRANTS) for u in typed)
+    )
+    assert [r.status for r in replies] == [AppendStatus.APPENDED] * 2
+    await redis.script_flush()
+    (alone,) = keystrokes(collab.fold(seed, typed).state, "c")  # one call, no batch
+    assert (await log.append(doc_id, alone, "p:1", "alice", 1, GRANTS)).status == (
+        AppendStatus.APPENDED
+    )
+    assert len((await log.read(doc_id, 100)).log) == 3
+
+
+async def test_a_cancelled_append_leaves_the_rest_of_its_batch_alone(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    doc_id = await co_edited(redis, keys, log)
+    typed = keystrokes(collab.seed_update("seed text"), "abc")
+    tasks = [asyncio.create_task(log.append(doc_id, u, "p:1", "alice", 1, GRANTS)) for u in typed]
+    await asyncio.sleep(0)  # all three are in the batch now; the second's socket goes away
+    tasks[1].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [r.status for r in (done[0], done[2])] == [AppendStatus.APPENDED] * 2  # type: ignore[union-attr]
+    # The cancelled one still went with the batch (appended, never relayed: its client's resync
+    # finds it there).
+    assert len((await log.read(doc_id, 100)).log) == 3
+
+
+async def test_a_cancelled_batch_leader_fails_its_batch_and_appends_nothing(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    doc_id = await co_edited(redis, keys, log)
+    typed = keystrokes(collab.seed_update("seed text"), "abc")
+    tasks = [asyncio.create_task(log.append(doc_id, u, "p:1", "alice", 1, GRANTS)) for u in typed]
+    await asyncio.sleep(0)  # the first leads, the others joined it; it has sent nothing yet
+    tasks[0].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    # A connection error: their sockets close 1013 and resync; none was relayed or appended.
+    assert all(isinstance(d, ConnectionError) for d in done[1:]), done
+    assert (await log.read(doc_id, 100)).log == ()
+
+
 async def test_a_full_log_pushes_back_and_keeps_everything(
     redis: Redis, keys: Keys, binary: Redis
 ) -> None:
