@@ -6,7 +6,9 @@ never holds up the others; a socket whose backlog fills is closed (1008, as the 
 resyncs when its client reconnects: nothing is lost, every update is in the document's log.
 
 Across processes: the append script publishes each stored update on the document's channel
-("<origin> <log id> <update>"), and awareness frames go the same way ("<origin> a <frame>").
+("<origin> <log id> <update>"), and awareness frames go the same way ("<origin> a <frame>"):
+published by awareness_set.lua once stored, or by `share_awareness` (a partial frame, a closed
+socket's null states).
 Each process subscribes the channels of the documents it has sockets on, through one pub/sub
 connection read by a `Listener`, and relays what other processes' sockets sent (its own were
 relayed at once). Pub/sub loses what is published while the connection is down, so when it is
