@@ -392,7 +392,12 @@ async function renderDocument (id) {
     },
     reset: () => confirm(),
     subscribed: () => confirm(),
-    error: (detail) => { trouble.textContent = `Live status: ${detail}` },
+    // A refused subscribe (say the document was deleted between the page's load and the
+    // socket's open: its document.deleted came before we followed) is checked by a status read.
+    error: (detail) => {
+      trouble.textContent = `Live status: ${detail}`
+      confirm()
+    },
     sessionEnded
   })
   events.follow(doc.id)
