@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 import asyncpg
 
@@ -34,7 +34,7 @@ PREFIX = "rlflush"
 CONCURRENCY = 64
 
 
-async def _gather(jobs: list[Awaitable[object]]) -> list[object]:
+async def gather_bounded(jobs: list[Awaitable[object]]) -> list[object]:
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(job: Awaitable[object]) -> object:
@@ -42,6 +42,65 @@ async def _gather(jobs: list[Awaitable[object]]) -> list[object]:
             return await job
 
     return await asyncio.gather(*(one(j) for j in jobs))
+
+
+async def insert_and_load(
+    stack: Stack,
+    scripts: Scripts,
+    tenant: str,
+    title: str,
+    contents: list[str],
+    loaded: list[str],
+    also: Sequence[str] = (),
+) -> None:
+    """Documents `loaded` and `also` in Postgres (COPY), version 0, document i holding
+    contents[i % len(contents)]; `loaded` also seeded into Redis, clean, as a read loads them."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await queries.insert_tenant(conn, tenant, f"{title} bench")
+        await conn.copy_records_to_table(
+            "documents",
+            records=[
+                (uuid.UUID(d), uuid.UUID(tenant), f"{title} {i}", contents[i % len(contents)], 0)
+                for i, d in enumerate([*loaded, *also])
+            ],
+            columns=("id", "tenant_id", "title", "content", "version"),
+        )
+    finally:
+        await conn.close()
+    at = str(now_ms())
+    base = {"v": "0", "sv": "0", "ti": title, "acl": acl_of(tenant, []), "by": ""}
+    await gather_bounded(
+        [
+            scripts.seed(
+                d, {**base, "c": contents[i % len(contents)], "at": at, "ca": at}, 3_600_000
+            )
+            for i, d in enumerate(loaded)
+        ]
+    )
+
+
+async def timed_flush(flusher: Flusher, meter: CpuMeter, kind: str = "text") -> FlushRun:
+    """One `flush_dirty()` over whatever is dirty, timed, with the servers' CPU."""
+    dirty, _ = await flusher.dirty_count()
+    meter.start()
+    started = time.perf_counter()
+    stats = await flusher.flush_dirty()
+    seconds = time.perf_counter() - started
+    cpu = meter.stop()
+    left, _ = await flusher.dirty_count()
+    return FlushRun(
+        docs=dirty,
+        seconds=seconds,
+        docs_per_s=stats.read / seconds if seconds else 0.0,
+        batches=stats.batches,
+        read=stats.read,
+        written=stats.written,
+        cleaned=stats.cleaned,
+        still_dirty=left,
+        cpu_s=cpu,
+        kind=kind,
+    )
 
 
 async def run(
@@ -64,59 +123,22 @@ async def run(
         ids = [str(uuid.uuid4()) for _ in range(docs)]
         contents = [text(rng, content_bytes) for _ in range(16)]
         say(f"flush: inserting {docs:,} documents of {content_bytes} B (COPY) and seeding Redis")
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            await queries.insert_tenant(conn, tenant, "flush bench")
-            await conn.copy_records_to_table(
-                "documents",
-                records=[
-                    (uuid.UUID(d), uuid.UUID(tenant), f"flush {i}", contents[i % 16], 0)
-                    for i, d in enumerate(ids)
-                ],
-                columns=("id", "tenant_id", "title", "content", "version"),
-            )
-        finally:
-            await conn.close()
-        at = str(now_ms())
-        base = {"v": "0", "sv": "0", "ti": "flush", "acl": acl_of(tenant, []), "by": ""}
-        await _gather(
-            [
-                scripts.seed(d, {**base, "c": contents[i % 16], "at": at, "ca": at}, 3_600_000)
-                for i, d in enumerate(ids)
-            ]
-        )
+        await insert_and_load(stack, scripts, tenant, "flush", contents, ids)
         author = str(uuid.uuid4())
         for rep in range(reps):
             content = contents[(rep + 1) % 16]
-            replies = await _gather(
+            replies = await gather_bounded(
                 [scripts.edit(d, content, None, author, now_ms(), (f"t:{tenant}",)) for d in ids]
             )
             bad = [r for r in replies if getattr(r, "status", None) != EditStatus.APPLIED]
             if bad:
                 raise RuntimeError(f"flush backlog: {len(bad)} edits were not applied: {bad[0]}")
-            dirty, _ = await flusher.dirty_count()
-            meter.start()
-            started = time.perf_counter()
-            stats = await flusher.flush_dirty()
-            seconds = time.perf_counter() - started
-            cpu = meter.stop()
-            left, _ = await flusher.dirty_count()
-            result = FlushRun(
-                docs=dirty,
-                seconds=seconds,
-                docs_per_s=stats.read / seconds if seconds else 0.0,
-                batches=stats.batches,
-                read=stats.read,
-                written=stats.written,
-                cleaned=stats.cleaned,
-                still_dirty=left,
-                cpu_s=cpu,
-            )
+            result = await timed_flush(flusher, meter)
             out.append(result)
             say(
-                f"flush run {rep + 1}/{reps}: {stats.read:,} docs in {seconds:.3f}s"
-                f" = {result.docs_per_s:,.0f} docs/s ({stats.batches} batches,"
-                f" {stats.written:,} rows written, {left} still dirty)"
+                f"flush run {rep + 1}/{reps}: {result.read:,} docs in {result.seconds:.3f}s"
+                f" = {result.docs_per_s:,.0f} docs/s ({result.batches} batches,"
+                f" {result.written:,} rows written, {result.still_dirty} still dirty)"
             )
     finally:
         await db.close()

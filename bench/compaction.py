@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 from pycrdt import Doc, Text
 
-from bench.backlog import _gather
+from bench.backlog import gather_bounded, insert_and_load, timed_flush
 from bench.meters import CpuMeter
 from bench.processes import say
 from bench.results import FlushRun
@@ -28,7 +28,6 @@ from bench.systems import redline_settings
 from bench.workload import text
 from services.flusher.flush import Flusher
 from shared.domain import collab
-from shared.domain.documents import acl_of
 from shared.infra.clients import create_db_pool, redis_client
 from shared.infra.clock import now_ms
 from shared.store import queries
@@ -106,38 +105,20 @@ async def run(
             f"compaction: inserting {docs:,} documents of {content_bytes} B (COPY),"
             f" seeding their Yjs state in Redis"
         )
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            await queries.insert_tenant(conn, tenant, "compaction bench")
-            await conn.copy_records_to_table(
-                "documents",
-                records=[
-                    (uuid.UUID(d), uuid.UUID(tenant), f"compact {i}", contents[i % CONTENTS], 0)
-                    for i, d in enumerate([*ids, *shadows.values()])
-                ],
-                columns=("id", "tenant_id", "title", "content", "version"),
-            )
-        finally:
-            await conn.close()
-        at = str(now_ms())
-        base = {"v": "0", "sv": "0", "ti": "compact", "acl": acl_of(tenant, []), "by": ""}
-        await _gather(
-            [
-                scripts.seed(
-                    d, {**base, "c": contents[i % CONTENTS], "at": at, "ca": at}, 3_600_000
-                )
-                for i, d in enumerate(ids)
-            ]
+        await insert_and_load(
+            stack, scripts, tenant, "compact", contents, ids, also=list(shadows.values())
         )
         seeds = [collab.seed_update(c) for c in contents]
-        seeded = await _gather([log.seed(d, seeds[i % CONTENTS], 0) for i, d in enumerate(ids)])
+        seeded = await gather_bounded(
+            [log.seed(d, seeds[i % CONTENTS], 0) for i, d in enumerate(ids)]
+        )
         if any(s != SeedStatus.INSTALLED for s in seeded):
             raise RuntimeError("compaction: a seed was not installed")
         for rep in range(reps):
             # A new client each round, so every round's keystrokes are new to every document.
             typed = [keystrokes(c, 1000 + rep, updates, rng) for c in contents]
             author = str(uuid.uuid4())
-            replies = await _gather(
+            replies = await gather_bounded(
                 [
                     log.append(d, u, "bench:0", author, now_ms(), grants)
                     for i, d in enumerate(ids)
@@ -147,32 +128,15 @@ async def run(
             refused = [r for r in replies if getattr(r, "status", None) != AppendStatus.APPENDED]
             if refused:
                 raise RuntimeError(f"compaction: {len(refused)} appends refused: {refused[0]}")
-            dirty, _ = await flusher.dirty_count()
-            meter.start()
-            started = time.perf_counter()
-            stats = await flusher.flush_dirty()
-            seconds = time.perf_counter() - started
-            cpu = meter.stop()
-            left, _ = await flusher.dirty_count()
+            result = await timed_flush(flusher, meter, kind="collab")
             bare = await bare_write(db, shadows, settings.flush_batch_size)
-            result = FlushRun(
-                docs=dirty,
-                seconds=seconds,
-                docs_per_s=stats.read / seconds if seconds else 0.0,
-                batches=stats.batches,
-                read=stats.read,
-                written=stats.written,
-                cleaned=stats.cleaned,
-                still_dirty=left,
-                cpu_s=cpu,
-                kind="collab",
-                bare_docs_per_s=len(ids) / bare if bare else None,
-            )
+            result.bare_docs_per_s = len(ids) / bare if bare else None
             out.append(result)
             say(
-                f"compaction run {rep + 1}/{reps}: {stats.read:,} docs with {updates} updates"
-                f" each in {seconds:.3f}s = {result.docs_per_s:,.0f} docs/s"
-                f" ({stats.batches} batches, {stats.written:,} rows written, {left} still dirty);"
+                f"compaction run {rep + 1}/{reps}: {result.read:,} docs with {updates} updates"
+                f" each in {result.seconds:.3f}s = {result.docs_per_s:,.0f} docs/s"
+                f" ({result.batches} batches, {result.written:,} rows written,"
+                f" {result.still_dirty} still dirty);"
                 f" bare COPY + UPDATE of the same rows {result.bare_docs_per_s or 0:,.0f} rows/s"
             )
     finally:

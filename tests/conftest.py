@@ -20,7 +20,9 @@ from redis.asyncio import Redis
 
 from deploy.embedded import Postgres, Valkey, free_port
 from services.api.app import create_app
+from shared.infra.clients import redis_client
 from shared.settings import Settings
+from shared.store.keys import Keys
 from shared.store.migrations import migrate_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +102,19 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.state_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def binary(settings: Settings) -> AsyncIterator[Redis]:
+    """The state Redis with replies left as bytes, as the co-editing scripts want."""
+    client = redis_client(settings.state_url, binary=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix, settings.doc_shards)
 
 
 @pytest.fixture

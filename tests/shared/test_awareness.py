@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from pycrdt import Awareness as PyAwareness
@@ -77,18 +76,6 @@ def test_a_malformed_awareness_update_is_refused(payload: bytes) -> None:
 
 
 # The scripts ----------------------------------------------------------------------------------
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.doc_shards)
-
-
-@pytest.fixture
-async def binary(settings: Settings) -> AsyncIterator[Redis]:
-    client = redis_client(settings.state_url, binary=True)
-    yield client
-    await client.aclose()
-
-
 @pytest.fixture
 def store(binary: Redis, keys: Keys) -> AwarenessStore:
     return AwarenessStore(binary, keys, LIMITS)

@@ -30,11 +30,6 @@ FAMILY = Family.of_model("profile", Profile, ttl_s=60, negative_ttl_s=5)
 
 
 @pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.doc_shards)
-
-
-@pytest.fixture
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_db_pool(settings, min_size=0, max_size=4)
     yield pool

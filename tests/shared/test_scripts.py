@@ -9,17 +9,11 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.domain.documents import EditStatus
-from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import QuarantineStatus, Scripts
 
 TTL = 60_000
 GRANTS = ("t:tenant-a", "u:alice")
-
-
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.doc_shards)
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from shared.domain import collab
-from shared.infra.clients import redis_client
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
@@ -29,18 +27,6 @@ from shared.store.update_log import (
 TTL = 60_000
 GRANTS = ("t:tenant-a", "u:alice")
 OPTIONS = AppendOptions(LogLimits(entries=50, bytes=4096))
-
-
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.doc_shards)
-
-
-@pytest.fixture
-async def binary(settings: Settings) -> AsyncIterator[Redis]:
-    client = redis_client(settings.state_url, binary=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

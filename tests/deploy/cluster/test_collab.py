@@ -28,10 +28,8 @@ from shared.infra.clients import redis_client
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.update_log import UpdateLog, append_options
+from tests.services.api.conftest import collab_settings, host, http  # noqa: F401
 from tests.services.api.test_collab import (  # noqa: F401  (collected here, in cluster mode)
-    collab_settings,
-    host,
-    http,
     test_a_late_joiner_gets_the_whole_document,
     test_a_long_document_opens_again_once_its_yjs_state_is_stored,
     test_a_refused_update_is_not_relayed_and_the_resync_resends_it,

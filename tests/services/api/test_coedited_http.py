@@ -6,31 +6,18 @@ still 409, the co-editing rate answers 429 with its own numbers, and GET returns
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.support.collab import api_server, editor, stored_text
+from tests.support.collab import editor, stored_text
 from tests.support.users import create_doc, signup
 
 
 @pytest.fixture
-def coedit_settings(settings: Settings) -> Settings:
+def collab_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"collab_enabled": True, "collab_update_rate": 5})
-
-
-@pytest.fixture
-async def host(coedit_settings: Settings) -> AsyncIterator[str]:
-    async with api_server(coedit_settings) as address:
-        yield address
-
-
-@pytest.fixture
-async def http(host: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://{host}") as client:
-        yield client
 
 
 async def until_text(ed_text: object, want: str) -> None:
@@ -42,7 +29,7 @@ async def until_text(ed_text: object, want: str) -> None:
 
 
 async def test_a_put_merges_with_socket_typing_and_both_survive(
-    host: str, http: httpx.AsyncClient, coedit_settings: Settings
+    host: str, http: httpx.AsyncClient, collab_settings: Settings
 ) -> None:
     ada = await signup(http, "ada")
     doc = await create_doc(http, ada, content="hello world")
@@ -66,11 +53,11 @@ async def test_a_put_merges_with_socket_typing_and_both_survive(
     assert r.status_code == 200
     assert r.json()["content"] == ">> hello, world! bye"
     assert r.json()["version"] == 3
-    assert await stored_text(coedit_settings, doc["id"]) == ">> hello, world! bye"
+    assert await stored_text(collab_settings, doc["id"]) == ">> hello, world! bye"
 
 
 async def test_a_stale_base_version_is_still_409_and_stores_nothing(
-    host: str, http: httpx.AsyncClient, coedit_settings: Settings
+    host: str, http: httpx.AsyncClient, collab_settings: Settings
 ) -> None:
     ada = await signup(http, "ada")
     doc = await create_doc(http, ada, content="abc")
@@ -81,14 +68,14 @@ async def test_a_stale_base_version_is_still_409_and_stores_nothing(
     r = await http.put(path, json={"content": "zzz", "base_version": 0}, headers=ada.auth)
     assert r.status_code == 409, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
-    assert await stored_text(coedit_settings, doc["id"]) == "abcd"
+    assert await stored_text(collab_settings, doc["id"]) == "abcd"
     r = await http.put(path, json={"content": "abcde", "base_version": 1}, headers=ada.auth)
     assert r.status_code == 202, r.text
-    assert await stored_text(coedit_settings, doc["id"]) == "abcde"
+    assert await stored_text(collab_settings, doc["id"]) == "abcde"
 
 
 async def test_the_co_editing_rate_answers_429_with_its_own_policy(
-    host: str, http: httpx.AsyncClient, coedit_settings: Settings
+    host: str, http: httpx.AsyncClient, collab_settings: Settings
 ) -> None:
     ada = await signup(http, "ada")
     doc = await create_doc(http, ada, content="")
@@ -107,4 +94,4 @@ async def test_the_co_editing_rate_answers_429_with_its_own_policy(
     assert int(refused.headers["retry-after"]) >= 1
     # Nothing refused was stored: the text is the last accepted PUT's.
     last_ok = max(i for i, r in enumerate(answers) if r.status_code == 202)
-    assert await stored_text(coedit_settings, doc["id"]) == "x" + "y" * (last_ok + 1)
+    assert await stored_text(collab_settings, doc["id"]) == "x" + "y" * (last_ok + 1)

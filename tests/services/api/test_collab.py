@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -21,23 +20,6 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.support.collab import Editor, api_server, editor, stored_text
 from tests.support.users import create_doc, signup
-
-
-@pytest.fixture
-def collab_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"collab_enabled": True})
-
-
-@pytest.fixture
-async def host(collab_settings: Settings) -> AsyncIterator[str]:
-    async with api_server(collab_settings) as address:
-        yield address
-
-
-@pytest.fixture
-async def http(host: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://{host}") as client:
-        yield client
 
 
 async def test_two_editors_typing_at_once_converge_with_nothing_lost(

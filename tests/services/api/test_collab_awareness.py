@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
@@ -22,23 +21,6 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.support.collab import Editor, api_server
 from tests.support.users import User, create_doc, signup
-
-
-@pytest.fixture
-def collab_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"collab_enabled": True})
-
-
-@pytest.fixture
-async def host(collab_settings: Settings) -> AsyncIterator[str]:
-    async with api_server(collab_settings) as address:
-        yield address
-
-
-@pytest.fixture
-async def http(host: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://{host}") as client:
-        yield client
 
 
 class Heard:

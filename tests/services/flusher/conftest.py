@@ -30,11 +30,6 @@ async def queue(settings: Settings) -> AsyncIterator[ArqRedis]:
 
 
 @pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.doc_shards)
-
-
-@pytest.fixture
 async def flusher(settings: Settings, redis: Redis, keys: Keys) -> AsyncIterator[Flusher]:
     async with flusher_of(settings, redis, keys) as flusher:
         yield flusher

@@ -47,11 +47,6 @@ async def matcher_url(settings: Settings) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.doc_shards)
-
-
-@pytest.fixture
 def scripts(redis: Redis, keys: Keys) -> Scripts:
     return Scripts(redis, keys)
 
