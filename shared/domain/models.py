@@ -314,6 +314,16 @@ class CacheRedisStats(BaseModel):
     evicted_keys: int | None = None
 
 
+class StateRedisStats(BaseModel):
+    """The state Redis's memory: full (used at maxmemory) refuses writes, so edits answer 503;
+    any eviction policy but noeviction could drop unsaved documents."""
+
+    up: bool
+    used_memory_bytes: int | None = None
+    maxmemory_bytes: int | None = None
+    maxmemory_policy: str | None = None
+
+
 class CacheStatsOut(BaseModel):
     status: Literal["healthy", "warning"]
     warnings: list[str]
@@ -328,6 +338,7 @@ class CacheStatsOut(BaseModel):
     quarantined_documents: int | None = None
     quarantined_ids: list[str] = []
     queue_depth: int | None
+    state_redis: StateRedisStats | None = None
 
 
 # Errors ---------------------------------------------------------------------------------------

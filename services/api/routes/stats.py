@@ -1,4 +1,5 @@
-"""GET /v1/stats/cache: the cache's and the write-behind's health at a glance, with a status.
+"""GET /v1/stats/cache: the cache's and the write-behind's health at a glance, with a status
+(the state Redis's memory included: a full one refuses edits).
 
 The cache counters are this process's (every api process keeps its own); the Redis and queue
 numbers are global. Any part that cannot be read is null and makes the status a warning.
@@ -23,7 +24,7 @@ from services.api.resources import Resources
 from shared.domain import dirty
 from shared.domain.accounts import Principal
 from shared.domain.errors import Forbidden, Unauthenticated
-from shared.domain.models import CacheRedisStats, CacheStatsOut
+from shared.domain.models import CacheRedisStats, CacheStatsOut, StateRedisStats
 from shared.infra.dependencies import REDIS_DOWN
 from shared.infra.health import OperatorGate
 
@@ -60,6 +61,30 @@ async def _cache_redis(res: Resources) -> CacheRedisStats:
         return CacheRedisStats(up=False)
 
 
+def _fill(memory: dict[str, Any]) -> float:
+    """used / maxmemory of one node's INFO memory; 0 without a maxmemory."""
+    cap = int(memory.get("maxmemory", 0))
+    return int(memory.get("used_memory", 0)) / cap if cap else 0.0
+
+
+async def _state_redis(res: Resources) -> StateRedisStats:
+    try:
+        async with asyncio.timeout(2):
+            memory: dict[str, Any] = await res.state.info("memory")
+    except REDIS_DOWN as exc:
+        log.info("stats: state Redis unreachable: %r", exc)
+        return StateRedisStats(up=False)
+    # A cluster client answers per node: report the fullest one.
+    nodes = list(memory.values()) if all(isinstance(v, dict) for v in memory.values()) else [memory]
+    fullest = max(nodes, key=_fill)
+    return StateRedisStats(
+        up=True,
+        used_memory_bytes=int(fullest.get("used_memory", 0)),
+        maxmemory_bytes=int(fullest.get("maxmemory", 0)),
+        maxmemory_policy=str(fullest.get("maxmemory_policy", "")) or None,
+    )
+
+
 async def _dirty(res: Resources) -> tuple[int, float | None] | None:
     try:
         async with asyncio.timeout(2):
@@ -91,6 +116,27 @@ async def _queue_depth(res: Resources) -> int | None:
     except REDIS_DOWN as exc:
         log.info("stats: queue Redis unreachable: %r", exc)
         return None
+
+
+def _state_warnings(res: Resources, state: StateRedisStats) -> list[str]:
+    if not state.up:
+        return []  # said once, by the dirty count
+    warnings = []
+    if state.maxmemory_bytes and state.used_memory_bytes is not None:
+        used = state.used_memory_bytes / state.maxmemory_bytes
+        if used >= 1:
+            warnings.append(
+                "state Redis full (maxmemory reached): edits answer 503 until memory frees"
+                " (clean documents expire, or raise maxmemory); nothing saved is lost"
+            )
+        elif used > res.settings.stats_max_memory_ratio:
+            warnings.append(f"state Redis at {used:.0%} of maxmemory: edits stop when it is full")
+    if state.maxmemory_policy not in (None, "noeviction"):
+        warnings.append(
+            f"state Redis maxmemory-policy is {state.maxmemory_policy}: it may evict documents"
+            " not yet saved; set noeviction"
+        )
+    return warnings
 
 
 def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> list[str]:
@@ -127,8 +173,8 @@ def _warnings(res: Resources, out: dict[str, Any], redis: CacheRedisStats) -> li
 
 @router.get("/cache", response_model=CacheStatsOut, responses=responses(401, 403, 503))
 async def cache_stats(who: Viewer, res: Res) -> CacheStatsOut:
-    redis, dirt, depth, held = await asyncio.gather(
-        _cache_redis(res), _dirty(res), _queue_depth(res), _quarantine(res, who)
+    redis, state, dirt, depth, held = await asyncio.gather(
+        _cache_redis(res), _state_redis(res), _dirty(res), _queue_depth(res), _quarantine(res, who)
     )
     cache = res.profiles.cache
     out: dict[str, Any] = {
@@ -141,7 +187,11 @@ async def cache_stats(who: Viewer, res: Res) -> CacheStatsOut:
         "quarantined_ids": [] if held is None else held[1],
         "queue_depth": depth,
     }
-    warnings = _warnings(res, out, redis)
+    warnings = _warnings(res, out, redis) + _state_warnings(res, state)
     return CacheStatsOut(
-        status="warning" if warnings else "healthy", warnings=warnings, cache_redis=redis, **out
+        status="warning" if warnings else "healthy",
+        warnings=warnings,
+        cache_redis=redis,
+        state_redis=state,
+        **out,
     )
