@@ -275,19 +275,23 @@ class Documents:
             self._min_replicas,
             self._replica_timeout_ms,
         )
-        if reply.status == EditStatus.APPLIED and acked < self._min_replicas:
-            # Stored on the primary, so a failover could still lose it: no 202. Retrying the
-            # same content is safe; with base_version, a 409 whose current_version is this
-            # version means the retry found this very edit in place.
-            raise Unavailable(
-                f"the edit is stored on the primary (version {reply.version}) but only"
-                f" {acked} of {self._min_replicas} required replica(s) acknowledged it within"
-                f" {self._replica_timeout_ms} ms, so it is not acknowledged; retry the same"
-                f" content (with base_version, a 409 at current_version {reply.version} means"
-                " it is this edit)",
-                dependency="redis replica",
-            )
+        if reply.status == EditStatus.APPLIED:
+            self._check_replicas(reply.version, acked)
         return reply
+
+    def _check_replicas(self, version: int, acked: int) -> None:
+        if acked >= self._min_replicas:
+            return
+        # Stored on the primary, so a failover could still lose it: no 202. Retrying the same
+        # content is safe; with base_version, a 409 whose current_version is this version means
+        # the retry found this very edit in place.
+        raise Unavailable(
+            f"the edit is stored on the primary (version {version}) but only {acked} of"
+            f" {self._min_replicas} required replica(s) acknowledged it within"
+            f" {self._replica_timeout_ms} ms, so it is not acknowledged; retry the same content"
+            f" (with base_version, a 409 at current_version {version} means it is this edit)",
+            dependency="redis replica",
+        )
 
     async def _co_edit(
         self, who: Principal, doc_id: str, content: str, base_version: int | None, saved: int
@@ -297,6 +301,12 @@ class Documents:
         if reply is None or reply.status in (AppendStatus.NOT_LOADED, AppendStatus.NOT_SEEDED):
             return None
         if reply.status is AppendStatus.APPENDED:
+            if self._min_replicas:
+                # The append ran on a connection of the update log's: wait through a mark.
+                acked = await self._scripts.wait_replicas(
+                    self._min_replicas, self._replica_timeout_ms
+                )
+                self._check_replicas(reply.version, acked)
             return EditOut(
                 id=doc_id,
                 version=reply.version,

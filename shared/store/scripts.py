@@ -233,6 +233,16 @@ class Scripts:
             return EditReply(int(status), int(version), int(saved)), int(acked)
         raise AssertionError("unreachable")
 
+    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas hold every write made so far by anyone (a mark written, then WAIT
+        on the same connection): for writes made on other connections (a co-edited
+        document's append), which a WAIT of ours would not count."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._keys.replica_mark(), "1", px=60_000)
+            pipe.wait(replicas, timeout_ms)
+            _, acked = await pipe.execute()
+        return int(acked)
+
     async def seed(self, doc_id: str, fields: Mapping[str, str | int | bytes], ttl_ms: int) -> bool:
         flat: list[str | int | bytes] = []
         for name, value in fields.items():
