@@ -52,6 +52,8 @@ class Valkey:
     data_dir: Path
     port: int
     aof: bool = True
+    # The port of a primary on 127.0.0.1 to replicate (a read-only replica), or None.
+    replicaof: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +85,8 @@ class Valkey:
         ]  # fmt: skip
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        if self.replicaof is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
         # Own session: a Ctrl-C in the terminal reaches the runner, which stops us in order.
         self.proc = subprocess.Popen(args, start_new_session=True)
         _wait_port(self.port, timeout, "valkey", self.proc)

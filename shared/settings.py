@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     # Autosave edits per user per document per edit_period_s (GCRA, checked inside the edit script).
     edit_rate: int = Field(50, ge=1)
     edit_period_s: int = Field(1, ge=1)
+    # An edit is acknowledged (202) only once this many replicas of the state Redis hold it
+    # (Redis WAIT after the edit script, on its connection); 0: on the primary's word alone.
+    edit_min_replicas: int = Field(0, ge=0, le=16)
+    # How long an edit waits for those replicas before it answers 503 (stored on the primary,
+    # not acknowledged).
+    edit_replica_timeout_ms: int = Field(100, ge=1, le=60_000)
 
     # Jobs users start (save now, snapshots).
     job_max_tries: int = Field(5, ge=1)
@@ -256,6 +262,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "with REDLINE_REDIS_CLUSTER=true, set REDLINE_QUEUE_REDIS_URL to a non-cluster"
                 " Redis: arq's queue does not work on Redis Cluster"
+            )
+        if self.redis_cluster and self.edit_min_replicas:
+            # WAIT must share the edit's connection, and redis-py's cluster pipeline runs no
+            # scripts: refused rather than half done.
+            raise ValueError(
+                "REDLINE_EDIT_MIN_REPLICAS is not supported with REDLINE_REDIS_CLUSTER=true;"
+                " leave it at 0 there"
             )
         return self
 

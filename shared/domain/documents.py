@@ -37,7 +37,7 @@ from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
-from shared.store.scripts import Scripts
+from shared.store.scripts import EditReply, Scripts
 from shared.store.update_log import AppendStatus
 
 
@@ -110,6 +110,9 @@ class Documents:
         self._edit_period_s = settings.edit_period_s
         # A co-edited document's edits are Yjs updates, under the append script's rate instead.
         self._collab_rate = settings.collab_update_rate
+        # 0: acknowledge on the primary's word (one integer check on the hot path).
+        self._min_replicas = settings.edit_min_replicas
+        self._replica_timeout_ms = settings.edit_replica_timeout_ms
 
     def _check_size(self, content: str) -> None:
         # Cheap bound first: UTF-8 needs at most 4 bytes a character.
@@ -218,9 +221,18 @@ class Documents:
     ) -> EditOut:
         self._check_size(content)
         for _ in range(3):
-            reply = await self._scripts.edit(
-                doc_id, content, base_version, who.user_id, now_ms(), who.grants, self._edit_rate
-            )
+            if self._min_replicas:
+                reply = await self._replicated_edit(who, doc_id, content, base_version)
+            else:
+                reply = await self._scripts.edit(
+                    doc_id,
+                    content,
+                    base_version,
+                    who.user_id,
+                    now_ms(),
+                    who.grants,
+                    self._edit_rate,
+                )
             status = EditStatus(reply.status)
             if status is EditStatus.CO_EDITED:
                 merged = await self._co_edit(
@@ -247,6 +259,40 @@ class Documents:
                 break
         raise NotFound(f"document {doc_id} not found")
 
+    async def _replicated_edit(
+        self, who: Principal, doc_id: str, content: str, base_version: int | None
+    ) -> EditReply:
+        """The edit script, then WAIT for `edit_min_replicas` replicas; an applied edit that
+        too few of them acknowledged in time is not acknowledged (503)."""
+        reply, acked = await self._scripts.edit_replicated(
+            doc_id,
+            content,
+            base_version,
+            who.user_id,
+            now_ms(),
+            who.grants,
+            self._edit_rate,
+            self._min_replicas,
+            self._replica_timeout_ms,
+        )
+        if reply.status == EditStatus.APPLIED:
+            self._check_replicas(reply.version, acked)
+        return reply
+
+    def _check_replicas(self, version: int, acked: int) -> None:
+        if acked >= self._min_replicas:
+            return
+        # Stored on the primary, so a failover could still lose it: no 202. Retrying the same
+        # content is safe; with base_version, a 409 whose current_version is this version means
+        # the retry found this very edit in place.
+        raise Unavailable(
+            f"the edit is stored on the primary (version {version}) but only {acked} of"
+            f" {self._min_replicas} required replica(s) acknowledged it within"
+            f" {self._replica_timeout_ms} ms, so it is not acknowledged; retry the same content"
+            f" (with base_version, a 409 at current_version {version} means it is this edit)",
+            dependency="redis replica",
+        )
+
     async def _co_edit(
         self, who: Principal, doc_id: str, content: str, base_version: int | None, saved: int
     ) -> EditOut | None:
@@ -255,6 +301,12 @@ class Documents:
         if reply is None or reply.status in (AppendStatus.NOT_LOADED, AppendStatus.NOT_SEEDED):
             return None
         if reply.status is AppendStatus.APPENDED:
+            if self._min_replicas:
+                # The append ran on a connection of the update log's: wait through a mark.
+                acked = await self._scripts.wait_replicas(
+                    self._min_replicas, self._replica_timeout_ms
+                )
+                self._check_replicas(reply.version, acked)
             return EditOut(
                 id=doc_id,
                 version=reply.version,

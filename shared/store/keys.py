@@ -49,6 +49,13 @@ class Keys:
     def flush_lease(self, shard: int) -> str:
         return f"{self._tag(shard)}:flushing"
 
+    def replica_mark(self) -> str:
+        """A throwaway write after a co-edited document's edit, so that a WAIT on the mark's
+        connection covers that edit (WAIT counts only its own connection's writes, and the
+        replication stream is in order). Not on Redis Cluster (the replica wait is refused
+        there)."""
+        return f"{self.prefix}:replica-mark"
+
     def edit_rate(self, doc_id: str, user_id: str) -> str:
         """GCRA state of one user's edits to one document (in the document's slot: the edit
         script checks it in the same call)."""

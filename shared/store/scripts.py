@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from shared.infra.clock import now_ms
 from shared.settings import Settings
@@ -152,6 +153,38 @@ class Scripts:
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._s[name](keys=keys, args=args)
 
+    def _edit_call(
+        self,
+        doc_id: str,
+        content: str,
+        base_version: int | None,
+        author: str,
+        now_ms: int,
+        grants: Sequence[str],
+        rate: tuple[int, int] | None,
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        k = self._keys
+        interval, burst = rate or (0, 0)
+        keys = (
+            k.doc(doc_id),
+            k.doc_dirty(doc_id),
+            k.edit_rate(doc_id, author),
+            k.doc_events(doc_id),
+            k.doc_quarantine(doc_id),
+        )
+        args = (
+            doc_id,
+            content,
+            "" if base_version is None else base_version,
+            author,
+            now_ms,
+            interval,
+            burst,
+            *self._events,
+            *grants,
+        )
+        return keys, args
+
     async def edit(
         self,
         doc_id: str,
@@ -163,29 +196,52 @@ class Scripts:
         rate: tuple[int, int] | None = None,
     ) -> EditReply:
         """`rate` is (ms per edit, burst) for this author on this document; None: no limit."""
-        k = self._keys
-        interval, burst = rate or (0, 0)
-        status, version, saved = await self._edit(
-            keys=(
-                k.doc(doc_id),
-                k.doc_dirty(doc_id),
-                k.edit_rate(doc_id, author),
-                k.doc_events(doc_id),
-                k.doc_quarantine(doc_id),
-            ),
-            args=(
-                doc_id,
-                content,
-                "" if base_version is None else base_version,
-                author,
-                now_ms,
-                interval,
-                burst,
-                *self._events,
-                *grants,
-            ),
-        )
+        keys, args = self._edit_call(doc_id, content, base_version, author, now_ms, grants, rate)
+        status, version, saved = await self._edit(keys=keys, args=args)
         return EditReply(int(status), int(version), int(saved))
+
+    async def edit_replicated(
+        self,
+        doc_id: str,
+        content: str,
+        base_version: int | None,
+        author: str,
+        now_ms: int,
+        grants: Sequence[str],
+        rate: tuple[int, int] | None,
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[EditReply, int]:
+        """`edit`, then `WAIT replicas timeout_ms`: the reply and how many replicas acknowledged
+        every write this connection made. WAIT counts only its own connection's writes, so both
+        go in one pipeline (one connection, one round trip). Plain EVALSHA rather than the
+        script object, whose pipeline form asks SCRIPT EXISTS first (a round trip more); when
+        the server lost the script (NOSCRIPT: nothing ran), it is loaded and the pair retried.
+        Not on Redis Cluster (shared/settings.py refuses the setting there)."""
+        keys, args = self._edit_call(doc_id, content, base_version, author, now_ms, grants, rate)
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._edit.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, timeout_ms)
+                try:
+                    (status, version, saved), acked = await pipe.execute()
+                except NoScriptError:
+                    if attempt:
+                        raise
+                    await self._redis.script_load(self._edit.script)
+                    continue
+            return EditReply(int(status), int(version), int(saved)), int(acked)
+        raise AssertionError("unreachable")
+
+    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas hold every write made so far by anyone (a mark written, then WAIT
+        on the same connection): for writes made on other connections (a co-edited
+        document's append), which a WAIT of ours would not count."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._keys.replica_mark(), "1", px=60_000)
+            pipe.wait(replicas, timeout_ms)
+            _, acked = await pipe.execute()
+        return int(acked)
 
     async def seed(self, doc_id: str, fields: Mapping[str, str | int | bytes], ttl_ms: int) -> bool:
         flat: list[str | int | bytes] = []
