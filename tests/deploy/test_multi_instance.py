@@ -250,7 +250,10 @@ async def test_two_apis_and_two_flushers_lose_nothing_and_never_go_backwards(
     assert rows == ledger.newest, "Postgres must hold every newest acknowledged version"
     assert regressions == [], "a version went backwards in Postgres"
     assert all(n > 0 for n in per_worker), f"both workers must flush: {per_worker}"
-    # 2 x PAIRS users seeking at once: nearly all are matched, and many across processes.
-    assert matched >= PAIRS - 2 and across >= PAIRS // 2, (matched, across)
+    # 2 x PAIRS users seeking at once: nearly all are matched, and some across processes. How
+    # many cross is arrival order, not correctness: a seeker that comes before its own partner
+    # takes a stranger sharing `common` (seen: 2 of 10 across on a loaded machine, usually 5+);
+    # no double match and both partners told (checked in match_pairs) are the correctness.
+    assert matched >= PAIRS - 2 and across >= 1, (matched, across)
     rooms = await db.fetchval("SELECT count(*) FROM documents WHERE NOT id = ANY($1::uuid[])", docs)
     assert rooms == matched, "one room per match, none for a match that did not happen"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
@@ -89,6 +92,29 @@ async def test_postgres_paused_for_20s_loses_nothing_and_edits_flow(
         assert not ledger.refusals, ledger.refusals
 
 
+@asynccontextmanager
+async def durable_commits(dsn: str) -> AsyncIterator[None]:
+    """The test Postgres runs with synchronous_commit off (deploy/embedded.py, durable=False): a
+    commit may answer before its WAL leaves shared memory, which an immediate stop then loses, so
+    Postgres would seem to go backwards by the server's setting, not Redline's doing. This test
+    crashes Postgres on purpose, so its database commits durably (new connections: the stack's
+    are opened after this), as a production server does."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        db = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{db}" SET synchronous_commit = on')
+    finally:
+        await conn.close()
+    try:
+        yield
+    finally:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(f'ALTER DATABASE "{db}" RESET synchronous_commit')
+        finally:
+            await conn.close()
+
+
 async def test_postgres_immediate_stop_mid_flush_keeps_commits_and_marks(
     migrated: Servers, tmp_path: Path, valkey: Valkey
 ) -> None:
@@ -98,7 +124,14 @@ async def test_postgres_immediate_stop_mid_flush_keeps_commits_and_marks(
     stay dirty in Redis, and everything lands once Postgres is back."""
     postgres = own_postgres(migrated)
     settings = stack_settings(migrated, valkey.url, flush_batch_size=2)
-    async with team_stack(settings, tmp_path, docs=8) as (s, users, doc_ids):
+    async with (
+        durable_commits(settings.dsn),
+        team_stack(settings, tmp_path, docs=8) as (
+            s,
+            users,
+            doc_ids,
+        ),
+    ):
         locked = doc_ids[:4]
         async with Editors(s.client, users, doc_ids, per_doc=1) as editors:
             ledger = editors.ledger
