@@ -37,7 +37,7 @@ from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
-from shared.store.scripts import EditReply, Scripts
+from shared.store.scripts import Scripts
 from shared.store.update_log import AppendStatus
 
 
@@ -221,18 +221,15 @@ class Documents:
     ) -> EditOut:
         self._check_size(content)
         for _ in range(3):
+            call = (doc_id, content, base_version, who.user_id, now_ms(), who.grants)
             if self._min_replicas:
-                reply = await self._replicated_edit(who, doc_id, content, base_version)
-            else:
-                reply = await self._scripts.edit(
-                    doc_id,
-                    content,
-                    base_version,
-                    who.user_id,
-                    now_ms(),
-                    who.grants,
-                    self._edit_rate,
+                reply, acked = await self._scripts.edit_replicated(
+                    *call, self._edit_rate, self._min_replicas, self._replica_timeout_ms
                 )
+                if reply.status == EditStatus.APPLIED:
+                    self._check_replicas(reply.version, acked)
+            else:
+                reply = await self._scripts.edit(*call, self._edit_rate)
             status = EditStatus(reply.status)
             if status is EditStatus.CO_EDITED:
                 merged = await self._co_edit(
@@ -258,26 +255,6 @@ class Documents:
             if await self._fields(doc_id) is None:
                 break
         raise NotFound(f"document {doc_id} not found")
-
-    async def _replicated_edit(
-        self, who: Principal, doc_id: str, content: str, base_version: int | None
-    ) -> EditReply:
-        """The edit script, then WAIT for `edit_min_replicas` replicas; an applied edit that
-        too few of them acknowledged in time is not acknowledged (503)."""
-        reply, acked = await self._scripts.edit_replicated(
-            doc_id,
-            content,
-            base_version,
-            who.user_id,
-            now_ms(),
-            who.grants,
-            self._edit_rate,
-            self._min_replicas,
-            self._replica_timeout_ms,
-        )
-        if reply.status == EditStatus.APPLIED:
-            self._check_replicas(reply.version, acked)
-        return reply
 
     def _check_replicas(self, version: int, acked: int) -> None:
         if acked >= self._min_replicas:

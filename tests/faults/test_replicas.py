@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -105,9 +106,21 @@ class Editor:
         return (await self.edit()).status_code == 202
 
 
-async def test_edits_wait_for_a_replica_and_answer_503_without_one(
-    migrated: Servers, tmp_path: Path
-) -> None:
+@dataclass
+class Replicated:
+    """A stack on a primary with one replica, waiting for it (`edit_min_replicas=1`)."""
+
+    replica: Valkey
+    admin: Redis  # the primary
+    reader: Redis  # the replica
+    settings: Settings
+    keys: Keys
+    users: list[User]
+    ed: Editor
+
+
+@asynccontextmanager
+async def replicated(migrated: Servers, tmp_path: Path) -> AsyncIterator[Replicated]:
     async with (
         state_valkey(tmp_path / "primary", aof=True) as primary,
         replica_of(primary, tmp_path / "replica") as replica,
@@ -127,44 +140,52 @@ async def test_edits_wait_for_a_replica_and_answer_503_without_one(
             async with stack(settings, tmp_path) as s:
                 users, doc_ids = await team(s.client, docs=1)
                 ed = Editor(s.client, users[0], doc_ids[0], reader, s.keys)
-
-                # Replica up: every edit is acknowledged, and held by the replica.
-                for _ in range(30):
-                    assert (await ed.edit()).status_code == 202
-                acked_before = ed.acked
-
-                # Replica paused: the primary still takes the edit, but nobody acknowledges it.
-                assert replica.proc is not None
-                replica.proc.send_signal(signal.SIGSTOP)
-                for _ in range(10):
-                    assert (await ed.edit()).status_code == 503
-                # Stored on the primary nonetheless (so a retry is no surprise).
-                assert await admin.hget(s.keys.doc(ed.doc_id), "c") == f"edit {ed.n}"
-                replica.proc.send_signal(signal.SIGCONT)
-                await until("an acknowledged edit after SIGCONT", 20, ed.acked_again)
-
-                # Replica killed: the same, until it is started again and has resynced.
-                await asyncio.to_thread(replica.kill)
-                await until("the primary to notice", 20, lambda: _unlinked(admin))
-                for _ in range(10):
-                    assert (await ed.edit()).status_code == 503
-                await asyncio.to_thread(replica.start)
-                await until("an acknowledged edit after the restart", 30, ed.acked_again)
-                for _ in range(10):
-                    assert (await ed.edit()).status_code == 202
-
-                assert ed.acked > acked_before and ed.refused >= 20
-                # Everything the primary holds reaches the replica (refused edits included).
-                want = await admin.hget(s.keys.doc(ed.doc_id), "v")
-                await until(
-                    "the replica to catch up",
-                    10,
-                    lambda: _holds(reader, s.keys.doc(ed.doc_id), want),
-                )
-                print(f"replica fault: {ed.acked} acked, {ed.refused} refused (503), 0 lost")
+                yield Replicated(replica, admin, reader, settings, s.keys, users, ed)
         finally:
             await admin.aclose()
             await reader.aclose()
+
+
+async def test_edits_wait_for_a_replica_and_answer_503_without_one(
+    migrated: Servers, tmp_path: Path
+) -> None:
+    async with replicated(migrated, tmp_path) as r:
+        replica, admin, reader, ed = r.replica, r.admin, r.reader, r.ed
+
+        # Replica up: every edit is acknowledged, and held by the replica.
+        for _ in range(30):
+            assert (await ed.edit()).status_code == 202
+        acked_before = ed.acked
+
+        # Replica paused: the primary still takes the edit, but nobody acknowledges it.
+        assert replica.proc is not None
+        replica.proc.send_signal(signal.SIGSTOP)
+        for _ in range(10):
+            assert (await ed.edit()).status_code == 503
+        # Stored on the primary nonetheless (so a retry is no surprise).
+        assert await admin.hget(r.keys.doc(ed.doc_id), "c") == f"edit {ed.n}"
+        replica.proc.send_signal(signal.SIGCONT)
+        await until("an acknowledged edit after SIGCONT", 20, ed.acked_again)
+
+        # Replica killed: the same, until it is started again and has resynced.
+        await asyncio.to_thread(replica.kill)
+        await until("the primary to notice", 20, lambda: _unlinked(admin))
+        for _ in range(10):
+            assert (await ed.edit()).status_code == 503
+        await asyncio.to_thread(replica.start)
+        await until("an acknowledged edit after the restart", 30, ed.acked_again)
+        for _ in range(10):
+            assert (await ed.edit()).status_code == 202
+
+        assert ed.acked > acked_before and ed.refused >= 20
+        # Everything the primary holds reaches the replica (refused edits included).
+        want = await admin.hget(r.keys.doc(ed.doc_id), "v")
+        await until(
+            "the replica to catch up",
+            10,
+            lambda: _holds(reader, r.keys.doc(ed.doc_id), want),
+        )
+        print(f"replica fault: {ed.acked} acked, {ed.refused} refused (503), 0 lost")
 
 
 async def test_a_co_edited_documents_http_edit_waits_for_the_replica_too(
@@ -172,43 +193,23 @@ async def test_a_co_edited_documents_http_edit_waits_for_the_replica_too(
 ) -> None:
     """The HTTP edit of a document open in a co-editing socket becomes a Yjs update, appended on
     another connection: the wait goes through a mark written after it."""
-    async with (
-        state_valkey(tmp_path / "primary", aof=True) as primary,
-        replica_of(primary, tmp_path / "replica") as replica,
-    ):
-        admin = Redis.from_url(primary.url, decode_responses=True)
-        # A paused replica never answers: a read of it after a false 202 fails, not hangs.
-        reader = Redis.from_url(replica.url, decode_responses=True, socket_timeout=2)
-        try:
-            await until("the replica in sync", 20, lambda: linked(admin))
-            settings = stack_settings(
-                migrated,
-                primary.url,
-                edit_min_replicas=1,
-                edit_replica_timeout_ms=TIMEOUT_MS,
-                edit_rate=100_000,
-            )
-            async with stack(settings, tmp_path) as s:
-                users, doc_ids = await team(s.client, docs=1)
-                ed = Editor(s.client, users[0], doc_ids[0], reader, s.keys)
-                ed.co_edited = True
-                host = f"127.0.0.1:{settings.api_port}"
-                async with editor(host, users[1], ed.doc_id):
-                    for _ in range(10):
-                        assert (await ed.edit()).status_code == 202
-                    assert await admin.hexists(s.keys.doc(ed.doc_id), "yb")
-                    assert replica.proc is not None
-                    replica.proc.send_signal(signal.SIGSTOP)
-                    for _ in range(5):
-                        assert (await ed.edit()).status_code == 503
-                    replica.proc.send_signal(signal.SIGCONT)
-                    await until("an acknowledged edit after SIGCONT", 20, ed.acked_again)
-                    for _ in range(5):
-                        assert (await ed.edit()).status_code == 202
-                print(f"co-edited, replica paused: {ed.acked} acked, {ed.refused} refused")
-        finally:
-            await admin.aclose()
-            await reader.aclose()
+    async with replicated(migrated, tmp_path) as r:
+        replica, admin, ed = r.replica, r.admin, r.ed
+        ed.co_edited = True
+        host = f"127.0.0.1:{r.settings.api_port}"
+        async with editor(host, r.users[1], ed.doc_id):
+            for _ in range(10):
+                assert (await ed.edit()).status_code == 202
+            assert await admin.hexists(r.keys.doc(ed.doc_id), "yb")
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGSTOP)
+            for _ in range(5):
+                assert (await ed.edit()).status_code == 503
+            replica.proc.send_signal(signal.SIGCONT)
+            await until("an acknowledged edit after SIGCONT", 20, ed.acked_again)
+            for _ in range(5):
+                assert (await ed.edit()).status_code == 202
+        print(f"co-edited, replica paused: {ed.acked} acked, {ed.refused} refused")
 
 
 async def _unlinked(primary: Redis) -> bool:
