@@ -320,7 +320,9 @@ class Flusher:
             last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
             if snapshot.log:
                 folded_bytes = sum(len(u) for _, u in snapshot.log)
-                trims.append(Trim(doc_id, last, folded.state, folded.text, folded_bytes))
+                trims.append(
+                    Trim(doc_id, last, folded.state, folded.text, folded_bytes, snapshot.folded_id)
+                )
             versions[doc_id] = snapshot.version
             rows.append(
                 (

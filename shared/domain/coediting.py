@@ -16,7 +16,7 @@ import secrets
 
 from shared.domain import collab
 from shared.domain.accounts import Principal
-from shared.store.update_log import AppendReply, UpdateLog
+from shared.store.update_log import AppendReply, AppendStatus, UpdateLog
 
 # Yjs client ids are 32-bit; 0 and collab.SEED_CLIENT are never drawn here.
 _CLIENT_MIN = 2
@@ -52,6 +52,9 @@ class CoEditing:
                 snapshot = await self._updates.read(doc_id, self._max_entries)
                 if snapshot.version is None or snapshot.state is None:
                     return None
+                if base_version is not None and base_version != snapshot.version:
+                    # Stale already: no diff to build (the append would refuse it anyway).
+                    return AppendReply(AppendStatus.STALE, snapshot.version, "")
                 state = collab.merged([snapshot.state, *(u for _, u in snapshot.log)])
                 doc, text = collab.new_doc(state, client_id=self._client_id)
                 update = collab.text_update(doc, text, content)

@@ -70,14 +70,15 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Trim:
-    """A fold written to Postgres, to keep in Redis: its state and text, the last log id it holds
-    and the log bytes it folded."""
+    """A fold written to Postgres, to keep in Redis: its state and text, the last log id it holds,
+    the log bytes it folded and the folded id it started from (the snapshot's)."""
 
     doc_id: str
     folded_id: str
     state: bytes
     text: str
     folded_bytes: int
+    base_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +283,8 @@ class UpdateLog:
                 out[i] = _snapshot(r)
         return [s for s in out if s is not None]
 
-    async def trim(
-        self, doc_id: str, folded_id: str, state: bytes, text: str, folded_bytes: int, ttl_ms: int
-    ) -> tuple[TrimStatus, int]:
-        (out,) = await self.trim_many([Trim(doc_id, folded_id, state, text, folded_bytes)], ttl_ms)
+    async def trim(self, trim: Trim, ttl_ms: int) -> tuple[TrimStatus, int]:
+        (out,) = await self.trim_many([trim], ttl_ms)
         return out
 
     async def trim_many(self, trims: Sequence[Trim], ttl_ms: int) -> list[tuple[TrimStatus, int]]:
@@ -310,6 +309,7 @@ class UpdateLog:
                             trims[i].state,
                             trims[i].text,
                             trims[i].folded_bytes,
+                            trims[i].base_id,
                         )
                     ),
                 ],

@@ -20,7 +20,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -303,12 +303,14 @@ class Tally:
     lost: int
     typed: int
     unacked_kept: int  # typed, never acknowledged, and there anyway (stored or resent)
+    lost_tokens: list[str] = field(default_factory=list)  # acked, not in the final text
 
 
 def tally(t: Typing, finals: dict[str, str]) -> Tally:
     """Every acked token against the final text; and the final text is whole tokens, each
     once (a duplicated or split update would show here)."""
     acked = lost = typed = kept = 0
+    lost_tokens: list[str] = []
     for doc_id, final in finals.items():
         found = tokens(final, PREFIX)
         twice = {tok: n for tok, n in found.items() if n > 1}
@@ -316,14 +318,20 @@ def tally(t: Typing, finals: dict[str, str]) -> Tally:
         of_doc: list[AnyTypist] = [*t.sockets.get(doc_id, []), *t.http.get(doc_id, [])]
         for ty in of_doc:
             acked += len(ty.acked)
-            lost += sum(1 for tok in ty.acked if not found[tok])
+            gone = sorted(tok for tok in ty.acked if not found[tok])
+            lost += len(gone)
+            lost_tokens += gone
             typed += len(ty.typed)
             kept += sum(1 for tok in ty.typed if tok not in ty.acked and found[tok])
         # Converged clients hold everything they typed, so the server has it too.
         for ty in t.sockets[doc_id]:
             missing = [tok for tok in ty.typed if not found[tok]]
             assert not missing, f"{ty.name} typed {missing[:5]} and the converged text lacks them"
-    return Tally(acked, lost, typed, kept)
+    for ty in t.all_http():
+        for tok in lost_tokens:
+            if tok in ty.attempts:
+                print(f"lost {tok}: {ty.attempts[tok]}")
+    return Tally(acked, lost, typed, kept, lost_tokens)
 
 
 def no_internal_errors(t: Typing) -> None:
@@ -509,10 +517,11 @@ def _lock_waited(settings: Settings) -> Callable[[], Awaitable[bool]]:
 async def test_state_valkey_sigkill_mid_typing_loses_no_acknowledged_update(
     migrated: Servers, valkey: Valkey, tmp_path: Path
 ) -> None:
-    """The state Valkey (AOF, appendfsync everysec: a killed process leaves its writes in the
-    page cache) SIGKILLed twice under two api processes' typists and an HTTP editor, down a
-    second each time. Sockets close 1013 (never 1011) and reconnect once it is back; every acked
-    update survives, the clients converge, and Postgres ends with their text."""
+    """The state Valkey (AOF, appendfsync everysec, on a tmpfs: a killed process leaves its
+    writes in the page cache, see `state_valkey`) SIGKILLed twice under two api processes'
+    typists and an HTTP editor, down a second each time. Sockets close 1013 (never 1011) and
+    reconnect once it is back; every acked update survives, the clients converge, and Postgres
+    ends with their text."""
     settings = collab_settings(migrated, valkey.url)
     rng = random.Random(7)
     async with collab_stack(settings, tmp_path) as c:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
@@ -19,6 +20,7 @@ from shared.store.update_log import (
     AppendStatus,
     LogLimits,
     SeedStatus,
+    Snapshot,
     Trim,
     TrimStatus,
     UpdateLog,
@@ -249,17 +251,50 @@ async def test_a_trim_keeps_what_was_appended_while_the_flusher_folded(
     for u in updates[:2]:
         await log.append(doc_id, u, "o", "alice", 1, GRANTS)
     snap = await log.read(doc_id, 100)  # the flusher's read
-    folded = collab.fold(snap.state, [u for _, u in snap.log])
     late = await log.append(doc_id, updates[2], "o", "alice", 2, GRANTS)  # during the write
-    status, left = await log.trim(
-        doc_id, snap.log[-1][0], folded.state, folded.text, sum(len(u) for u in updates[:2]), TTL
-    )
+    status, left = await log.trim(trim_of(doc_id, snap, updates[:2]), TTL)
     assert (status, left) == (TrimStatus.TRIMMED, 1)
     after = await log.read(doc_id, 100)
     assert after.log == ((late.log_id, updates[2]),)
     assert after.folded_id == snap.log[-1][0] and after.text == "seed textab"
     assert collab.fold(after.state, [u for _, u in after.log]).text == "seed textabc"
     assert await redis.hget(keys.doc(doc_id), "yb") == str(len(updates[2]))
+
+
+def trim_of(doc_id: str, snap: Snapshot, updates: Sequence[bytes]) -> Trim:
+    """The trim of a fold of `snap`'s state with its first len(updates) log entries (`updates`,
+    as appended), as the flusher builds it."""
+    folded = collab.fold(snap.state, list(updates))
+    last = snap.log[len(updates) - 1][0]
+    return Trim(
+        doc_id, last, folded.state, folded.text, sum(len(u) for u in updates), snap.folded_id
+    )
+
+
+async def test_overlapping_folds_count_the_bytes_left_once(
+    redis: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    """Two folds of one document at once (a flush job beside the cron pass, or two flushers):
+    A folds E1..E2, B folds E1..E3; A trims first, E4 lands, then B trims. B may count only E3
+    as its own: had E1..E2 been subtracted twice, the log's byte count would read 0 with E4
+    still in the log, and GET, trusting it, would answer B's text at E4's version (an HTTP
+    editor's diff against that text then deletes E4: found by the Valkey-kill fault test)."""
+    doc_id = await co_edited(redis, keys, log)
+    updates = keystrokes(collab.seed_update("seed text"), "abcd")
+    for u in updates[:3]:
+        assert (await log.append(doc_id, u, "o", "alice", 1, GRANTS)).status == 1
+    snap = await log.read(doc_id, 100)
+    first = trim_of(doc_id, snap, updates[:2])
+    second = trim_of(doc_id, snap, updates[:3])
+    assert (await log.trim(first, TTL))[0] == TrimStatus.TRIMMED
+    late = await log.append(doc_id, updates[3], "o", "alice", 2, GRANTS)
+    assert (await log.trim(second, TTL)) == (TrimStatus.TRIMMED, 1)
+    assert (await log.read(doc_id, 100)).log == ((late.log_id, updates[3]),)
+    # What GET reads: entries left, so the text is the fold's plus the log's, not `c` alone.
+    assert await redis.hget(keys.doc(doc_id), "yb") == str(len(updates[3]))
+    after = await log.read(doc_id, 100)
+    assert after.text == "seed textabc"
+    assert collab.fold(after.state, [u for _, u in after.log]).text == "seed textabcd"
 
 
 async def test_a_retried_or_stale_trim_changes_nothing(
@@ -270,18 +305,14 @@ async def test_a_retried_or_stale_trim_changes_nothing(
     first = await log.append(doc_id, updates[0], "o", "alice", 1, GRANTS)
     second = await log.append(doc_id, updates[1], "o", "alice", 2, GRANTS)
     snap = await log.read(doc_id, 100)
+    assert [i for i, _ in snap.log] == [first.log_id, second.log_id]
     whole = collab.fold(snap.state, [u for _, u in snap.log])
-    assert (await log.trim(doc_id, second.log_id, whole.state, whole.text, 0, TTL))[0] == (
-        TrimStatus.TRIMMED
-    )
+    assert (await log.trim(trim_of(doc_id, snap, updates), TTL))[0] == TrimStatus.TRIMMED
     # A flusher that folded only the first update, and a retry of the trim: both refused.
-    part = collab.fold(snap.state, [updates[0]])
-    assert (await log.trim(doc_id, first.log_id, part.state, part.text, 0, TTL))[0] == (
-        TrimStatus.STALE
-    )
-    assert (await log.trim(doc_id, second.log_id, whole.state, whole.text, 0, TTL))[0] == (
-        TrimStatus.STALE
-    )
+    part = trim_of(doc_id, snap, updates[:1])
+    assert part.folded_id == first.log_id
+    assert (await log.trim(part, TTL))[0] == TrimStatus.STALE
+    assert (await log.trim(trim_of(doc_id, snap, updates), TTL))[0] == TrimStatus.STALE
     kept = await log.read(doc_id, 100)
     assert kept.state == whole.state and kept.text == "seed textab" and kept.log == ()
     # The emptied log goes with the clean hash; the next append recreates it after the fold.
@@ -329,9 +360,8 @@ async def test_many_reads_and_trims_answer_each_document_in_order(
     trims = []
     for d, s in zip(order, snaps, strict=True):
         if s.state:
-            f = collab.fold(s.state, [u for _, u in s.log])
-            trims.append(Trim(d, s.log[-1][0], f.state, f.text, 1))
-    stale = Trim(docs[5], "0-1", b"", "", 0)  # older than the fold the batch keeps first
+            trims.append(trim_of(d, s, [u for _, u in s.log]))
+    stale = Trim(docs[5], "0-1", b"", "", 0, "0-0")  # older than the fold the batch keeps first
     got = await log.trim_many([*trims, stale], TTL)
     assert got[:-1] == [(TrimStatus.TRIMMED, 0)] * 120
     assert got[-1] == (TrimStatus.STALE, 0)

@@ -340,6 +340,8 @@ class HttpTypist:
         self.typed: list[str] = []
         self.acked: set[str] = set()
         self.answers: Counter[str] = Counter()
+        # token -> what became of it: the version it was typed on, the answer, the version after
+        self.attempts: dict[str, str] = {}
         self._host = 0
         self._deadline = time.monotonic() + limit_s
         self._stop = asyncio.Event()
@@ -383,9 +385,11 @@ class HttpTypist:
                 json={"content": content, "base_version": body["version"]},
                 headers=self.user.auth,
             )
+            self.attempts[token] = f"typed on v{body['version']} via {base}: {r.status_code}"
             if r.status_code == 202:
                 self.answers["202"] += 1
                 self.acked.add(token)
+                self.attempts[token] += f" v{r.json()['version']}"
                 return
             if r.status_code != 409:
                 self._other(r)

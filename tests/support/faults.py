@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -356,14 +357,37 @@ def report(scenario: str, faults: int, points: set[str], acc: Accounting, recove
 
 
 # The state Valkey -------------------------------------------------------------------------------
+# Where a killable Valkey keeps its AOF: a tmpfs when there is one. These scenarios kill the
+# *process* and keep the machine, so what was written to the file must survive; but with
+# `appendfsync everysec` Valkey postpones that write (up to 2 s, still answering clients) while a
+# background fsync is slow, and on a busy disk (a full suite on CI) a kill then loses acknowledged
+# writes: Redis's own loss, not Redline's, measured by `python -m bench.aof_kill` and documented in
+# the README. On a tmpfs an fsync never stalls, so each kill tests Redline's write path alone.
+TMPFS = Path("/dev/shm")
+
+
 @asynccontextmanager
 async def state_valkey(data_dir: Path, *, aof: bool) -> AsyncIterator[Valkey]:
-    valkey = Valkey(data_dir, free_port(), aof=aof)
-    await asyncio.to_thread(valkey.start)
-    try:
-        yield valkey
-    finally:
-        await asyncio.to_thread(valkey.kill)
+    """A Valkey of the test's own; its data (AOF, log) on a tmpfs when there is one, reachable
+    through `data_dir` (a link) all the same."""
+    with contextlib.ExitStack() as stack:
+        if aof:
+            _on_tmpfs(data_dir, stack)
+        valkey = Valkey(data_dir, free_port(), aof=aof)
+        await asyncio.to_thread(valkey.start)
+        try:
+            yield valkey
+        finally:
+            await asyncio.to_thread(valkey.kill)
+
+
+def _on_tmpfs(data_dir: Path, stack: contextlib.ExitStack) -> None:
+    """Make `data_dir` a link to a fresh directory on the tmpfs (removed with `stack`), if any."""
+    if not (TMPFS.is_dir() and os.access(TMPFS, os.W_OK)):
+        return
+    held = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=TMPFS)))
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.symlink_to(held, target_is_directory=True)
 
 
 async def valkey_info(url: str, section: str) -> dict[str, object]:
