@@ -252,12 +252,12 @@ class Flusher:
         rows: list[queries.FlushRow] = []
         coedited: list[tuple[str, str | None, str | None]] = []
         for doc_id, (v, content, by, at, deleted, yb) in zip(ids, docs, strict=True):
-            if v is None or deleted or content is None:
+            if v is not None and not deleted and yb is not None:
+                coedited.append((doc_id, by, at))  # read_docs leaves its text out: the fold has it
+            elif v is None or deleted or content is None:
                 # Gone: mark_clean drops it from the dirty index. (A hash with a version but no
                 # content is never written; version 0 keeps it dirty rather than lose it.)
                 versions[doc_id] = 0
-            elif yb is not None:
-                coedited.append((doc_id, by, at))
             else:
                 versions[doc_id] = int(v)
                 rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at), None, None))
