@@ -1,10 +1,11 @@
 """Acknowledged writes a Valkey with AOF loses when its process is SIGKILLed, by appendfsync policy
 and disk load.
 
-`python -m bench.aof_kill` (about 2-3 minutes with the defaults): for each disk (idle, then busy)
-and policy (everysec, always), a fresh embedded Valkey under .data/bench-aof/ on the real disk
-(never tmpfs: the page cache is the point), N asyncio clients INCRing one counter for a random
-0.3-1.0 s, then SIGKILL, restart, wait out LOADING and read the counter back; repeated K times.
+`python -m bench.aof_kill` (about 40 s with the defaults on a quiet 2-core machine): for each
+disk (idle, then busy) and policy (everysec, always), a fresh embedded Valkey under
+.data/bench-aof/ on the real disk (never tmpfs: the page cache is the point), N asyncio clients
+INCRing one counter for a random 0.3-1.0 s, then SIGKILL, restart, wait out LOADING and read the
+counter back; repeated K times.
 An INCR's reply is the counter's new value, so an acknowledged write is lost when its reply is
 above the value the restarted server replays. "busy" is a second process doing what
 `dd if=/dev/zero of=FILE bs=1M count=300 conv=fsync` does, in a loop, on the same filesystem.
