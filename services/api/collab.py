@@ -58,6 +58,7 @@ CLOSE_FOR: dict[AppendStatus, tuple[int, str]] = {
     AppendStatus.DELETED: (1008, "the document was deleted"),
     AppendStatus.NO_ACCESS: (1008, "you may no longer edit this document"),
 }
+NOT_REPLICATED = (1013, "too few replicas confirmed the update in time; reconnect shortly")
 SESSION_ENDED = (1008, "session ended")  # expired (or revoked unheard): as the matcher says
 
 
@@ -225,10 +226,14 @@ class Collab:
             if msg.update == collab.EMPTY_UPDATE:
                 return
             reply = await self._append(who, doc_id, collab.checked(msg.update), origin)
-            if reply.status == AppendStatus.APPENDED:
-                self.rooms.relay(doc_id, collab.encode(collab.Update(msg.update)))
-            else:
+            if reply.status != AppendStatus.APPENDED:
                 peer.stop(*CLOSE_FOR[reply.status])
+            elif not await self._documents.replicated():
+                # On the primary only (REDLINE_EDIT_MIN_REPLICAS): not acknowledged, so not
+                # relayed; the resync after the reconnect finds it stored, or resends it.
+                peer.stop(*NOT_REPLICATED)
+            else:
+                self.rooms.relay(doc_id, collab.encode(collab.Update(msg.update)))
         elif isinstance(msg, collab.Awareness):
             await self._aware(doc_id, origin, msg, frame)
         elif isinstance(msg, collab.QueryAwareness):

@@ -37,6 +37,7 @@ from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
+from shared.store.replicas import ReplicaWaits
 from shared.store.scripts import Scripts
 from shared.store.update_log import AppendStatus
 
@@ -113,6 +114,11 @@ class Documents:
         # 0: acknowledge on the primary's word (one integer check on the hot path).
         self._min_replicas = settings.edit_min_replicas
         self._replica_timeout_ms = settings.edit_replica_timeout_ms
+        # Appends of co-edited documents run on the update log's connections: a mark and a WAIT
+        # after them, one round for every append that finished before it.
+        self._replica_waits = ReplicaWaits(
+            lambda: scripts.wait_replicas(self._min_replicas, self._replica_timeout_ms)
+        )
 
     def _check_size(self, content: str) -> None:
         # Cheap bound first: UTF-8 needs at most 4 bytes a character.
@@ -256,6 +262,14 @@ class Documents:
                 break
         raise NotFound(f"document {doc_id} not found")
 
+    async def replicated(self) -> bool:
+        """Whether `REDLINE_EDIT_MIN_REPLICAS` replicas hold every write the caller completed
+        (a co-editing socket's append, before its relay acknowledges it); True when none are
+        asked for."""
+        if not self._min_replicas:
+            return True
+        return await self._replica_waits.replicas() >= self._min_replicas
+
     def _check_replicas(self, version: int, acked: int) -> None:
         if acked >= self._min_replicas:
             return
@@ -279,11 +293,7 @@ class Documents:
             return None
         if reply.status is AppendStatus.APPENDED:
             if self._min_replicas:
-                # The append ran on a connection of the update log's: wait through a mark.
-                acked = await self._scripts.wait_replicas(
-                    self._min_replicas, self._replica_timeout_ms
-                )
-                self._check_replicas(reply.version, acked)
+                self._check_replicas(reply.version, await self._replica_waits.replicas())
             return EditOut(
                 id=doc_id,
                 version=reply.version,

@@ -212,6 +212,37 @@ async def test_a_co_edited_documents_http_edit_waits_for_the_replica_too(
         print(f"co-edited, replica paused: {ed.acked} acked, {ed.refused} refused")
 
 
+async def test_a_co_editing_socket_relays_only_what_the_replica_holds(
+    migrated: Servers, tmp_path: Path
+) -> None:
+    """A socket's update is acknowledged by its relay: with the replica up, every relayed update
+    is on the replica already; with it paused, the update is stored on the primary but not
+    relayed, and the socket closes 1013 (the client's resync after reconnecting settles it)."""
+    async with replicated(migrated, tmp_path) as r:
+        host = f"127.0.0.1:{r.settings.api_port}"
+        log_key = r.keys.update_log(r.ed.doc_id)
+        async with editor(host, r.users[0], r.ed.doc_id) as ed:
+            for n in range(10):
+                await ed.type(0, str(n))
+                await ed.settled()
+                assert await r.reader.xlen(log_key) >= n + 1
+            assert ed.acked == 10
+            assert r.replica.proc is not None
+            r.replica.proc.send_signal(signal.SIGSTOP)
+            await ed.type(0, "unconfirmed")
+            started = time.monotonic()
+            await ed.closed()
+            assert time.monotonic() - started < HANG_S
+            assert ed.ws.close_code == 1013, ed.ws.close_reason
+            assert ed.acked == 10 and len(ed.pending) == 1
+            assert await r.admin.xlen(log_key) == 11  # on the primary all the same
+            r.replica.proc.send_signal(signal.SIGCONT)
+        async with editor(host, r.users[0], r.ed.doc_id) as again:
+            # Stored on the primary, it reached the replica and every process once it resumed.
+            assert str(again.text) == "unconfirmed9876543210"
+        print("co-editing socket, replica paused: 10 relayed (all on the replica), 1 held back")
+
+
 async def _unlinked(primary: Redis) -> bool:
     return int((await primary.info("replication")).get("connected_slaves", 0)) == 0
 
