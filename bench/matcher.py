@@ -105,7 +105,7 @@ async def pool_latency(
                 for n in range(chunk, min(calls, chunk + UPKEEP_EVERY)):
                     seeker = PoolEntry(f"s{n}", "t", interests=_interests(rng))
                     t0 = time.perf_counter()
-                    reply = await pool.find(language, seeker, rejoin=True)
+                    reply = await pool.find(language, seeker)
                     latencies.append((time.perf_counter() - t0) * 1000)
                     replies.append((seeker, reply))
                 calls1, usec1 = await _script_usec(redis)

@@ -97,9 +97,10 @@ class MatchSession:
             await self._find(msg)
 
     # Pool ----------------------------------------------------------------------------------
-    async def enter(self, *, rejoin: bool) -> bool:
-        """Make the session findable; False when a match claimed it meanwhile."""
-        reply = await self._pool.enter(self.language, self.entry, rejoin=rejoin)
+    async def enter(self, *, requeue: bool = False) -> bool:
+        """Make the session findable; False when a match has claimed its ticket (`requeue`: that
+        match was called off, so the ticket is back)."""
+        reply = await self._pool.enter(self.language, self.entry, requeue=requeue)
         if reply.status is MatchStatus.CLAIMED:
             self.in_pool = False
             return False
@@ -134,9 +135,11 @@ class MatchSession:
             self.conn.push(ErrorMsg(detail="no interests to match on: add some to your profile"))
             return
         with self._res.metrics.find_duration.time():
-            reply = await self._pool.find(self.language, self.entry, rejoin=not self.in_pool)
+            reply = await self._pool.find(self.language, self.entry)
         if reply.status is MatchStatus.CLAIMED:
-            # Someone's match claimed us a moment ago; its match_found is on the way.
+            # Someone's match claimed this ticket: its match_found is on the way, or this
+            # find_match crossed it (sent on `queued`, it arrived after the match). Either way
+            # this search is that match, not the start of another.
             self.in_pool = False
         elif reply.status is MatchStatus.QUEUED:
             self.in_pool = True
@@ -158,7 +161,7 @@ class MatchSession:
         except ROOM_FAILURES as exc:
             log.warning("room creation failed; both back in the pool", extra={"err": str(exc)})
             await publish(res, partner, Delivery(requeue=True, ticket=reply.partner_ticket))
-            await self.enter(rejoin=True)
+            await self.enter()
             self.conn.push(ErrorMsg(detail="could not open a room; you are back in the pool"))
             return
         theirs = MatchFound(
@@ -188,8 +191,9 @@ class MatchSession:
             metrics = self._res.metrics
             (metrics.deliveries if queued else metrics.drops).inc()
         elif delivery.requeue and mine and self.conn.close_with is None:
+            # The match that claimed this ticket was called off: only this takes a claim back.
             with contextlib.suppress(*DOWN):
-                await self.enter(rejoin=True)
+                await self.enter(requeue=True)
 
     async def drain_inbox(self) -> bool:
         """Send results that waited for this user; True when one is a match (then the user is
@@ -230,7 +234,7 @@ class MatchEndpoint:
                 await self._hub.attach(session)
                 waiting = await session.drain_inbox()
                 if not waiting:
-                    await session.enter(rejoin=True)
+                    await session.enter()
                 await receive_loop(conn, self._res.settings, session.handle)
         finally:
             if conn.close_with == SLOW_CLIENT:
@@ -299,7 +303,7 @@ class MatchEndpoint:
                 lost = set(await self._pool.refresh(language, owners))
                 for session in batch:
                     if session.user_id in lost and session.in_pool:
-                        await session.enter(rejoin=False)
+                        await session.enter()
 
 
 async def publish(res: Resources, user_id: str, delivery: Delivery, inbox: bool = False) -> None:

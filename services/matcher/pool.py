@@ -54,16 +54,18 @@ class Pool:
         self._scan = settings.match_scan_limit
         self._claim_ttl_ms = settings.match_inbox_ttl_s * 1000
 
-    async def enter(self, language: str, entry: PoolEntry, *, rejoin: bool = True) -> MatchReply:
-        """Be findable. Without `rejoin`, only if no match has claimed this ticket meanwhile."""
-        return await self._match(language, entry, scan_limit=0, rejoin=rejoin)
+    async def enter(self, language: str, entry: PoolEntry, *, requeue: bool = False) -> MatchReply:
+        """Be findable, unless a match has claimed this ticket (CLAIMED). `requeue`: that match
+        was called off (its room could not be opened), so the ticket is back in the pool."""
+        return await self._match(language, entry, scan_limit=0, requeue=requeue)
 
-    async def find(self, language: str, entry: PoolEntry, *, rejoin: bool) -> MatchReply:
-        """Claim the best partner for `entry`, or leave it waiting in the pool."""
-        return await self._match(language, entry, scan_limit=self._scan, rejoin=rejoin)
+    async def find(self, language: str, entry: PoolEntry) -> MatchReply:
+        """Claim the best partner for `entry`, or leave it waiting in the pool; CLAIMED when a
+        match has claimed this ticket already (a ticket is matched once)."""
+        return await self._match(language, entry, scan_limit=self._scan, requeue=False)
 
     async def _match(
-        self, language: str, entry: PoolEntry, *, scan_limit: int, rejoin: bool
+        self, language: str, entry: PoolEntry, *, scan_limit: int, requeue: bool
     ) -> MatchReply:
         return await self._scripts.match(
             language,
@@ -75,7 +77,7 @@ class Pool:
             now_ms=self._clock(),
             ttl_ms=self._ttl_ms,
             scan_limit=scan_limit,
-            rejoin=rejoin,
+            requeue=requeue,
             claim_ttl_ms=self._claim_ttl_ms,
         )
 

@@ -402,13 +402,14 @@ class Scripts:
         now_ms: int,
         ttl_ms: int,
         scan_limit: int,
-        rejoin: bool,
+        requeue: bool = False,
         prune_limit: int = 32,
         claim_ttl_ms: int = 60_000,
     ) -> MatchReply:
         """Enter the pool as (user_id, ticket) and (scan_limit > 0) claim the best partner,
         atomically. The ticket names one connection: a stale one of the same user can neither
-        refresh nor remove a newer one's entry."""
+        refresh nor remove a newer one's entry. A ticket a match claimed is refused (CLAIMED)
+        unless `requeue`: the claiming match was called off."""
         k = self._keys
         reply = await self._call(
             "match",
@@ -429,7 +430,7 @@ class Scripts:
                 k.pool_interest_prefix(language),
                 k.pool_claimed_prefix(language),
                 claim_ttl_ms,
-                1 if rejoin else 0,
+                1 if requeue else 0,
                 *interests,
             ),
         )

@@ -12,10 +12,12 @@
 -- ARGV[8] prune limit: expired entries removed per call
 -- ARGV[9] interest index key prefix (+ slug = an index; same tag)
 -- ARGV[10] claimed marker key prefix (+ user id; same tag)   ARGV[11] claimed marker ttl (ms)
--- ARGV[12] rejoin: '1' the user asked to (re)enter; '0' only if the seeker's entry is still theirs
+-- ARGV[12] requeue: '1' the match that claimed this ticket was called off (its room could not
+--          be opened), so the ticket may enter again; '0' otherwise
 -- ARGV[13..] the seeker's interests (slugs)
 -- Reply: {'queued'} the seeker is in the pool, no partner found
---        {'claimed'} the seeker was claimed by someone else's match (the result is on its way)
+--        {'claimed'} this ticket was claimed by someone else's match (the result is on its way,
+--                    or already delivered): it neither enters nor is matched again
 --        {'matched', partner_id, partner_ticket, shared slug, ...}
 local members, entries = KEYS[1], KEYS[2]
 local now = tonumber(ARGV[1])
@@ -26,7 +28,7 @@ local scan = tonumber(ARGV[7])
 local prune = tonumber(ARGV[8])
 local iprefix, cprefix = ARGV[9], ARGV[10]
 local claim_ttl = tonumber(ARGV[11])
-local rejoin = ARGV[12] == '1'
+local requeue = ARGV[12] == '1'
 
 local function parse(raw)
   local t, j, r, w, list = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
@@ -49,18 +51,21 @@ end
 local expired = redis.call('ZRANGE', members, '-inf', '(' .. now, 'BYSCORE', 'LIMIT', 0, prune)
 for _, user in ipairs(expired) do remove(user) end
 
--- 2. The seeker's own entry. Without rejoin, a seeker whose entry is gone because a match
--- claimed it must not re-enter: that would let it be matched twice.
+-- 2. A ticket a match claimed is matched: it must not enter or match again, whatever the caller
+-- believes (its find_match may arrive after its match_found was delivered: that is one search,
+-- not two). Only a requeue, the claiming match called off, gives the ticket back. The marker
+-- names one ticket: another connection of the same user neither trips on it nor clears it.
+local claimed = cprefix .. seeker
+if redis.call('GET', claimed) == ticket then
+  if not requeue then return {'claimed'} end
+  redis.call('DEL', claimed)
+end
 local current = redis.call('HGET', entries, seeker)
 local joined = now
 if current then
   local e = parse(current)
   if e.ticket == ticket then joined = e.joined end
 end
-if not rejoin and (not current or parse(current).ticket ~= ticket) then
-  if redis.call('GET', cprefix .. seeker) == ticket then return {'claimed'} end
-end
-redis.call('DEL', cprefix .. seeker)
 remove(seeker)
 
 -- 3. Count each candidate's overlap over the seeker's indexes (the longest-waiting `scan` of

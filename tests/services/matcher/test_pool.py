@@ -38,14 +38,14 @@ async def test_largest_overlap_wins_then_longest_waiting(
     now[0] += 1000
     await pool.enter("en", entry("four", "tennis"))
     now[0] += 1000
-    reply = await pool.find("en", entry("me", "go", "jazz", "chess"), rejoin=True)
+    reply = await pool.find("en", entry("me", "go", "jazz", "chess"))
     # two and three share three interests; two has waited longer.
     assert reply.status is MatchStatus.MATCHED and reply.partner_id == "two"
     assert sorted(reply.shared) == ["chess", "go", "jazz"]
     assert reply.partner_ticket == "t-two"
-    reply = await pool.find("en", entry("you", "go", "jazz"), rejoin=True)
+    reply = await pool.find("en", entry("you", "go", "jazz"))
     assert reply.partner_id == "three" and sorted(reply.shared) == ["go", "jazz"]
-    reply = await pool.find("en", entry("they", "go"), rejoin=True)
+    reply = await pool.find("en", entry("they", "go"))
     assert reply.partner_id == "one" and reply.shared == ("go",)
     # Matched users left every index; the unmatched one is all that is left.
     assert await redis.zrange(keys.pool_members("en"), 0, -1) == ["four"]
@@ -59,10 +59,10 @@ async def test_nobody_sharing_an_interest_means_queued_and_findable(
 ) -> None:
     pool = clocked(settings, scripts, [T0])
     await pool.enter("en", entry("one", "tennis"))
-    reply = await pool.find("en", entry("me", "go"), rejoin=True)
+    reply = await pool.find("en", entry("me", "go"))
     assert reply.status is MatchStatus.QUEUED
     assert await redis.zscore(keys.pool_interest("en", "go"), "me") == T0
-    found = await pool.find("en", entry("you", "go"), rejoin=True)
+    found = await pool.find("en", entry("you", "go"))
     assert found.partner_id == "me"
 
 
@@ -70,10 +70,10 @@ async def test_region_filter_is_respected_both_ways(settings: Settings, scripts:
     pool = clocked(settings, scripts, [T0])
     await pool.enter("en", entry("us", "go", region="US"))
     await pool.enter("en", entry("de-only", "go", region="FR", wanted="DE"))
-    reply = await pool.find("en", entry("me", "go", region="GB", wanted="FR"), rejoin=True)
+    reply = await pool.find("en", entry("me", "go", region="GB", wanted="FR"))
     # de-only is in FR but wants a partner from DE; us is not in FR.
     assert reply.status is MatchStatus.QUEUED
-    reply = await pool.find("en", entry("fritz", "go", region="DE", wanted="FR"), rejoin=True)
+    reply = await pool.find("en", entry("fritz", "go", region="DE", wanted="FR"))
     assert reply.partner_id == "de-only"
 
 
@@ -87,7 +87,7 @@ async def test_expired_entries_are_never_matched_and_are_cleaned(
     await pool.enter("en", entry("alive", "go"))
     # The ghost's process died: nobody refreshed it. Past its TTL it is gone for good.
     now[0] = T0 + settings.pool_ttl_s * 1000 + 1
-    reply = await pool.find("en", entry("me", "go", "jazz"), rejoin=True)
+    reply = await pool.find("en", entry("me", "go", "jazz"))
     assert reply.partner_id == "alive" and reply.shared == ("go",)
     for key in (keys.pool_members("en"), keys.pool_interest("en", "go")):
         assert await redis.zscore(key, "ghost") is None
@@ -102,7 +102,7 @@ async def test_heartbeat_keeps_entries_alive_and_reports_lost_ones(
     pool = clocked(settings, scripts, now)
     ttl = settings.pool_ttl_s * 1000
     await pool.enter("en", entry("claimed", "go"))
-    matched = await pool.find("en", entry("seeker", "go"), rejoin=True)
+    matched = await pool.find("en", entry("seeker", "go"))
     assert matched.partner_id == "claimed"
     await pool.enter("en", entry("kept", "go"))
     now[0] += ttl - 1
@@ -113,17 +113,51 @@ async def test_heartbeat_keeps_entries_alive_and_reports_lost_ones(
     assert lost == ["vanished"]
     assert await redis.zscore(keys.pool_members("en"), "kept") == now[0] + ttl
     now[0] += ttl - 1
-    reply = await pool.find("en", entry("late", "go"), rejoin=True)
+    reply = await pool.find("en", entry("late", "go"))
     assert reply.partner_id == "kept"
     # A refresh never puts a claimed user back, and names them as not lost.
     assert await pool.refresh("en", [("kept", "t-kept")]) == []
     assert await redis.zscore(keys.pool_members("en"), "kept") is None
-    # Re-entering without rejoin is refused for a claimed ticket...
-    assert (await pool.enter("en", entry("kept", "go"), rejoin=False)).status is (
-        MatchStatus.CLAIMED
+    # Re-entering is refused for a claimed ticket (test_a_claimed_ticket_is_matched_once).
+    assert (await pool.enter("en", entry("kept", "go"))).status is MatchStatus.CLAIMED
+
+
+async def test_a_claimed_ticket_is_matched_once(
+    settings: Settings, scripts: Scripts, redis: Redis, keys: Keys
+) -> None:
+    """The claimed partner's own find_match may reach the script after the claim (after its
+    match_found, even): it must claim nobody, whatever its session believes. Only a requeue (the
+    claiming match called off) gives the ticket back."""
+    now = [T0]
+    pool = clocked(settings, scripts, now)
+    await pool.enter("en", entry("stranger", "go"))
+    now[0] += 1000
+    await pool.enter("en", entry("ada", "go", "chess"))
+    now[0] += 1000
+    matched = await pool.find("en", entry("bob", "go", "chess"))
+    assert matched.partner_id == "ada" and matched.partner_ticket == "t-ada"
+    now[0] += 1000
+    # Ada's find_match, and a heartbeat's re-entry, come too late: refused, nobody claimed.
+    assert (await pool.find("en", entry("ada", "go", "chess"))).status is MatchStatus.CLAIMED
+    assert (await pool.enter("en", entry("ada", "go", "chess"))).status is MatchStatus.CLAIMED
+    assert await redis.zrange(keys.pool_members("en"), 0, -1) == ["stranger"]
+    assert await redis.zrange(keys.pool_interest("en", "go"), 0, -1) == ["stranger"]
+    assert await redis.exists(keys.pool_interest("en", "chess")) == 0
+    # Another connection of ada's (a new ticket) is a new search, and leaves the claim in place
+    # for the old one.
+    other = PoolEntry("ada", "t-ada-2", interests=("chess",))
+    assert (await pool.enter("en", other)).status is MatchStatus.QUEUED
+    assert await pool.leave("en", "ada", "t-ada-2")
+    assert (await pool.find("en", entry("ada", "go"))).status is MatchStatus.CLAIMED
+    # Bob's room could not be opened: the requeue puts ada back, findable again, once.
+    assert (await pool.enter("en", entry("ada", "go", "chess"), requeue=True)).status is (
+        MatchStatus.QUEUED
     )
-    # ...and allowed when the user asks again (rejoin), which is what find_match does next.
-    assert (await pool.enter("en", entry("kept", "go"))).status is MatchStatus.QUEUED
+    assert await redis.exists(keys.pool_claimed("en", "ada")) == 0
+    found = await pool.find("en", entry("cat", "chess"))
+    assert found.partner_id == "ada"
+    assert (await pool.find("en", entry("ada", "go", "chess"))).status is MatchStatus.CLAIMED
+    assert await redis.zrange(keys.pool_members("en"), 0, -1) == ["stranger"]
 
 
 async def test_leave_only_removes_the_callers_own_entry(
@@ -156,9 +190,7 @@ async def test_200_concurrent_seekers_over_1000_never_double_match(
     seekers = rng.sample(users, 200)
     # Every seeker at once, each on its own connection (the client's pool opens them), as 200
     # sockets on several matcher processes would.
-    replies = await asyncio.gather(
-        *(pool.find("en", entry(s, *interests[s]), rejoin=False) for s in seekers)
-    )
+    replies = await asyncio.gather(*(pool.find("en", entry(s, *interests[s])) for s in seekers))
     pairs = [(s, r.partner_id) for s, r in zip(seekers, replies, strict=True) if r.partner_id]
     appearances = Counter(u for pair in pairs for u in pair)
     twice = [u for u, n in appearances.items() if n > 1]

@@ -107,6 +107,37 @@ async def test_cancel_leaves_the_pool_and_find_match_reenters(
         await recv_type(a, "pong")
 
 
+async def test_a_find_match_that_crossed_its_match_found_matches_nobody_else(
+    matcher_url: str, api: httpx.AsyncClient, db: asyncpg.Connection, redis: Redis, keys: Keys
+) -> None:
+    """Every client sends find_match on `queued`; a loaded client's (or network's) may reach the
+    server only after someone else's search has claimed that user and delivered the result. That
+    find_match must not start a second search: the user is matched once."""
+    ada = await make_user(api, db, "ada", ["chess", "go"])
+    bob = await make_user(api, db, "bob", ["chess", "go"])
+    cat = await make_user(api, db, "cat", ["go"])
+    async with open_socket(matcher_url, cat) as c, open_socket(matcher_url, ada) as a:
+        await recv_type(c, "queued")
+        await recv_type(a, "queued")
+        async with open_socket(matcher_url, bob) as b:
+            await recv_type(b, "queued")
+            await send(b, type="find_match")
+            mine = await recv_type(b, "match_found")
+        theirs = await recv_type(a, "match_found")
+        assert mine["partner_id"] == ada.user_id and theirs["partner_id"] == bob.user_id
+        # Only now does ada's find_match arrive (after her match was delivered to her session).
+        await send(a, type="find_match")
+        await send(a, type="ping")
+        # Frames on one socket keep their order: a second match would come before the pong.
+        await recv_type(a, "pong")
+        await send(c, type="ping")
+        await recv_type(c, "pong")
+        # Cat, who shares `go` with ada, is still waiting and was claimed by nobody.
+        assert await redis.zscore(keys.pool_members("en"), cat.user_id) is not None
+        assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
+    assert await db.fetchval("SELECT count(*) FROM documents") == 1
+
+
 async def test_bad_messages_get_error_frames_not_a_closed_socket(
     matcher_url: str, api: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
