@@ -29,7 +29,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import signal
@@ -38,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -47,7 +46,7 @@ from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, RedisError
 
 from bench.processes import say
-from bench.results import percentile
+from bench.results import percentile, run_meta
 from bench.table import render
 from deploy.embedded import Valkey, free_port
 
@@ -350,17 +349,9 @@ def _filesystem(path: Path) -> str | None:
 
 
 def meta(opts: Options, seed: int) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     data_dir = opts.data_dir.resolve()
     return {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": commit or None,
-        "python": platform.python_version(),
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": os.getloadavg(),
+        **run_meta(ROOT),
         "valkey": subprocess.run(
             [str(Valkey.binary()), "--version"], capture_output=True, text=True
         ).stdout.strip(),

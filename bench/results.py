@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import subprocess
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,21 @@ from bench.load import Recorder
 from bench.meters import DirtySample
 
 CDF_POINTS = 400
+
+
+def run_meta(root: Path) -> dict[str, Any]:
+    """What every saved run records about where it ran: when, the commit, the machine."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit or None,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def percentile(ordered: list[float], q: float) -> float | None:

@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import platform
 import random
 import signal
-import subprocess
 import time
 import traceback
 from collections.abc import Coroutine, Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,7 +20,7 @@ from bench import backlog, collab, compaction, events, matcher, profiles, system
 from bench.options import ROOT, Options
 from bench.peers import NAIVE_FILL
 from bench.processes import say
-from bench.results import Report
+from bench.results import Report, run_meta
 from bench.scenario import measure
 from bench.stack import Stack
 from bench.targets import evaluate
@@ -56,19 +53,11 @@ def signals_ignored() -> Iterator[None]:
 
 
 def meta(opts: Options) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     options = {
         k: str(v) if not isinstance(v, int | float | tuple) else v for k, v in asdict(opts).items()
     }
     return {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": commit or None,
-        "python": platform.python_version(),
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": os.getloadavg(),
+        **run_meta(ROOT),
         "options": options,
         "note": "open-loop latency is measured from each request's scheduled send time",
     }
