@@ -187,6 +187,12 @@ class MatchSession:
         if delivery.frame is not None:
             if mine:
                 self.in_pool = False
+            elif self.in_pool:
+                # The user was matched through another of their sockets: this one leaves the
+                # pool before it shows the match, or a second search could match them again.
+                self.in_pool = False
+                with contextlib.suppress(*DOWN):
+                    await self._pool.leave(self.language, self.user_id, self.ticket)
             queued = self.conn.push(delivery.frame, delivery.inbox_id)
             metrics = self._res.metrics
             (metrics.deliveries if queued else metrics.drops).inc()

@@ -138,6 +138,37 @@ async def test_a_find_match_that_crossed_its_match_found_matches_nobody_else(
     assert await db.fetchval("SELECT count(*) FROM documents") == 1
 
 
+async def test_a_user_matched_on_one_socket_leaves_the_pool_on_the_others(
+    migrated: Servers, api: httpx.AsyncClient, db: asyncpg.Connection, redis: Redis, keys: Keys
+) -> None:
+    """Ada has two match sockets (two tabs). Bob's search matches her through one; the other
+    shows the match too and leaves the pool, so its heartbeat does not put her back and Cat
+    (who shares her interest) finds nobody instead of matching her a second time."""
+    settings = make_settings(migrated, pool_ttl_s=3)  # a pool heartbeat every second
+    ada = await make_user(api, db, "ada", ["chess"])
+    bob = await make_user(api, db, "bob", ["chess"])
+    cat = await make_user(api, db, "cat", ["chess"])
+    async with (
+        matcher_server(settings) as url,
+        open_socket(url, ada) as a1,
+        open_socket(url, ada) as a2,
+    ):
+        await recv_type(a1, "queued")
+        await recv_type(a2, "queued")
+        async with open_socket(url, bob) as b:
+            await recv_type(b, "queued")
+            await send(b, type="find_match")
+            assert (await recv_type(b, "match_found"))["partner_id"] == ada.user_id
+        await recv_type(a1, "match_found")
+        await recv_type(a2, "match_found")
+        await asyncio.sleep(1.5)  # a heartbeat that would re-enter a socket still in the pool
+        assert await redis.zscore(keys.pool_members("en"), ada.user_id) is None
+        async with open_socket(url, cat) as c:
+            await recv_type(c, "queued")
+            await send(c, type="find_match")
+            await recv_type(c, "no_match_found")
+
+
 async def test_bad_messages_get_error_frames_not_a_closed_socket(
     matcher_url: str, api: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
