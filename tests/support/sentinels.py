@@ -70,6 +70,20 @@ class Watched:
                 await client.aclose()
         return True
 
+    async def relinked(self) -> bool:
+        """The current primary has a replica in sync again (the old primary, back)."""
+        port = await self.master_port()
+        if port is None:
+            return False
+        client = Redis(port=port, socket_timeout=1, decode_responses=True)
+        try:
+            info = await client.info("replication")
+            return bool(info.get("slave0", {}).get("state") == "online")
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
     async def failed_over(self, old_port: int) -> bool:
         """The sentinels name another primary and that one answers writes."""
         port = await self.master_port()
