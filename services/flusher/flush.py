@@ -30,12 +30,12 @@ from redis.exceptions import RedisError
 
 from shared.domain import collab, dirty
 from shared.infra.clock import now_ms
-from shared.infra.dependencies import DOWN, REDIS_FULL
+from shared.infra.dependencies import DOWN
 from shared.settings import Settings
 from shared.store import queries
 from shared.store.keys import Keys
-from shared.store.scripts import QuarantineStatus, Scripts
-from shared.store.update_log import Trim, UpdateLog
+from shared.store.scripts import Fold, QuarantineStatus, Scripts
+from shared.store.update_log import DocRead, UpdateLog
 
 log = logging.getLogger(__name__)
 
@@ -247,50 +247,50 @@ class Flusher:
         started = time.perf_counter()
         ids = [doc_id for shard_ids in batch.by_shard.values() for doc_id in shard_ids]
         read_ms = now_ms()
-        docs = await self._scripts.read_docs(list(batch.by_shard.values()))
+        docs = await self._updates.read_docs(list(batch.by_shard.values()), self._log_max)
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []
-        coedited: list[tuple[str, str | None, str | None]] = []
-        for doc_id, (v, content, by, at, deleted, yb) in zip(ids, docs, strict=True):
-            if v is not None and not deleted and yb is not None:
-                coedited.append((doc_id, by, at))  # read_docs leaves its text out: the fold has it
-            elif v is None or deleted or content is None:
-                # Gone: mark_clean drops it from the dirty index. (A hash with a version but no
-                # content is never written; version 0 keeps it dirty rather than lose it.)
+        folds: dict[str, Fold] = {}
+        for doc_id, doc in zip(ids, docs, strict=True):
+            if doc.version is None or doc.deleted:
+                versions[doc_id] = 0  # gone: mark_clean drops it from the dirty index
+            elif doc.snapshot is not None:
+                self._fold(doc_id, doc, versions, rows, folds)
+            elif doc.content is None:
+                # A hash with a version but no content is never written; version 0 keeps it
+                # dirty rather than lose it.
                 versions[doc_id] = 0
             else:
-                versions[doc_id] = int(v)
-                rows.append((doc_id, content, int(v), by or None, _ms_to_dt(at), None, None))
-        folds = await self._fold(coedited, versions, rows)
+                versions[doc_id] = doc.version
+                rows.append(
+                    (
+                        doc_id,
+                        doc.content,
+                        doc.version,
+                        doc.by or None,
+                        _ms_to_dt(doc.at),
+                        None,
+                        None,
+                    )
+                )
         stats.read = len(rows)
         refused: dict[str, BaseException] = {}
         if rows:
             async with self._db.acquire() as conn:
                 # In id order, so each half of a split is a contiguous run (writes lock in order).
                 stats.written = await self._write(conn, sorted(rows, key=_id), refused)
-        # After the commit, a co-edited document keeps its fold in Redis and drops the log
-        # entries the fold holds (compare-on-id: entries appended meanwhile stay).
-        unfolded: set[str] = set()
-        trims = [t for t in folds if t.doc_id not in refused]
-        if trims:
-            try:
-                await self._updates.trim_many(trims, self._clean_ttl_ms)
-            except REDIS_FULL:
-                # Redis at maxmemory refuses the folds' new states (a trim writes them): those
-                # documents stay dirty with their logs, and a later flush folds them again (the
-                # same rows: a no-op under the version guard). The rest of the batch goes on.
-                unfolded = {t.doc_id for t in trims}
-                log.warning("redis full: %d co-edited documents stay dirty unfolded", len(unfolded))
-        kept = refused.keys() | unfolded
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
-        # refused document keeps its mark until the quarantine takes it.
+        # co-edited document keeps its fold in Redis first and drops the log entries the fold
+        # holds (compare-on-id: entries appended meanwhile stay). A refused document keeps its
+        # mark and its log until the quarantine takes it.
         stats.cleaned = await self._scripts.mark_clean_shards(
             [
-                (shard, [(d, versions[d]) for d in shard_ids if d not in kept])
+                (shard, [(d, versions[d]) for d in shard_ids if d not in refused])
                 for shard, shard_ids in batch.by_shard.items()
             ],
             self._clean_ttl_ms,
             read_ms,
+            {d: f for d, f in folds.items() if d not in refused},
         )
         if refused:
             await self._quarantine(batch, versions, refused, stats)
@@ -298,44 +298,46 @@ class Flusher:
         log.debug("flushed batch: %s", stats)
         return stats
 
-    async def _fold(
-        self,
-        coedited: list[tuple[str, str | None, str | None]],
+    @staticmethod
+    def _fold(
+        doc_id: str,
+        doc: DocRead,
         versions: dict[str, int],
         rows: list[queries.FlushRow],
-    ) -> list[Trim]:
-        """Co-edited documents' rows, added to `rows`: each one's stored state with its log
-        folded in, from one snapshot a document (state, log and version agree), all read in one
-        round trip. A document that went away since read_docs gets version 0 (dirty mark
-        dropped). Returns the folds to keep in Redis once the rows are committed."""
-        if not coedited:
-            return []
-        snapshots = await self._updates.read_many([d for d, _, _ in coedited], self._log_max)
-        trims: list[Trim] = []
-        for (doc_id, by, at), snapshot in zip(coedited, snapshots, strict=True):
-            if snapshot.version is None or snapshot.deleted or snapshot.state is None:
-                versions[doc_id] = 0
-                continue
-            folded = collab.fold(snapshot.state, [u for _, u in snapshot.log])
-            last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
-            if snapshot.log:
-                folded_bytes = sum(len(u) for _, u in snapshot.log)
-                trims.append(
-                    Trim(doc_id, last, folded.state, folded.text, folded_bytes, snapshot.folded_id)
-                )
-            versions[doc_id] = snapshot.version
-            rows.append(
-                (
-                    doc_id,
-                    folded.text,
-                    snapshot.version,
-                    by or None,
-                    _ms_to_dt(at),
-                    folded.state,
-                    last,
-                )
+        folds: dict[str, Fold],
+    ) -> None:
+        """A co-edited document's row, added to `rows`: its stored state with its log folded in,
+        from the one snapshot read_docs took (state, log and version agree). Not seeded yet:
+        version 0 (its dirty mark dropped: there is nothing to write). A fold with new entries
+        goes into `folds`, to keep in Redis once the row is committed."""
+        snapshot = doc.snapshot
+        assert snapshot is not None and doc.version is not None
+        if snapshot.state is None:
+            versions[doc_id] = 0
+            return
+        folded = collab.fold(snapshot.state, [u for _, u in snapshot.log])
+        last = snapshot.log[-1][0] if snapshot.log else snapshot.folded_id
+        if snapshot.log:
+            folds[doc_id] = Fold(
+                doc_id,
+                last,
+                folded.state,
+                folded.text,
+                sum(len(u) for _, u in snapshot.log),
+                snapshot.folded_id,
             )
-        return trims
+        versions[doc_id] = doc.version
+        rows.append(
+            (
+                doc_id,
+                folded.text,
+                doc.version,
+                doc.by or None,
+                _ms_to_dt(doc.at),
+                folded.state,
+                last,
+            )
+        )
 
     async def _write(
         self, conn: queries.Conn, rows: list[queries.FlushRow], refused: dict[str, BaseException]

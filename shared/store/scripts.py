@@ -44,17 +44,28 @@ NAMES = (
     "match",
     "pool_refresh",
     "pool_leave",
-    "read_docs",
     "quarantine",
 )
 
 
-# One document as read_docs reads it: v, c, by, at, del, yb (None where the field is missing).
-DocRead = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+# Documents per flush script call (the read, mark_clean): few enough calls to save redis-py's
+# per-command cost, small enough that one call holds Redis up for little (a co-edited document
+# ships its whole state).
+SLICE = 50
 
-# Documents per read_docs call: few enough calls to save redis-py's per-command cost, small
-# enough that one call holds Redis up for little (100 x 2 KB: well under a millisecond).
-READ_SLICE = 100
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """A co-edited document's fold, written to Postgres, for mark_clean to keep in Redis: its
+    state and text, the last log id it holds, the log bytes it folded and the folded id it started
+    from (the one read)."""
+
+    doc_id: str
+    folded_id: str
+    state: bytes
+    text: str
+    folded_bytes: int
+    base_id: str
 
 
 class QuarantineStatus(IntEnum):
@@ -263,23 +274,43 @@ class Scripts:
         await self._call("release", (self._keys.flush_lease(shard),), (token,))
 
     async def mark_clean(
-        self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int, read_ms: int
+        self,
+        shard: int,
+        written: Sequence[tuple[str, int]],
+        ttl_ms: int,
+        read_ms: int,
+        folds: Mapping[str, Fold] | None = None,
     ) -> int:
-        keys, args = self._mark_clean_call(shard, written, ttl_ms, read_ms, now_ms())
+        keys, args = self._mark_clean_call(shard, written, ttl_ms, read_ms, now_ms(), folds or {})
         return int(await self._call("mark_clean", keys, args))
 
     def _mark_clean_call(
-        self, shard: int, written: Sequence[tuple[str, int]], ttl_ms: int, read_ms: int, now: int
+        self,
+        shard: int,
+        written: Sequence[tuple[str, int]],
+        ttl_ms: int,
+        read_ms: int,
+        now: int,
+        folds: Mapping[str, Fold],
     ) -> tuple[Sequence[str], Sequence[Any]]:
         k = self._keys
-        args: list[str | int] = [ttl_ms, read_ms, now, *self._events]
+        args: list[str | int | bytes] = [ttl_ms, read_ms, now, *self._events]
+        keys = [k.dirty(shard)]
         for doc_id, version in written:
-            args += (doc_id, version)
-        keys = (
-            k.dirty(shard),
-            *(k.doc(doc_id) for doc_id, _ in written),
-            *(k.doc_events(doc_id) for doc_id, _ in written),
-        )
+            keys += (k.doc(doc_id), k.doc_events(doc_id), k.update_log(doc_id))
+            fold = folds.get(doc_id)
+            if fold is None:
+                args += (doc_id, version, "", "", "", "", "")
+            else:
+                args += (
+                    doc_id,
+                    version,
+                    fold.folded_id,
+                    fold.state,
+                    fold.text,
+                    fold.folded_bytes,
+                    fold.base_id,
+                )
         return keys, args
 
     async def mark_clean_shards(
@@ -287,10 +318,16 @@ class Scripts:
         shards: Sequence[tuple[int, Sequence[tuple[str, int]]]],
         ttl_ms: int,
         read_ms: int,
+        folds: Mapping[str, Fold] | None = None,
     ) -> int:
-        """mark_clean for several shards: one call each, all in one round trip."""
+        """mark_clean for several shards, keeping `folds` (by document id) as it goes: one call
+        a shard slice, all in one round trip."""
         now = now_ms()
-        calls = [self._mark_clean_call(s, written, ttl_ms, read_ms, now) for s, written in shards]
+        calls = [
+            self._mark_clean_call(s, written[i : i + SLICE], ttl_ms, read_ms, now, folds or {})
+            for s, written in shards
+            for i in range(0, len(written), SLICE)
+        ]
         replies = await self._many("mark_clean", calls)
         return sum(int(r) for r in replies)
 
@@ -326,22 +363,6 @@ class Scripts:
         scripts in a pipeline, so there they go concurrently instead, one per call; each call's
         keys share one hash tag either way."""
         return await run_many(self._redis, self._s[name], calls)
-
-    async def read_docs(self, groups: Sequence[Sequence[str]]) -> list[DocRead]:
-        """Each document's (v, c, by, at, del, yb), for groups of ids that each lie in one shard:
-        one call a group, all in one round trip. Results in the order of the ids."""
-        k = self._keys
-        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
-        for ids in groups:
-            # In slices: a script blocks Redis while it runs, and documents may be large.
-            for start in range(0, len(ids), READ_SLICE):
-                calls.append(([k.doc(d) for d in ids[start : start + READ_SLICE]], ()))
-        replies = await self._many("read_docs", calls)
-        out: list[DocRead] = []
-        for flat in replies:
-            it = iter(flat)
-            out.extend(zip(it, it, it, it, it, it, strict=True))
-        return out
 
     async def delete(self, doc_id: str, tombstone_ttl_ms: int, by: str = "") -> None:
         k = self._keys

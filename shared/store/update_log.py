@@ -1,6 +1,8 @@
-"""Typed wrappers around the co-editing scripts (shared/store/lua/collab_*.lua): a co-edited
-document's update log, its seed and its trim. They run on a client whose replies stay bytes
-(`redis_client(..., binary=True)`), since a Yjs update is not text."""
+"""Typed wrappers around the scripts whose replies hold Yjs bytes: a co-edited document's update
+log and its seed (shared/store/lua/collab_*.lua), and the flusher's read of a batch
+(read_docs.lua: any document, a co-edited one with its state and log). They run on a client
+whose replies stay bytes (`redis_client(..., binary=True)`), since a Yjs update is not text;
+text fields are decoded here."""
 
 from __future__ import annotations
 
@@ -17,10 +19,9 @@ from redis.typing import EncodableT
 
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import lua_source, run_many
+from shared.store.scripts import SLICE, lua_source, run_many
 
-NAMES = ("collab_append", "collab_seed", "collab_read", "collab_trim")
-SLICE = 50  # documents a read or trim script call
+NAMES = ("collab_append", "collab_seed", "collab_read", "read_docs")
 
 
 class AppendStatus(IntEnum):
@@ -40,12 +41,6 @@ class SeedStatus(IntEnum):
     NOT_LOADED = 0
     MOVED = -1
     DELETED = -2
-
-
-class TrimStatus(IntEnum):
-    TRIMMED = 1
-    STALE = -1
-    GONE = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +64,16 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class Trim:
-    """A fold written to Postgres, to keep in Redis: its state and text, the last log id it holds,
-    the log bytes it folded and the folded id it started from (the snapshot's)."""
+class DocRead:
+    """One document as the flusher reads it (read_docs.lua). `version` None: not in Redis.
+    `snapshot` is set for a co-edited document (then `content` is None: the fold makes the text)."""
 
-    doc_id: str
-    folded_id: str
-    state: bytes
-    text: str
-    folded_bytes: int
-    base_id: str
+    version: int | None
+    content: str | None
+    by: str | None
+    at: str | None
+    deleted: bool
+    snapshot: Snapshot | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,74 +259,41 @@ class UpdateLog:
         )
         return _snapshot(reply)
 
-    async def read_many(self, doc_ids: Sequence[str], max_entries: int) -> list[Snapshot]:
-        """`read` of each document (the flusher's batch): one script call per shard slice, all
-        in one round trip. Snapshots in the order of the ids."""
+    async def read_docs(self, groups: Sequence[Sequence[str]], max_entries: int) -> list[DocRead]:
+        """Each document of a flush batch, for groups of ids that each lie in one shard: one
+        script call a slice of SLICE, all in one round trip. In the order of the ids."""
         k = self._keys
-        slices = _slices(k, doc_ids)
         calls = [
             (
-                [key for i in at for key in (k.doc(doc_ids[i]), k.update_log(doc_ids[i]))],
+                [key for d in ids[i : i + SLICE] for key in (k.doc(d), k.update_log(d))],
                 (max_entries,),
             )
-            for at in slices
+            for ids in groups
+            for i in range(0, len(ids), SLICE)
         ]
-        replies = await run_many(self._redis, self._s["collab_read"], calls)
-        out: list[Snapshot | None] = [None] * len(doc_ids)
-        for at, reply in zip(slices, replies, strict=True):
-            for i, r in zip(at, reply, strict=True):
-                out[i] = _snapshot(r)
-        return [s for s in out if s is not None]
-
-    async def trim(self, trim: Trim, ttl_ms: int) -> tuple[TrimStatus, int]:
-        (out,) = await self.trim_many([trim], ttl_ms)
-        return out
-
-    async def trim_many(self, trims: Sequence[Trim], ttl_ms: int) -> list[tuple[TrimStatus, int]]:
-        """Each trim's (status, entries left), in the order given: one script call per shard
-        slice, all in one round trip."""
-        k = self._keys
-        slices = _slices(k, [t.doc_id for t in trims])
-        calls = [
-            (
-                [
-                    key
-                    for i in at
-                    for key in (k.doc(trims[i].doc_id), k.update_log(trims[i].doc_id))
-                ],
-                [
-                    ttl_ms,
-                    *(
-                        arg
-                        for i in at
-                        for arg in (
-                            trims[i].folded_id,
-                            trims[i].state,
-                            trims[i].text,
-                            trims[i].folded_bytes,
-                            trims[i].base_id,
-                        )
-                    ),
-                ],
-            )
-            for at in slices
-        ]
-        replies = await run_many(self._redis, self._s["collab_trim"], calls)
-        out: list[tuple[TrimStatus, int]] = [(TrimStatus.GONE, 0)] * len(trims)
-        for at, flat in zip(slices, replies, strict=True):
-            for n, i in enumerate(at):
-                out[i] = (TrimStatus(int(flat[2 * n])), int(flat[2 * n + 1]))
+        out: list[DocRead] = []
+        for flat in await run_many(self._redis, self._s["read_docs"], calls):
+            for j in range(0, len(flat), 8):
+                out.append(_doc_read(flat[j : j + 8]))
         return out
 
 
-def _slices(keys: Keys, doc_ids: Sequence[str]) -> list[list[int]]:
-    """Positions of the ids grouped by shard (one hash tag a script call, as a cluster wants),
-    in order within a shard, in slices of SLICE: a script blocks Redis while it runs, and
-    states may be large."""
-    shards: dict[int, list[int]] = {}
-    for i, d in enumerate(doc_ids):
-        shards.setdefault(keys.shard_of(d), []).append(i)
-    return [at[i : i + SLICE] for at in shards.values() for i in range(0, len(at), SLICE)]
+def _doc_read(reply: Sequence[Any]) -> DocRead:
+    v, c, by, at, deleted, ys, yl, tail = reply
+    version = None if v is None else int(v)
+    snapshot = None
+    if yl is not None:  # co-edited
+        log = tuple((_text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2))
+        state = None if ys is None else bytes(ys)
+        snapshot = Snapshot(version, state, _text(yl), None, deleted is not None, log)
+    return DocRead(
+        version=version,
+        content=None if c is None else _text(c),
+        by=None if by is None else _text(by),
+        at=None if at is None else _text(at),
+        deleted=deleted is not None,
+        snapshot=snapshot,
+    )
 
 
 def _snapshot(reply: Sequence[Any]) -> Snapshot:

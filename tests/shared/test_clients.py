@@ -1,5 +1,6 @@
 """Every Redis client kind through Redis Sentinel (shared/infra/clients.py, arq's queue), against
-real sentinels: a primary, a replica and three sentinels (tests/support/sentinels.py)."""
+real sentinels: a primary, a replica and three sentinels (tests/support/sentinels.py); and the
+connections' packer (hiredis's), byte for byte against redis-py's own."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import pytest
 from arq.connections import create_pool
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from shared.domain.jobs import arq_settings
 from shared.infra.clients import (
+    HiredisPackingMixin,
     ResetSafeMixin,
     blocking_client,
     cache_client,
@@ -170,3 +175,43 @@ async def test_clients_reach_the_new_primary_after_a_failover(tmp_path: Path) ->
         finally:
             await client.aclose()
             await queue.aclose()
+
+
+def test_commands_are_packed_by_hiredis_to_the_bytes_redis_py_would_send() -> None:
+    """HiredisPackingMixin: the same wire bytes as redis-py's own (Python) packer for every type
+    it accepts, a command name with literal arguments split, and the same refusal (DataError)
+    for what it refuses."""
+    fast, plain = HiredisPackingMixin(), Connection()
+    commands: list[tuple[EncodableT, ...]] = [
+        ("SET", "k", "é ✓ \u0301", b"\x00\xff" * 5000, 7, -3, 1.5, 0.1, 1e20, memoryview(b"mv")),
+        ("CONFIG GET", "maxmemory"),
+        (b"CLIENT SETNAME", b"x"),
+        ("EVALSHA", "0" * 40, 2, "a", "b"),
+    ]
+    for args in commands:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    assert b"".join(fast.pack_commands(commands)) == b"".join(plain.pack_commands(commands))
+    for bad in (True, None, bytearray(b"x"), object()):
+        with pytest.raises(DataError):
+            fast.pack_command("SET", "k", bad)  # type: ignore[arg-type]
+        with pytest.raises(DataError):
+            plain.pack_command("SET", "k", bad)  # type: ignore[arg-type]
+
+
+async def test_every_client_kind_packs_with_hiredis_and_round_trips_values(
+    settings: Settings,
+) -> None:
+    state = redis_client(settings.state_url)
+    raw = redis_client(settings.state_url, binary=True)
+    cache, check = cache_client(settings.cache_url, 1.0), check_client(settings.state_url)
+    try:
+        for client in (state, raw, cache, check):
+            assert issubclass(client.connection_pool.connection_class, HiredisPackingMixin)
+        blob = bytes(range(256)) * 40
+        await raw.set("packed:blob", blob)
+        await state.hset("packed:h", mapping={"s": "é ✓", "i": 42, "f": 2.5})
+        assert await raw.get("packed:blob") == blob
+        assert await state.hgetall("packed:h") == {"s": "é ✓", "i": "42", "f": "2.5"}
+    finally:
+        for client in (state, raw, cache, check):
+            await client.aclose()

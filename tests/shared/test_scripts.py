@@ -158,35 +158,6 @@ async def test_gcra_allows_burst_then_spaces_requests(scripts: Scripts) -> None:
     assert all(d.allowed for d in refilled)
 
 
-async def test_read_docs_returns_each_document_in_order_across_slices(
-    scripts: Scripts, keys: Keys
-) -> None:
-    # One shard's group of 230 ids: more than two READ_SLICEs, with a missing one in the middle.
-    ids: list[str] = []
-    while len(ids) < 230:
-        doc_id = str(uuid.uuid4())
-        if keys.shard_of(doc_id) == 0:
-            ids.append(doc_id)
-    for n, doc_id in enumerate(ids):
-        if n != 150:
-            await seeded_as(scripts, doc_id)
-    for n in (0, 4, 120, 229):
-        await scripts.edit(ids[n], f"c{n}", None, "alice", 1000 + n, GRANTS)
-    await scripts.delete(ids[5], TTL)
-    got = await scripts.read_docs([ids])
-    assert len(got) == 230
-    for n in (0, 4, 120, 229):
-        assert got[n] == ("1", f"c{n}", "alice", str(1000 + n), None, None)
-    assert got[6] == ("0", "", None, "1", None, None)
-    assert got[150] == (None, None, None, None, None, None)
-    assert got[5][4] is not None  # the tombstone reads as deleted
-
-
-async def seeded_as(scripts: Scripts, doc_id: str) -> None:
-    fields: dict[str, str | int] = {"v": 0, "sv": 0, "c": "", "ti": "t", "acl": "t:tenant-a"}
-    assert await scripts.seed(doc_id, {**fields, "at": 1, "ca": 1}, TTL)
-
-
 async def test_quarantine_moves_only_the_refused_version(
     scripts: Scripts, redis: Redis, keys: Keys
 ) -> None:

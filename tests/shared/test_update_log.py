@@ -1,6 +1,7 @@
-"""The co-editing scripts (collab_append, collab_seed, collab_read, collab_trim) against a real
-Redis: an update is in the log before its append returns, caps push back instead of dropping,
-a trim keeps what came after the fold, and a retried or stale trim changes nothing."""
+"""The scripts on the bytes client (collab_append, collab_seed, collab_read, read_docs) and the
+fold mark_clean keeps, against a real Redis: an update is in the log before its append returns,
+caps push back instead of dropping, a kept fold trims only what it holds, and a retried or stale
+fold changes nothing."""
 
 from __future__ import annotations
 
@@ -14,15 +15,13 @@ from redis.asyncio import Redis
 from shared.domain import collab
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import Scripts
+from shared.store.scripts import Fold, Scripts
 from shared.store.update_log import (
     AppendOptions,
     AppendStatus,
     LogLimits,
     SeedStatus,
     Snapshot,
-    Trim,
-    TrimStatus,
     UpdateLog,
 )
 
@@ -252,8 +251,10 @@ async def test_a_trim_keeps_what_was_appended_while_the_flusher_folded(
         await log.append(doc_id, u, "o", "alice", 1, GRANTS)
     snap = await log.read(doc_id, 100)  # the flusher's read
     late = await log.append(doc_id, updates[2], "o", "alice", 2, GRANTS)  # during the write
-    status, left = await log.trim(trim_of(doc_id, snap, updates[:2]), TTL)
-    assert (status, left) == (TrimStatus.TRIMMED, 1)
+    assert snap.version is not None and late.version == snap.version + 1
+    # Kept after the commit of the fold at the read version: the late update keeps it dirty.
+    assert await keep(redis, keys, fold_of(doc_id, snap, updates[:2]), snap.version) == 0
+    assert await redis.zscore(keys.dirty(keys.shard_of(doc_id)), doc_id) is not None
     after = await log.read(doc_id, 100)
     assert after.log == ((late.log_id, updates[2]),)
     assert after.folded_id == snap.log[-1][0] and after.text == "seed textab"
@@ -261,13 +262,22 @@ async def test_a_trim_keeps_what_was_appended_while_the_flusher_folded(
     assert await redis.hget(keys.doc(doc_id), "yb") == str(len(updates[2]))
 
 
-def trim_of(doc_id: str, snap: Snapshot, updates: Sequence[bytes]) -> Trim:
-    """The trim of a fold of `snap`'s state with its first len(updates) log entries (`updates`,
-    as appended), as the flusher builds it."""
+def fold_of(doc_id: str, snap: Snapshot, updates: Sequence[bytes]) -> Fold:
+    """The fold of `snap`'s state with its first len(updates) log entries (`updates`, as
+    appended), as the flusher builds it."""
     folded = collab.fold(snap.state, list(updates))
     last = snap.log[len(updates) - 1][0]
-    return Trim(
+    return Fold(
         doc_id, last, folded.state, folded.text, sum(len(u) for u in updates), snap.folded_id
+    )
+
+
+async def keep(redis: Redis, keys: Keys, fold: Fold, version: int) -> int:
+    """What the flusher does once the fold is committed at `version`: mark_clean, keeping the
+    fold. How many documents went clean (0 or 1)."""
+    shard = keys.shard_of(fold.doc_id)
+    return await Scripts(redis, keys).mark_clean(
+        shard, [(fold.doc_id, version)], TTL, 0, {fold.doc_id: fold}
     )
 
 
@@ -284,11 +294,13 @@ async def test_overlapping_folds_count_the_bytes_left_once(
     for u in updates[:3]:
         assert (await log.append(doc_id, u, "o", "alice", 1, GRANTS)).status == 1
     snap = await log.read(doc_id, 100)
-    first = trim_of(doc_id, snap, updates[:2])
-    second = trim_of(doc_id, snap, updates[:3])
-    assert (await log.trim(first, TTL))[0] == TrimStatus.TRIMMED
+    assert snap.version is not None
+    first = fold_of(doc_id, snap, updates[:2])
+    second = fold_of(doc_id, snap, updates[:3])
+    await keep(redis, keys, first, snap.version)
+    assert (await log.read(doc_id, 100)).folded_id == first.folded_id
     late = await log.append(doc_id, updates[3], "o", "alice", 2, GRANTS)
-    assert (await log.trim(second, TTL)) == (TrimStatus.TRIMMED, 1)
+    await keep(redis, keys, second, snap.version)
     assert (await log.read(doc_id, 100)).log == ((late.log_id, updates[3]),)
     # What GET reads: entries left, so the text is the fold's plus the log's, not `c` alone.
     assert await redis.hget(keys.doc(doc_id), "yb") == str(len(updates[3]))
@@ -306,13 +318,15 @@ async def test_a_retried_or_stale_trim_changes_nothing(
     second = await log.append(doc_id, updates[1], "o", "alice", 2, GRANTS)
     snap = await log.read(doc_id, 100)
     assert [i for i, _ in snap.log] == [first.log_id, second.log_id]
+    assert snap.version is not None
     whole = collab.fold(snap.state, [u for _, u in snap.log])
-    assert (await log.trim(trim_of(doc_id, snap, updates), TTL))[0] == TrimStatus.TRIMMED
-    # A flusher that folded only the first update, and a retry of the trim: both refused.
-    part = trim_of(doc_id, snap, updates[:1])
+    assert await keep(redis, keys, fold_of(doc_id, snap, updates), snap.version) == 1
+    # A flusher that folded only the first update, and a retry of the same fold: neither
+    # changes the state, the text or the log (`part` would put "seed texta" back).
+    part = fold_of(doc_id, snap, updates[:1])
     assert part.folded_id == first.log_id
-    assert (await log.trim(part, TTL))[0] == TrimStatus.STALE
-    assert (await log.trim(trim_of(doc_id, snap, updates), TTL))[0] == TrimStatus.STALE
+    await keep(redis, keys, part, snap.version)
+    await keep(redis, keys, fold_of(doc_id, snap, updates), snap.version)
     kept = await log.read(doc_id, 100)
     assert kept.state == whole.state and kept.text == "seed textab" and kept.log == ()
     # The emptied log goes with the clean hash; the next append recreates it after the fold.
@@ -339,12 +353,12 @@ async def test_a_recreated_log_sorts_after_the_fold_even_if_the_clock_went_back(
 
 
 @pytest.mark.parametrize("shards", [1, 64])
-async def test_many_reads_and_trims_answer_each_document_in_order(
+async def test_a_batch_read_and_its_kept_folds_answer_each_document_in_order(
     redis: Redis, binary: Redis, settings: Settings, shards: int
 ) -> None:
-    """The flusher's batch: read_many and trim_many group ids by shard and slice them (one
-    script call per slice: 120 documents in one shard are three slices), and answer in the
-    order asked, a missing document and a stale trim included."""
+    """The flusher's batch: read_docs and mark_clean_shards slice each shard's ids (one script
+    call per slice: 120 documents in one shard are three slices) and answer in the order asked,
+    a missing document and a stale fold included."""
     keys = Keys(settings.key_prefix, shards)
     log = UpdateLog(binary, keys, OPTIONS)
     docs = [await co_edited(redis, keys, log, f"doc {i}") for i in range(120)]
@@ -352,18 +366,56 @@ async def test_many_reads_and_trims_answer_each_document_in_order(
         (update,) = keystrokes(collab.seed_update(f"doc {i}"), "!")
         assert (await log.append(doc_id, update, "o", "alice", 1, GRANTS)).status == 1
     missing = str(uuid.uuid4())
-    order = [*reversed(docs[60:]), missing, *docs[:60]]
-    snaps = await log.read_many(order, 100)
-    assert snaps[60].version is None
-    texts = [collab.fold(s.state, [u for _, u in s.log]).text for s in snaps if s.state]
-    assert texts == [f"doc {i}!" for i in [*reversed(range(60, 120)), *range(60)]]
-    trims = []
-    for d, s in zip(order, snaps, strict=True):
-        if s.state:
-            trims.append(trim_of(d, s, [u for _, u in s.log]))
-    stale = Trim(docs[5], "0-1", b"", "", 0, "0-0")  # older than the fold the batch keeps first
-    got = await log.trim_many([*trims, stale], TTL)
-    assert got[:-1] == [(TrimStatus.TRIMMED, 0)] * 120
-    assert got[-1] == (TrimStatus.STALE, 0)
-    after = await log.read_many(docs, 100)
+    by_shard: dict[int, list[str]] = {}
+    for d in [*reversed(docs[60:]), missing, *docs[:60]]:
+        by_shard.setdefault(keys.shard_of(d), []).append(d)
+    order = [d for ids in by_shard.values() for d in ids]
+    reads = await log.read_docs(list(by_shard.values()), 100)
+    assert reads[order.index(missing)].version is None
+    folds: dict[str, Fold] = {}
+    written: dict[int, list[tuple[str, int]]] = {}
+    for d, r in zip(order, reads, strict=True):
+        if r.snapshot is not None and r.snapshot.state is not None:
+            assert r.content is None and r.version == 4
+            folds[d] = fold_of(d, r.snapshot, [u for _, u in r.snapshot.log])
+            written.setdefault(keys.shard_of(d), []).append((d, 4))
+    assert sorted(f.text for f in folds.values()) == sorted(f"doc {i}!" for i in range(120))
+    scripts = Scripts(redis, keys)
+    assert await scripts.mark_clean_shards(list(written.items()), TTL, 0, folds) == 120
+    # Older than the fold kept: changes nothing (a retried or stale flusher).
+    assert await keep(redis, keys, Fold(docs[5], "0-1", b"", "", 0, "0-0"), 4) == 1
+    after = [await log.read(d, 100) for d in docs]
     assert [(a.text, a.log) for a in after] == [(f"doc {i}!", ()) for i in range(120)]
+
+
+async def test_read_docs_reads_plain_documents_in_order_across_slices(
+    redis: Redis, binary: Redis, keys: Keys, log: UpdateLog
+) -> None:
+    """A batch's documents that are not co-edited: their text and fields, no snapshot; one
+    shard's 130 ids are three slices, with a missing one, an edited one and a deleted one."""
+    scripts = Scripts(redis, keys)
+    ids: list[str] = []
+    while len(ids) < 130:
+        doc_id = str(uuid.uuid4())
+        if keys.shard_of(doc_id) == 0:
+            ids.append(doc_id)
+    for n, doc_id in enumerate(ids):
+        if n != 70:
+            fields: dict[str, str | int] = {"v": 0, "sv": 0, "c": "", "acl": "t:tenant-a"}
+            assert await scripts.seed(doc_id, {**fields, "at": 1}, TTL)
+    for n in (0, 49, 50, 129):
+        await scripts.edit(ids[n], f"c{n} ✓", None, "alice", 1000 + n, GRANTS)
+    await scripts.delete(ids[5], TTL)
+    got = await log.read_docs([ids], 100)
+    assert len(got) == 130
+    for n in (0, 49, 50, 129):
+        assert (got[n].version, got[n].content, got[n].by, got[n].at) == (
+            1,
+            f"c{n} ✓",
+            "alice",
+            str(1000 + n),
+        )
+        assert not got[n].deleted and got[n].snapshot is None
+    assert (got[6].version, got[6].content, got[6].by, got[6].at) == (0, "", None, "1")
+    assert got[70].version is None and got[70].content is None
+    assert got[5].deleted
