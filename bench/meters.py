@@ -12,7 +12,7 @@ import asyncpg
 import psutil
 from redis.asyncio import Redis
 
-from shared.infra.clock import now_ms
+from shared.domain import dirty
 from shared.store.keys import Keys
 
 # Rows inserted, updated or deleted, per table. Backends publish these counters when they go
@@ -102,15 +102,8 @@ class DirtySampler:
         self.samples: list[DirtySample] = []
 
     async def sample(self, t0: float) -> DirtySample:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard in range(self.keys.shards):
-                pipe.zcard(self.keys.dirty(shard))
-                pipe.zrange(self.keys.dirty(shard), 0, 0, withscores=True)
-            replies = await pipe.execute()
-        now = now_ms()
-        oldest = [r[0][1] for r in replies[1::2] if r]
-        age = (now - min(oldest)) / 1000 if oldest else None
-        s = DirtySample(time.perf_counter() - t0, int(sum(replies[0::2])), age)
+        count, age = await dirty.dirty_count(self.redis, self.keys)
+        s = DirtySample(time.perf_counter() - t0, count, age)
         self.samples.append(s)
         return s
 

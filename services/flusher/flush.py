@@ -146,11 +146,14 @@ class Flusher:
         # One token per process: its own leases never block it; other processes skip its shards.
         self.token = uuid.uuid4().hex
 
-    async def flush_dirty(self, until_ms: int | None = None) -> FlushStats:
-        """One pass over every shard: flush what was dirty at or before `until_ms` (or all)."""
+    async def flush_dirty(
+        self, until_ms: int | None = None, shards: Iterable[int] | None = None
+    ) -> FlushStats:
+        """One pass over every shard (or `shards`): flush what was dirty at or before `until_ms`
+        (or all)."""
         stats = FlushStats()
         started = time.perf_counter()
-        pending = list(range(self._keys.shards))
+        pending = list(range(self._keys.shards) if shards is None else shards)
         claimed: list[int] = []
         try:
             while pending:
@@ -166,6 +169,14 @@ class Flusher:
             await self._release(claimed)
         stats.seconds = time.perf_counter() - started  # the whole pass, claims included
         return stats
+
+    async def flush_urgent(self) -> FlushStats:
+        """Flush only the urgent documents: co-edited ones whose log passed a quarter of a cap
+        (shared/domain/dirty.py). One round trip when there are none."""
+        shards = await dirty.urgent_shards(self._redis, self._keys)
+        if not shards:
+            return FlushStats()
+        return await self.flush_dirty(dirty.URGENT_UNTIL_MS, shards)
 
     async def flush_ids(self, doc_ids: Iterable[str]) -> FlushStats:
         """Flush the named documents now, whatever the leases say (it is safe: writes are

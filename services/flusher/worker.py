@@ -226,6 +226,23 @@ async def flush_dirty(ctx: Ctx) -> dict[str, Any]:
     return {"read": stats.read, "written": stats.written, "batches": stats.batches}
 
 
+@traced("flush_urgent")
+async def flush_urgent(ctx: Ctx) -> dict[str, Any]:
+    """Every second: flush the co-edited documents whose log passed a quarter of a cap, so a hot
+    document is folded before its log pushes back on its editors (1013, 429/503). One round trip
+    when there are none; a failure waits for the next second (the cron pass retries too)."""
+    try:
+        stats = await _observed(ctx, "urgent", ctx["flusher"].flush_urgent())
+    except TRANSIENT as exc:
+        log.warning(
+            "urgent flush failed (%s: %s); the next second retries", type(exc).__name__, exc
+        )
+        return {"read": 0, "written": 0}
+    if stats.read:
+        log.info("flushed %d documents with long logs (%.3fs)", stats.read, stats.seconds)
+    return {"read": stats.read, "written": stats.written}
+
+
 @traced(FLUSH_DOCUMENT)
 async def flush_document(ctx: Ctx, doc_id: str) -> dict[str, Any]:
     stats = await _observed(ctx, "document", ctx["flusher"].flush_ids([doc_id]))
@@ -279,6 +296,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
         ],
         cron_jobs=[
             cron(flush_dirty, **_every(settings.flush_interval), keep_result=0, unique=True),
+            cron(flush_urgent, second=set(range(60)), keep_result=0, unique=True),
             cron(sweep_presence, **_every(settings.presence_sweep_s), keep_result=0, unique=True),
             cron(warm_profiles, **_every(settings.warm_interval_s), keep_result=0, unique=True),
         ],

@@ -77,6 +77,12 @@ end
 redis.call('PERSIST', doc)
 redis.call('PERSIST', KEYS[3])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[1])
+-- A long log (a quarter of either cap) is urgent: its score moves back by URGENT_SHIFT_MS
+-- (shared/domain/dirty.py), below zero, where the flusher's urgent pass looks every second. LT:
+-- once moved, it stays; mark_clean puts a document still dirty back at its read time.
+if entries + 1 >= tonumber(ARGV[6]) / 4 or bytes + #ARGV[2] >= tonumber(ARGV[7]) / 4 then
+  redis.call('ZADD', KEYS[2], 'LT', (tonumber(f[4]) or now) - 10000000000000, ARGV[1])
+end
 redis.call('ZREM', KEYS[6], ARGV[1])
 -- Keystrokes come tens a second: the event says "edited", throttled, not every keystroke.
 if not f[7] or now - tonumber(f[7]) >= tonumber(ARGV[12]) then

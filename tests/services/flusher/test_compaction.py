@@ -1,7 +1,8 @@
 """Compaction is the flush: a co-edited document's stored Yjs state with its update log folded in
 reaches Postgres (text, state, the last log id) in the batch statement, the log is trimmed only
 up to what was written, and an update appended while the flush writes stays for the next one.
-HTTP edits of a co-edited document merge as updates instead of overwriting."""
+HTTP edits of a co-edited document merge as updates instead of overwriting. A document whose log
+grows long goes urgent and is flushed first."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from redis.asyncio import Redis
 
 from services.flusher.flush import Flusher
 from services.flusher.saves import snapshot_document
-from shared.domain import collab
+from shared.domain import collab, dirty
 from shared.infra.clients import redis_client
+from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.update_log import AppendStatus, SeedStatus, UpdateLog, append_options
+from shared.store.update_log import (
+    AppendOptions,
+    AppendStatus,
+    LogLimits,
+    SeedStatus,
+    UpdateLog,
+    append_options,
+)
 from tests.support.locks import blocked_on_lock, row_locked
 from tests.support.users import User, create_doc, edit, signup
 from tests.support.worker import worker_context
@@ -44,8 +53,10 @@ async def co_edited(api: httpx.AsyncClient, updates: UpdateLog, content: str) ->
 class Typist:
     """A socket editor's document: each keystroke is an update appended as the socket does."""
 
-    def __init__(self, updates: UpdateLog, user: User, doc_id: str, base: bytes) -> None:
-        self.updates, self.user, self.doc_id = updates, user, doc_id
+    def __init__(
+        self, updates: UpdateLog, user: User, doc_id: str, base: bytes, at: int = 1
+    ) -> None:
+        self.updates, self.user, self.doc_id, self.at = updates, user, doc_id, at
         self.doc, self.text = collab.new_doc(base)
 
     async def type(self, chars: str) -> None:
@@ -56,7 +67,7 @@ class Typist:
             self.doc.get_update(before),
             "socket:1",
             self.user.user_id,
-            1,
+            self.at,
             (f"t:{self.user.tenant_id}", f"u:{self.user.user_id}"),
         )
         assert reply.status == AppendStatus.APPENDED
@@ -179,3 +190,52 @@ async def test_a_snapshot_of_a_co_edited_document_holds_its_merged_text(
         "SELECT content, version FROM document_snapshots WHERE document_id = $1", doc_id
     )
     assert row is not None and (row["content"], row["version"]) == ("snapshot", 1)
+
+
+async def test_a_long_log_goes_urgent_and_the_urgent_pass_folds_only_it(
+    api: httpx.AsyncClient,
+    flusher: Flusher,
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis: Redis,
+    keys: Keys,
+) -> None:
+    """Past a quarter of a log cap (10 of 40 entries here), a co-edited document's dirty score
+    goes below zero: the every-second urgent pass flushes it, and only it, long before the cron
+    pass; the oldest-dirty age still reads its real age, not the shifted score."""
+    client = redis_client(settings.state_url, binary=True)
+    small = UpdateLog(client, keys, AppendOptions(LogLimits(entries=40, bytes=1_000_000)))
+    try:
+        ada = await signup(api, "ada")
+        ids = []
+        for content in ("hot", "calm"):
+            doc = await create_doc(api, ada, content=content)
+            assert (await api.get(f"/v1/documents/{doc['id']}", headers=ada.auth)).is_success
+            seed = collab.seed_update(content)
+            assert await small.seed(doc["id"], seed, 0) == SeedStatus.INSTALLED
+            ids.append(doc["id"])
+        hot, calm = ids
+        at = now_ms()
+        hot_typist = Typist(small, ada, hot, collab.seed_update("hot"), at)
+        await Typist(small, ada, calm, collab.seed_update("calm"), at).type("!")
+        for char in "123456789":
+            await hot_typist.type(char)
+        assert (await redis.zscore(keys.doc_dirty(hot), hot) or -1) >= 0, "9 entries: not yet"
+        assert await dirty.urgent_shards(redis, keys) == []
+        await hot_typist.type("0")
+        assert (await redis.zscore(keys.doc_dirty(hot), hot) or 0) < 0, "10 entries: urgent"
+        assert await dirty.urgent_shards(redis, keys) == [keys.shard_of(hot)]
+        count, age = await dirty.dirty_count(redis, keys)
+        assert count == 2 and age is not None and 0 <= age < 60
+
+        stats = await flusher.flush_urgent()
+        assert (stats.read, stats.written, stats.cleaned) == (1, 1, 1)
+        assert (await pg_row(db, hot))["content"] == "hot1234567890"
+        assert (await pg_row(db, calm))["content"] == "calm", "not urgent: left to the cron"
+        assert await redis.zscore(keys.doc_dirty(hot), hot) is None
+        assert await redis.zscore(keys.doc_dirty(calm), calm) is not None
+        assert (await flusher.flush_urgent()).read == 0
+        assert (await flusher.flush_dirty()).written == 1
+        assert (await pg_row(db, calm))["content"] == "calm!"
+    finally:
+        await client.aclose()
