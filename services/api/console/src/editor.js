@@ -131,8 +131,10 @@ export function collabEditor ({ parent, docId, token, me, on }) {
     protocols: ['bearer', token],
     WebSocketPolyfill: TrackedSocket,
     disableBc: true,
-    // 1008: deleted, access revoked, logged out. Reconnecting cannot help.
-    shouldReconnect: (event) => event.code !== 1008
+    // 1008: deleted, access revoked, logged out: reconnecting cannot help. Except a socket cut
+    // for falling behind ("too slow to keep up: reconnect to resync"): a new one resyncs, and
+    // giving up would drop the edits it has not sent.
+    shouldReconnect: (event) => event.code !== 1008 || /reconnect/i.test(event.reason)
   })
   provider.on('closed', (event) => on.closed(event.reason || 'The server closed the document.'))
   provider.on('status', ({ status }) => {

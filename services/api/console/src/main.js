@@ -324,11 +324,11 @@ async function renderDocument (id) {
   const trouble = h('p', { class: 'error', role: 'alert' })
   const shared = JSON.parse(sessionStorage.getItem(`redline.match.${doc.id}`) || 'null')
   const host = h('div', { class: 'editor' })
+  const peopleRow = h('div', { class: 'people-row' }, h('span', { class: 'muted' }, 'In this document: '), people)
   main.append(...[h('div', { class: 'doc-head' }, h('h1', {}, doc.title), statusEl),
     shared ? h('p', { class: 'matched' }, `You were matched on: ${shared.join(', ')}. Say hello!`) : null,
     config.collab_enabled ? null : h('p', { class: 'warning' }, 'Co-editing is off on this server (REDLINE_COLLAB_ENABLED is false): your edits autosave, but others’ edits appear only when you reopen the document.'),
-    h('div', { class: 'people-row' }, h('span', { class: 'muted' }, 'In this document: '), people),
-    trouble, host].filter(Boolean))
+    peopleRow, trouble, host].filter(Boolean))
 
   const st = { version: doc.version, saved: doc.saved_version, connected: false, everConnected: false, pending: false, confirming: false, closed: null }
   const render = () => {
@@ -375,11 +375,15 @@ async function renderDocument (id) {
     st.confirming = false
     render()
   }
+  // The first word of a document's end stays: the collab socket's close, the events socket's
+  // document.deleted and a status read's 404 can all tell of one deletion, in any order.
   const gone = (why) => {
+    if (st.closed) return
     st.closed = why
     render()
     editor?.destroy()
     editor = null
+    peopleRow.hidden = true
     host.replaceChildren(h('p', { class: 'error', role: 'alert' }, why))
   }
 
@@ -418,7 +422,13 @@ async function renderDocument (id) {
     people (list) {
       people.replaceChildren(...list.map((p) => h('li', {}, h('span', { class: 'swatch', style: `background:${p.color}`, 'aria-hidden': 'true' }), p.name, p.me ? ' (you)' : '')))
     },
-    closed: (reason) => gone(`${reason[0].toUpperCase()}${reason.slice(1)}.`),
+    // The collab socket's own word on a session that ended or a deletion is enough: the events
+    // socket (on the matcher) may be down and never say it.
+    closed (reason) {
+      if (/session ended|logged out/i.test(reason)) sessionEnded()
+      else if (/deleted/i.test(reason)) gone('This document was deleted.')
+      else gone(`${reason[0].toUpperCase()}${reason.slice(1)}.`)
+    },
     trouble: (text) => { trouble.textContent = text }
   }
   let editor = config.collab_enabled

@@ -81,8 +81,10 @@ async def stack(
     migrated: Servers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Stack]:
     """Co-editing on (as the lead plans by default); a test may override settings with
-    `@pytest.mark.parametrize("stack", [{...}], indirect=True)`."""
-    overrides: dict[str, Any] = getattr(request, "param", {})
+    `@pytest.mark.parametrize("stack", [{...}], indirect=True)`, and leave the matcher out
+    (down, as far as the browser can tell) with `"matcher": False` among them."""
+    overrides: dict[str, Any] = dict(getattr(request, "param", {}))
+    with_matcher = overrides.pop("matcher", True)
     # allowed_origins is left to its default, the console's own origin: as `make run` serves it.
     settings = make_settings(
         migrated,
@@ -106,9 +108,12 @@ async def stack(
         await stack.enter_async_context(
             running("api", "services.api", env, tmp_path, http_ready(f"{url}/readyz"))
         )
-        await stack.enter_async_context(
-            running("matcher", "services.matcher", env, tmp_path, http_ready(f"{matcher}/readyz"))
-        )
+        if with_matcher:
+            await stack.enter_async_context(
+                running(
+                    "matcher", "services.matcher", env, tmp_path, http_ready(f"{matcher}/readyz")
+                )
+            )
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
         db = await asyncpg.connect(settings.dsn)
         stack.push_async_callback(db.close)

@@ -72,6 +72,11 @@ async def test_two_people_type_at_once_and_converge_with_postgres(
     # Each sees the other's cursor, labelled with their name.
     await expect(owner.page.locator(".cm-ySelectionInfo")).to_have_text(member_name)
     await expect(member.page.locator(".cm-ySelectionInfo")).to_have_text(owner_name)
+    # And the other's selection, not only the caret: the member selects to the line's start.
+    await expect(owner.page.locator(".cm-ySelection")).to_have_count(0)
+    await member.page.keyboard.press("Shift+Home")
+    await expect(owner.page.locator(".cm-ySelection").first).to_be_visible()
+    await owner.shot("member-selected")
     versions = {await owner.saved_version(), await member.saved_version()}
     await owner.shot("saved")
     await member.shot("saved")

@@ -40,9 +40,28 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
     await sign_up(ada, ada_name)
     await sign_up(bo, bo_name)
 
+    # Every text the match state takes, so the short-lived ones are seen too.
+    await ada.page.evaluate(
+        """() => {
+            const el = document.querySelector('.match-status');
+            window.matchLog = [];
+            new MutationObserver(() => window.matchLog.push(el.textContent))
+                .observe(el, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
     await search(ada, "jazz, chess")
     # Alone in the pool: Ada waits, and the console says so.
     await expect(ada.page.locator(".match-status")).to_contain_text("No match yet")
+    log: list[str] = await ada.page.evaluate("() => window.matchLog")
+    states = [
+        next((i for i, t in enumerate(log) if t.startswith(prefix)), -1)
+        for prefix in (
+            "Joining the queue…",
+            "In the queue (en). Looking for someone who shares jazz, chess…",
+            "No match yet: nobody waiting shares jazz, chess.",
+        )
+    ]
+    assert -1 not in states and states == sorted(states), log
     await expect(ada.page.get_by_role("button", name="Cancel")).to_be_visible()
     await ada.shot("waiting")
     await search(bo, "hiking, jazz")
