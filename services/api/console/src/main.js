@@ -178,9 +178,16 @@ function documentsCard () {
         const doc = await api('POST', '/documents', { title: title.input.value }, 'The document')
         navigate(`/d/${doc.id}`)
       } catch (err) {
-        if (err.status === 429 && err.retryAfter) countdown(out, err.retryAfter, (s) => `You created many documents just now. Try again in ${s} s.`, () => { out.textContent = '' })
-        else failed(err, out)
-      } finally {
+        if (err.status === 429 && err.retryAfter) {
+          // Disabled until the wait is over, as the countdown says.
+          const stop = countdown(out, err.retryAfter, (s) => `You created many documents just now. Try again in ${s} s.`, () => {
+            out.textContent = ''
+            create.disabled = false
+          })
+          cleanup.push(stop)
+          return
+        }
+        failed(err, out)
         create.disabled = false
       }
     }
@@ -263,7 +270,6 @@ function partnerCard () {
       }
     },
     matched (frame) {
-      sessionStorage.setItem(`redline.match.${frame.document_id}`, JSON.stringify(frame.shared_interests))
       rooms.add(frame)
       navigate(`/d/${frame.document_id}`)
     }
@@ -322,7 +328,8 @@ async function renderDocument (id) {
   const statusEl = h('p', { id: 'save-status', class: 'status', role: 'status' }, 'Connecting…')
   const people = h('ul', { class: 'people', 'aria-label': 'People in this document' })
   const trouble = h('p', { class: 'error', role: 'alert' })
-  const shared = JSON.parse(sessionStorage.getItem(`redline.match.${doc.id}`) || 'null')
+  // Any tab of this browser knows the room's shared interests, not only the one matched into it.
+  const shared = rooms.all().find((r) => r.id === doc.id)?.shared
   const host = h('div', { class: 'editor' })
   const peopleRow = h('div', { class: 'people-row' }, h('span', { class: 'muted' }, 'In this document: '), people)
   main.append(...[h('div', { class: 'doc-head' }, h('h1', {}, doc.title), statusEl),

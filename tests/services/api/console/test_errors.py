@@ -88,10 +88,15 @@ async def test_a_session_ended_elsewhere_while_a_document_is_open(
     assert bo.unexpected_errors(r"status of 401") == [], bo.errors
 
 
-@pytest.mark.parametrize("stack", [{"login_pair_failures": 2, "login_period_s": 6}], indirect=True)
-async def test_too_many_login_attempts_count_down(people: People, stack: Stack) -> None:
+@pytest.mark.parametrize(
+    "stack",
+    [{"login_pair_failures": 2, "login_period_s": 6, "create_rate": 1, "create_period_s": 6}],
+    indirect=True,
+)
+async def test_too_many_attempts_count_down(people: People, stack: Stack) -> None:
     """Wrong passwords past the budget: the form says how long to wait, counts down with both
-    buttons disabled, then lets the person try again, and the right password logs in."""
+    buttons disabled, then lets the person try again, and the right password logs in. Documents
+    created past their budget count down the same way, `New document` disabled meanwhile."""
     cy = await people("cy")
     cy_name = unique("cy")
     r = await stack.http.post("/v1/auth/signup", json={"username": cy_name, "password": PASSWORD})
@@ -121,6 +126,19 @@ async def test_too_many_login_attempts_count_down(people: People, stack: Stack) 
     await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await log_in.click()
     await expect(page.locator("#who")).to_contain_text(f"Signed in as {cy_name}")
+
+    await new_document(cy, "First")
+    await page.get_by_role("link", name="← Documents").click()
+    await page.get_by_label("Title", exact=True).fill("Second")
+    create = page.get_by_role("button", name="New document")
+    await create.click()
+    too_many = re.compile(r"^You created many documents just now\. Try again in \d+ s\.$")
+    await expect(page.get_by_role("alert").filter(has_text="created many")).to_have_text(too_many)
+    await expect(create).to_be_disabled()
+    await cy.shot("create-limited")
+    await expect(create).to_be_enabled(timeout=10_000)
+    await create.click()
+    await expect(page.get_by_role("heading", name="Second")).to_be_visible()
     assert cy.unexpected_errors(r"status of 401", r"status of 429") == [], cy.errors
 
 

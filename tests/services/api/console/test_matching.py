@@ -71,6 +71,12 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
     room = ROOM.search(ada.page.url)
     assert room is not None and bo.page.url == ada.page.url
     doc_id = room.group(1)
+    # The room's link opened in another tab of the same browser still says what they share.
+    tab = await bo.context.new_page()
+    await tab.goto(f"/d/{doc_id}")
+    await expect(tab.get_by_role("heading", name="Room: jazz")).to_be_visible()
+    await expect(tab.get_by_text("You were matched on: jazz.")).to_be_visible()
+    await tab.close()
     for person in (ada, bo):
         people_list = person.page.get_by_role("list", name="People in this document")
         await expect(people_list).to_contain_text(ada_name)
