@@ -194,7 +194,7 @@ async def test_the_keyboard_alone_creates_writes_and_searches(people: People, st
     assert dee.unexpected_errors() == [], dee.errors
 
 
-@pytest.mark.parametrize("stack", [{"matcher": False}], indirect=True)
+@pytest.mark.parametrize("stack", [{"without": ["matcher"]}], indirect=True)
 async def test_with_the_matcher_down(people: People, stack: Stack) -> None:
     """The matcher (events and matching) is down, the api up: a search says the matcher cannot
     be reached; the status still reaches the version Postgres holds (polled); the collab socket
