@@ -207,7 +207,10 @@ function documentsCard () {
       list.replaceChildren(...(page.items.length
         ? page.items.map((d) => h('li', {},
           h('a', { href: `/d/${d.id}`, 'data-nav': true }, d.title),
-          h('span', { class: 'muted' }, ` · Last saved ${when(d.updated_at)}`, d.status === 'saved' ? '' : ' · saving')))
+          // updated_at is the last edit's time: "saved" only once Postgres holds that edit.
+          h('span', { class: 'muted' }, d.status === 'saved'
+            ? ` · Last saved ${when(d.updated_at)} (version ${d.saved_version})`
+            : ` · Saving… (last edit ${when(d.updated_at)})`)))
         : [h('li', { class: 'muted' }, 'No documents yet. Give one a title and press New document.')]))
     } catch (err) {
       list.replaceChildren()

@@ -157,7 +157,7 @@ async def test_saved_waits_for_postgres(people: People, stack: Stack) -> None:
     """The server acknowledges every edit at once (Redis), but `Saved` waits for Postgres: with
     the flusher down the status stays `Saving…`, and says `Saved` with Postgres's version only
     once a flusher has written it."""
-    owner, _member, doc_id, *_ = await owner_and_member(people, stack)
+    owner, member, doc_id, *_ = await owner_and_member(people, stack)
     await watch_status(owner)
     await owner.editor_end()
     await owner.page.keyboard.type("not yet in postgres", delay=20)
@@ -172,12 +172,24 @@ async def test_saved_waits_for_postgres(people: People, stack: Stack) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["saved_version"] == 0 < r.json()["version"], r.json()
     await owner.shot("saving-without-flusher")
+    # The documents list says the same: not "Last saved" while Postgres lacks the last edit.
+    await member.page.get_by_role("link", name="← Documents").click()
+    listed = member.page.get_by_role("list", name="Documents").get_by_role("listitem")
+    await expect(listed.filter(has_text="Plan")).to_contain_text("Saving… (last edit ")
+    await expect(listed.filter(has_text="Plan")).not_to_contain_text("Last saved")
+    await member.shot("listed-saving")
     async with running(
         "flusher", "services.flusher", stack.env, stack.logs, log_ready("flusher ready")
     ):
         version = await owner.saved_version()
         assert await stack.stored(doc_id) == ("not yet in postgres", version)
         await owner.shot("saved-by-flusher")
+    await member.page.reload()
+    await expect(listed.filter(has_text="Plan")).to_contain_text(
+        re.compile(rf"Last saved .+ \(version {version}\)$")
+    )
+    await member.shot("listed-saved")
     log = await status_log(owner)
     assert not any(re.match(r"^Saved", t) for t in log[1:-1]), log
-    assert owner.unexpected_errors() == [], owner.errors
+    for person in (owner, member):
+        assert person.unexpected_errors() == [], person.errors
