@@ -62,6 +62,16 @@ async def test_a_session_ended_elsewhere_while_a_document_is_open(
     """Logged out from another device while the document is open: the page says the session
     ended and asks to log in, on the same address; logging in brings the document back."""
     bo = await people("bo")
+    # The editor's text at the first `Saved` of each page: `Saved` over an editor that has not
+    # received the document yet would be a lie.
+    await bo.context.add_init_script(
+        """window.firstSaved = null;
+        new MutationObserver(() => {
+            const el = document.getElementById('save-status');
+            if (window.firstSaved === null && el && el.textContent.startsWith('Saved')
+                && window.redline) window.firstSaved = window.redline.text();
+        }).observe(document, {subtree: true, childList: true, characterData: true});"""
+    )
     bo_name = unique("bo")
     await sign_up(bo, bo_name)
     doc_id = await new_document(bo, "Kept")
@@ -77,12 +87,18 @@ async def test_a_session_ended_elsewhere_while_a_document_is_open(
     assert await bo.page.locator(".cm-editor").count() == 0
     await expect(bo.page).to_have_url(f"{stack.url}/d/{doc_id}")
     await bo.shot("session-ended")
+    await bo.page.evaluate("() => { window.firstSaved = null }")
     await bo.page.get_by_label("Username", exact=True).fill(bo_name)
     await bo.page.get_by_label("Password", exact=True).fill(PASSWORD)
     await bo.page.get_by_role("button", name="Log in").click()
     await expect(bo.page.get_by_role("heading", name="Kept")).to_be_visible()
     await expect(bo.status).to_have_text(re.compile(r"^Saved \(version \d+\)$"))
     assert await bo.text() == "still here"
+    assert await bo.page.evaluate("() => window.firstSaved") == "still here"
+    # A fresh load of the document's address, the same.
+    await bo.page.reload()
+    await expect(bo.status).to_have_text(re.compile(r"^Saved \(version \d+\)$"))
+    assert await bo.page.evaluate("() => window.firstSaved") == "still here"
     await bo.shot("logged-in-again")
     # The ended session's sockets and reads are refused (401 for a read that raced the close).
     assert bo.unexpected_errors(r"status of 401") == [], bo.errors
