@@ -144,9 +144,20 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
 async def test_phone_width(people: People, stack: Stack) -> None:
     """A phone-width screen: nothing is wider than the screen, the editor is usable."""
     pat = await people("pat", viewport={"width": 375, "height": 740}, is_mobile=True)
+    fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    await pat.page.goto("/")
+    await expect(pat.page.get_by_role("button", name="Sign up")).to_be_visible()
+    await pat.shot("sign-up")
+    assert await pat.page.evaluate(fits)
     await sign_up(pat, unique("pat"))
     await pat.shot("home")
-    assert await pat.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert await pat.page.evaluate(fits)
+    await search(pat, "rock-climbing, board games")
+    await expect(pat.page.locator(".match-status")).to_contain_text("No match yet")
+    await pat.shot("searching")
+    assert await pat.page.evaluate(fits)
+    await pat.page.get_by_role("button", name="Cancel").click()
+    await expect(pat.page.locator(".match-status")).to_have_text("Search cancelled.")
     await pat.page.get_by_label("Title", exact=True).fill("On the go")
     await pat.page.get_by_role("button", name="New document").click()
     await expect(pat.page).to_have_url(ROOM)
@@ -154,7 +165,7 @@ async def test_phone_width(people: People, stack: Stack) -> None:
     await pat.page.keyboard.type("typed on a phone")
     await pat.saved_version()
     await pat.shot("document")
-    assert await pat.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert await pat.page.evaluate(fits)
     assert await pat.text() == "typed on a phone"
     assert pat.unexpected_errors() == [], pat.errors
 
