@@ -94,7 +94,9 @@ export function collabEditor ({ parent, docId, token, me, on }) {
   let everConnected = false
   let refusedInARow = 0
 
-  const report = () => on.sync({ connected: provider.wsconnected, everConnected, pending: acks.pending })
+  // Connected means synced: between the socket's open and the server's sync step 2 the editor
+  // does not hold the document yet, and "Saved" then would show over an empty page.
+  const report = () => on.sync({ connected: provider.wsconnected && provider.synced, everConnected, pending: acks.pending })
 
   // y-websocket lets us pass the WebSocket class: ours watches what goes out and what comes back.
   class TrackedSocket extends WebSocket {
@@ -131,15 +133,17 @@ export function collabEditor ({ parent, docId, token, me, on }) {
     protocols: ['bearer', token],
     WebSocketPolyfill: TrackedSocket,
     disableBc: true,
-    // 1008: deleted, access revoked, logged out. Reconnecting cannot help.
-    shouldReconnect: (event) => event.code !== 1008
+    // 1008: deleted, access revoked, logged out: reconnecting cannot help. Except a socket cut
+    // for falling behind ("too slow to keep up: reconnect to resync"): a new one resyncs, and
+    // giving up would drop the edits it has not sent.
+    shouldReconnect: (event) => event.code !== 1008 || /reconnect/i.test(event.reason)
   })
   provider.on('closed', (event) => on.closed(event.reason || 'The server closed the document.'))
-  provider.on('status', ({ status }) => {
-    if (status === 'connected') everConnected = true
+  provider.on('status', report)
+  provider.on('sync', (synced) => {
+    if (synced) everConnected = true
     report()
   })
-  provider.on('sync', report)
   doc.on('update', (_update, origin) => {
     if (origin !== provider && !provider.wsconnected) acks.unsent = true
     report()

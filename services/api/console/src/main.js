@@ -178,9 +178,16 @@ function documentsCard () {
         const doc = await api('POST', '/documents', { title: title.input.value }, 'The document')
         navigate(`/d/${doc.id}`)
       } catch (err) {
-        if (err.status === 429 && err.retryAfter) countdown(out, err.retryAfter, (s) => `You created many documents just now. Try again in ${s} s.`, () => { out.textContent = '' })
-        else failed(err, out)
-      } finally {
+        if (err.status === 429 && err.retryAfter) {
+          // Disabled until the wait is over, as the countdown says.
+          const stop = countdown(out, err.retryAfter, (s) => `You created many documents just now. Try again in ${s} s.`, () => {
+            out.textContent = ''
+            create.disabled = false
+          })
+          cleanup.push(stop)
+          return
+        }
+        failed(err, out)
         create.disabled = false
       }
     }
@@ -200,7 +207,10 @@ function documentsCard () {
       list.replaceChildren(...(page.items.length
         ? page.items.map((d) => h('li', {},
           h('a', { href: `/d/${d.id}`, 'data-nav': true }, d.title),
-          h('span', { class: 'muted' }, ` · Last saved ${when(d.updated_at)}`, d.status === 'saved' ? '' : ' · saving')))
+          // updated_at is the last edit's time: "saved" only once Postgres holds that edit.
+          h('span', { class: 'muted' }, d.status === 'saved'
+            ? ` · Last saved ${when(d.updated_at)} (version ${d.saved_version})`
+            : ` · Saving… (last edit ${when(d.updated_at)})`)))
         : [h('li', { class: 'muted' }, 'No documents yet. Give one a title and press New document.')]))
     } catch (err) {
       list.replaceChildren()
@@ -263,7 +273,6 @@ function partnerCard () {
       }
     },
     matched (frame) {
-      sessionStorage.setItem(`redline.match.${frame.document_id}`, JSON.stringify(frame.shared_interests))
       rooms.add(frame)
       navigate(`/d/${frame.document_id}`)
     }
@@ -322,13 +331,14 @@ async function renderDocument (id) {
   const statusEl = h('p', { id: 'save-status', class: 'status', role: 'status' }, 'Connecting…')
   const people = h('ul', { class: 'people', 'aria-label': 'People in this document' })
   const trouble = h('p', { class: 'error', role: 'alert' })
-  const shared = JSON.parse(sessionStorage.getItem(`redline.match.${doc.id}`) || 'null')
+  // Any tab of this browser knows the room's shared interests, not only the one matched into it.
+  const shared = rooms.all().find((r) => r.id === doc.id)?.shared
   const host = h('div', { class: 'editor' })
+  const peopleRow = h('div', { class: 'people-row' }, h('span', { class: 'muted' }, 'In this document: '), people)
   main.append(...[h('div', { class: 'doc-head' }, h('h1', {}, doc.title), statusEl),
     shared ? h('p', { class: 'matched' }, `You were matched on: ${shared.join(', ')}. Say hello!`) : null,
     config.collab_enabled ? null : h('p', { class: 'warning' }, 'Co-editing is off on this server (REDLINE_COLLAB_ENABLED is false): your edits autosave, but others’ edits appear only when you reopen the document.'),
-    h('div', { class: 'people-row' }, h('span', { class: 'muted' }, 'In this document: '), people),
-    trouble, host].filter(Boolean))
+    peopleRow, trouble, host].filter(Boolean))
 
   const st = { version: doc.version, saved: doc.saved_version, connected: false, everConnected: false, pending: false, confirming: false, closed: null }
   const render = () => {
@@ -375,11 +385,15 @@ async function renderDocument (id) {
     st.confirming = false
     render()
   }
+  // The first word of a document's end stays: the collab socket's close, the events socket's
+  // document.deleted and a status read's 404 can all tell of one deletion, in any order.
   const gone = (why) => {
+    if (st.closed) return
     st.closed = why
     render()
     editor?.destroy()
     editor = null
+    peopleRow.hidden = true
     host.replaceChildren(h('p', { class: 'error', role: 'alert' }, why))
   }
 
@@ -418,7 +432,13 @@ async function renderDocument (id) {
     people (list) {
       people.replaceChildren(...list.map((p) => h('li', {}, h('span', { class: 'swatch', style: `background:${p.color}`, 'aria-hidden': 'true' }), p.name, p.me ? ' (you)' : '')))
     },
-    closed: (reason) => gone(`${reason[0].toUpperCase()}${reason.slice(1)}.`),
+    // The collab socket's own word on a session that ended or a deletion is enough: the events
+    // socket (on the matcher) may be down and never say it.
+    closed (reason) {
+      if (/session ended|logged out/i.test(reason)) sessionEnded()
+      else if (/deleted/i.test(reason)) gone('This document was deleted.')
+      else gone(`${reason[0].toUpperCase()}${reason.slice(1)}.`)
+    },
     trouble: (text) => { trouble.textContent = text }
   }
   let editor = config.collab_enabled

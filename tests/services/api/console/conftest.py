@@ -69,6 +69,8 @@ class Stack:
     settings: Settings
     http: httpx.AsyncClient
     db: asyncpg.Connection
+    env: dict[str, str]
+    logs: Path
 
     async def stored(self, doc_id: str) -> tuple[str, int]:
         row = await self.db.fetchrow("SELECT content, version FROM documents WHERE id = $1", doc_id)
@@ -81,8 +83,12 @@ async def stack(
     migrated: Servers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Stack]:
     """Co-editing on (as the lead plans by default); a test may override settings with
-    `@pytest.mark.parametrize("stack", [{...}], indirect=True)`."""
-    overrides: dict[str, Any] = getattr(request, "param", {})
+    `@pytest.mark.parametrize("stack", [{...}], indirect=True)`, and leave the matcher or the
+    flusher out (down, as far as the browser can tell) with `"without": ["matcher"]` among
+    them; `Stack.env` and `Stack.logs` start one later (tests.support.processes.running)."""
+    overrides: dict[str, Any] = dict(getattr(request, "param", {}))
+    without = set(overrides.pop("without", ()))
+    assert without <= {"matcher", "flusher"}, without
     # allowed_origins is left to its default, the console's own origin: as `make run` serves it.
     settings = make_settings(
         migrated,
@@ -100,19 +106,23 @@ async def stack(
     url = f"http://127.0.0.1:{settings.api_port}"
     matcher = f"http://127.0.0.1:{settings.matcher_port}"
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(
-            running("flusher", "services.flusher", env, tmp_path, log_ready("flusher ready"))
-        )
+        if "flusher" not in without:
+            await stack.enter_async_context(
+                running("flusher", "services.flusher", env, tmp_path, log_ready("flusher ready"))
+            )
         await stack.enter_async_context(
             running("api", "services.api", env, tmp_path, http_ready(f"{url}/readyz"))
         )
-        await stack.enter_async_context(
-            running("matcher", "services.matcher", env, tmp_path, http_ready(f"{matcher}/readyz"))
-        )
+        if "matcher" not in without:
+            await stack.enter_async_context(
+                running(
+                    "matcher", "services.matcher", env, tmp_path, http_ready(f"{matcher}/readyz")
+                )
+            )
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
         db = await asyncpg.connect(settings.dsn)
         stack.push_async_callback(db.close)
-        yield Stack(url, settings, http, db)
+        yield Stack(url, settings, http, db, env, tmp_path)
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ Postgres holds; one of them goes offline, keeps typing, and everything merges on
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 
+import pytest
 from playwright.async_api import expect
 
 from tests.services.api.console.conftest import (
@@ -22,6 +24,7 @@ from tests.services.api.console.conftest import (
     unique,
     watch_status,
 )
+from tests.support.processes import log_ready, running
 
 # Typed by each person: disjoint alphabets, so every character's author is known.
 OWNER_TYPES = "abcdefghijklmnopqrst" * 2
@@ -72,6 +75,11 @@ async def test_two_people_type_at_once_and_converge_with_postgres(
     # Each sees the other's cursor, labelled with their name.
     await expect(owner.page.locator(".cm-ySelectionInfo")).to_have_text(member_name)
     await expect(member.page.locator(".cm-ySelectionInfo")).to_have_text(owner_name)
+    # And the other's selection, not only the caret: the member selects to the line's start.
+    await expect(owner.page.locator(".cm-ySelection")).to_have_count(0)
+    await member.page.keyboard.press("Shift+Home")
+    await expect(owner.page.locator(".cm-ySelection").first).to_be_visible()
+    await owner.shot("member-selected")
     versions = {await owner.saved_version(), await member.saved_version()}
     await owner.shot("saved")
     await member.shot("saved")
@@ -84,6 +92,13 @@ async def test_two_people_type_at_once_and_converge_with_postgres(
     assert r.status_code == 200, r.text
     assert r.json()["content"] == text
     assert r.json()["saved_version"] == version
+    # The member leaves the document: the owner's list of people drops them, and their cursor.
+    await member.page.get_by_role("link", name="← Documents").click()
+    people_list = owner.page.get_by_role("list", name="People in this document")
+    await expect(people_list).not_to_contain_text(member_name)
+    await expect(people_list).to_contain_text(owner_name)
+    await expect(owner.page.locator(".cm-ySelectionInfo")).to_have_count(0)
+    await owner.shot("member-left")
     for person in (owner, member):
         assert person.unexpected_errors() == [], person.errors
 
@@ -135,3 +150,46 @@ async def test_status_saving_then_saved_and_offline_merges(people: People, stack
         member.unexpected_errors(r"WebSocket connection to .* failed", r"ERR_INTERNET_DISCONNECTED")
         == []
     ), member.errors
+
+
+@pytest.mark.parametrize("stack", [{"without": ["flusher"]}], indirect=True)
+async def test_saved_waits_for_postgres(people: People, stack: Stack) -> None:
+    """The server acknowledges every edit at once (Redis), but `Saved` waits for Postgres: with
+    the flusher down the status stays `Saving…`, and says `Saved` with Postgres's version only
+    once a flusher has written it."""
+    owner, member, doc_id, *_ = await owner_and_member(people, stack)
+    await watch_status(owner)
+    await owner.editor_end()
+    await owner.page.keyboard.type("not yet in postgres", delay=20)
+    await expect(owner.status).to_have_text("Saving…")
+    # Longer than a flush interval (2 s) and the acknowledgement's round trip, many times over.
+    await owner.page.wait_for_timeout(6000)
+    await expect(owner.status).to_have_text("Saving…")
+    assert await stack.stored(doc_id) == ("", 0)
+    r = await stack.http.get(
+        f"/v1/documents/{doc_id}/status", headers={"Authorization": f"Bearer {await owner.token()}"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["saved_version"] == 0 < r.json()["version"], r.json()
+    await owner.shot("saving-without-flusher")
+    # The documents list says the same: not "Last saved" while Postgres lacks the last edit.
+    await member.page.get_by_role("link", name="← Documents").click()
+    listed = member.page.get_by_role("list", name="Documents").get_by_role("listitem")
+    await expect(listed.filter(has_text="Plan")).to_contain_text("Saving… (last edit ")
+    await expect(listed.filter(has_text="Plan")).not_to_contain_text("Last saved")
+    await member.shot("listed-saving")
+    async with running(
+        "flusher", "services.flusher", stack.env, stack.logs, log_ready("flusher ready")
+    ):
+        version = await owner.saved_version()
+        assert await stack.stored(doc_id) == ("not yet in postgres", version)
+        await owner.shot("saved-by-flusher")
+    await member.page.reload()
+    await expect(listed.filter(has_text="Plan")).to_contain_text(
+        re.compile(rf"Last saved .+ \(version {version}\)$")
+    )
+    await member.shot("listed-saved")
+    log = await status_log(owner)
+    assert not any(re.match(r"^Saved", t) for t in log[1:-1]), log
+    for person in (owner, member):
+        assert person.unexpected_errors() == [], person.errors

@@ -40,9 +40,28 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
     await sign_up(ada, ada_name)
     await sign_up(bo, bo_name)
 
+    # Every text the match state takes, so the short-lived ones are seen too.
+    await ada.page.evaluate(
+        """() => {
+            const el = document.querySelector('.match-status');
+            window.matchLog = [];
+            new MutationObserver(() => window.matchLog.push(el.textContent))
+                .observe(el, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
     await search(ada, "jazz, chess")
     # Alone in the pool: Ada waits, and the console says so.
     await expect(ada.page.locator(".match-status")).to_contain_text("No match yet")
+    log: list[str] = await ada.page.evaluate("() => window.matchLog")
+    states = [
+        next((i for i, t in enumerate(log) if t.startswith(prefix)), -1)
+        for prefix in (
+            "Joining the queue…",
+            "In the queue (en). Looking for someone who shares jazz, chess…",
+            "No match yet: nobody waiting shares jazz, chess.",
+        )
+    ]
+    assert -1 not in states and states == sorted(states), log
     await expect(ada.page.get_by_role("button", name="Cancel")).to_be_visible()
     await ada.shot("waiting")
     await search(bo, "hiking, jazz")
@@ -52,6 +71,12 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
     room = ROOM.search(ada.page.url)
     assert room is not None and bo.page.url == ada.page.url
     doc_id = room.group(1)
+    # The room's link opened in another tab of the same browser still says what they share.
+    tab = await bo.context.new_page()
+    await tab.goto(f"/d/{doc_id}")
+    await expect(tab.get_by_role("heading", name="Room: jazz")).to_be_visible()
+    await expect(tab.get_by_text("You were matched on: jazz.")).to_be_visible()
+    await tab.close()
     for person in (ada, bo):
         people_list = person.page.get_by_role("list", name="People in this document")
         await expect(people_list).to_contain_text(ada_name)
@@ -119,9 +144,20 @@ async def test_partners_meet_in_one_room_and_a_third_cannot_open_it(
 async def test_phone_width(people: People, stack: Stack) -> None:
     """A phone-width screen: nothing is wider than the screen, the editor is usable."""
     pat = await people("pat", viewport={"width": 375, "height": 740}, is_mobile=True)
+    fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    await pat.page.goto("/")
+    await expect(pat.page.get_by_role("button", name="Sign up")).to_be_visible()
+    await pat.shot("sign-up")
+    assert await pat.page.evaluate(fits)
     await sign_up(pat, unique("pat"))
     await pat.shot("home")
-    assert await pat.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert await pat.page.evaluate(fits)
+    await search(pat, "rock-climbing, board games")
+    await expect(pat.page.locator(".match-status")).to_contain_text("No match yet")
+    await pat.shot("searching")
+    assert await pat.page.evaluate(fits)
+    await pat.page.get_by_role("button", name="Cancel").click()
+    await expect(pat.page.locator(".match-status")).to_have_text("Search cancelled.")
     await pat.page.get_by_label("Title", exact=True).fill("On the go")
     await pat.page.get_by_role("button", name="New document").click()
     await expect(pat.page).to_have_url(ROOM)
@@ -129,7 +165,7 @@ async def test_phone_width(people: People, stack: Stack) -> None:
     await pat.page.keyboard.type("typed on a phone")
     await pat.saved_version()
     await pat.shot("document")
-    assert await pat.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert await pat.page.evaluate(fits)
     assert await pat.text() == "typed on a phone"
     assert pat.unexpected_errors() == [], pat.errors
 
