@@ -170,10 +170,14 @@ class Flusher:
         stats.seconds = time.perf_counter() - started  # the whole pass, claims included
         return stats
 
-    async def flush_urgent(self) -> FlushStats:
-        """Flush only the urgent documents: co-edited ones whose log passed a quarter of a cap
-        (shared/domain/dirty.py). One round trip when there are none."""
-        shards = await dirty.urgent_shards(self._redis, self._keys)
+    async def urgent_shards(self) -> list[int]:
+        """The shards holding urgent documents: co-edited ones whose log passed a quarter of a
+        cap (shared/domain/dirty.py). One round trip."""
+        return await dirty.urgent_shards(self._redis, self._keys)
+
+    async def flush_urgent(self, shards: list[int] | None = None) -> FlushStats:
+        """Flush only the urgent documents (of `shards`, or of every shard holding one)."""
+        shards = await self.urgent_shards() if shards is None else shards
         if not shards:
             return FlushStats()
         return await self.flush_dirty(dirty.URGENT_UNTIL_MS, shards)

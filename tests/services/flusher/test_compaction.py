@@ -13,6 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.flusher import worker
 from services.flusher.flush import Flusher
 from services.flusher.saves import snapshot_document
 from shared.domain import collab, dirty
@@ -228,8 +229,8 @@ async def test_a_long_log_goes_urgent_and_the_urgent_pass_folds_only_it(
         count, age = await dirty.dirty_count(redis, keys)
         assert count == 2 and age is not None and 0 <= age < 60
 
-        stats = await flusher.flush_urgent()
-        assert (stats.read, stats.written, stats.cleaned) == (1, 1, 1)
+        async with worker_context(settings) as ctx:  # the every-second cron job
+            assert await worker.flush_urgent(ctx) == {"read": 1, "written": 1}
         assert (await pg_row(db, hot))["content"] == "hot1234567890"
         assert (await pg_row(db, calm))["content"] == "calm", "not urgent: left to the cron"
         assert await redis.zscore(keys.doc_dirty(hot), hot) is None
@@ -239,3 +240,8 @@ async def test_a_long_log_goes_urgent_and_the_urgent_pass_folds_only_it(
         assert (await pg_row(db, calm))["content"] == "calm!"
     finally:
         await client.aclose()
+
+
+def test_the_urgent_pass_is_a_cron_job_every_second(settings: Settings) -> None:
+    jobs = {job.name: job for job in worker.create_worker(settings).cron_jobs}
+    assert jobs["cron:flush_urgent"].second == set(range(60))
