@@ -133,10 +133,33 @@ async def run_many(
     keys share one hash tag either way."""
     if isinstance(redis, RedisCluster):
         return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls)))
-    async with redis.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)
-        return list(await pipe.execute())
+    replies = await evalsha_pipelined(redis, script, [(len(k), *k, *a) for k, a in calls])
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def evalsha_pipelined(
+    redis: Redis, script: AsyncScript, calls: Sequence[tuple[Any, ...]]
+) -> list[Any]:
+    """Each call's reply (or its error), in order, from one pipeline of EVALSHA
+    (numkeys, *keys, *args). Not redis-py's pipelined Script, which first asks SCRIPT EXISTS: a
+    second round trip each time. A server that lost its scripts (a restart, a flush) answers
+    NOSCRIPT before running one, so those calls are loaded and sent again."""
+    pipe = redis.pipeline(transaction=False)
+    for args in calls:
+        pipe.execute_command("EVALSHA", script.sha, *args)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if lost:
+        script.sha = await redis.script_load(script.script)
+        pipe = redis.pipeline(transaction=False)
+        for i in lost:
+            pipe.execute_command("EVALSHA", script.sha, *calls[i])
+        for i, reply in zip(lost, await pipe.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
+    return replies
 
 
 class Scripts:

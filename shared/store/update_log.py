@@ -19,7 +19,7 @@ from redis.typing import EncodableT
 
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import SLICE, lua_source, run_many
+from shared.store.scripts import SLICE, evalsha_pipelined, lua_source, run_many
 
 NAMES = ("collab_append", "collab_seed", "collab_read", "read_docs")
 
@@ -229,22 +229,9 @@ class UpdateLog:
 
     async def _pipelined(self, calls: list[tuple[EncodableT, ...]]) -> list[Any]:
         """Every call's reply (or its error), in order, from one pipeline."""
-        script = self._s["collab_append"]
-        pipe = self._redis.pipeline(transaction=False)
-        for args in calls:
-            pipe.execute_command("EVALSHA", script.sha, 6, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if lost:
-            # The server lost its script cache (a restart or a flush): NOSCRIPT is answered
-            # before the script runs, so these did not; load it and run them again.
-            script.sha = await self._redis.script_load(script.script)
-            pipe = self._redis.pipeline(transaction=False)
-            for i in lost:
-                pipe.execute_command("EVALSHA", script.sha, 6, *calls[i])
-            for i, reply in zip(lost, await pipe.execute(raise_on_error=False), strict=True):
-                replies[i] = reply
-        return replies
+        return await evalsha_pipelined(
+            self._redis, self._s["collab_append"], [(6, *a) for a in calls]
+        )
 
     async def seed(self, doc_id: str, update: bytes, version: int) -> SeedStatus:
         status = await self._s["collab_seed"](

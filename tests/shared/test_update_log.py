@@ -370,6 +370,7 @@ async def test_a_batch_read_and_its_kept_folds_answer_each_document_in_order(
     for d in [*reversed(docs[60:]), missing, *docs[:60]]:
         by_shard.setdefault(keys.shard_of(d), []).append(d)
     order = [d for ids in by_shard.values() for d in ids]
+    await redis.script_flush()  # a restarted server: the pipelined calls load and run again
     reads = await log.read_docs(list(by_shard.values()), 100)
     assert reads[order.index(missing)].version is None
     folds: dict[str, Fold] = {}
@@ -381,6 +382,7 @@ async def test_a_batch_read_and_its_kept_folds_answer_each_document_in_order(
             written.setdefault(keys.shard_of(d), []).append((d, 4))
     assert sorted(f.text for f in folds.values()) == sorted(f"doc {i}!" for i in range(120))
     scripts = Scripts(redis, keys)
+    await redis.script_flush()
     assert await scripts.mark_clean_shards(list(written.items()), TTL, 0, folds) == 120
     # Older than the fold kept: changes nothing (a retried or stale flusher).
     assert await keep(redis, keys, Fold(docs[5], "0-1", b"", "", 0, "0-0"), 4) == 1
