@@ -52,6 +52,23 @@ NAMES = (
 # per-command cost, small enough that one call holds Redis up for little (a co-edited document
 # ships its whole state).
 SLICE = 50
+# And at most this many bytes of states and texts a call and a round trip (one document at
+# least): a script holds Redis's one thread while it copies them in, ~1 ms per 512 KB, so a
+# round trip of many large documents would hold every append up for tens of milliseconds.
+ROUND_BYTES = 1 << 20
+
+
+def rounds(items: Sequence[int], sizes: Sequence[int], limit: int = ROUND_BYTES) -> list[list[int]]:
+    """`items` in order, cut into runs of at most `limit` bytes by `sizes` (one item at least)."""
+    out: list[list[int]] = []
+    total = 0
+    for item, size in zip(items, sizes, strict=True):
+        if not out or total + size > limit:
+            out.append([])
+            total = 0
+        out[-1].append(item)
+        total += size
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,15 +361,30 @@ class Scripts:
         folds: Mapping[str, Fold] | None = None,
     ) -> int:
         """mark_clean for several shards, keeping `folds` (by document id) as it goes: one call
-        a shard slice, all in one round trip."""
+        a shard slice (SLICE documents, ROUND_BYTES of folds at most), in round trips of
+        ROUND_BYTES at most: one round trip unless the folds are large."""
         now = now_ms()
-        calls = [
-            self._mark_clean_call(s, written[i : i + SLICE], ttl_ms, read_ms, now, folds or {})
-            for s, written in shards
-            for i in range(0, len(written), SLICE)
-        ]
-        replies = await self._many("mark_clean", calls)
-        return sum(int(r) for r in replies)
+        folds = folds or {}
+
+        def size(doc_id: str) -> int:
+            fold = folds.get(doc_id)
+            return 0 if fold is None else len(fold.state) + len(fold.text)
+
+        calls, sizes = [], []
+        for shard, written in shards:
+            for i in range(0, len(written), SLICE):
+                part = written[i : i + SLICE]
+                for at in rounds(range(len(part)), [size(d) for d, _ in part]):
+                    calls.append(
+                        self._mark_clean_call(
+                            shard, [part[j] for j in at], ttl_ms, read_ms, now, folds
+                        )
+                    )
+                    sizes.append(sum(size(part[j][0]) for j in at))
+        cleaned = 0
+        for at in rounds(range(len(calls)), sizes):
+            cleaned += sum(int(r) for r in await self._many("mark_clean", [calls[j] for j in at]))
+        return cleaned
 
     async def quarantine_shards(
         self, shards: Sequence[tuple[int, Sequence[tuple[str, int]]]]

@@ -19,9 +19,17 @@ from redis.typing import EncodableT
 
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import SLICE, evalsha_pipelined, lua_source, run_many
+from shared.store.scripts import (
+    SLICE,
+    evalsha_pipelined,
+    lua_source,
+    rounds,
+    run_many,
+)
 
 NAMES = ("collab_append", "collab_seed", "collab_read", "read_docs")
+# A co-edited document's state larger than this is read outside the flush's read script.
+INLINE_STATE_MAX = 64 * 1024
 
 
 class AppendStatus(IntEnum):
@@ -248,21 +256,64 @@ class UpdateLog:
 
     async def read_docs(self, groups: Sequence[Sequence[str]], max_entries: int) -> list[DocRead]:
         """Each document of a flush batch, for groups of ids that each lie in one shard: one
-        script call a slice of SLICE, all in one round trip. In the order of the ids."""
+        script call a slice of SLICE, all in one round trip. In the order of the ids.
+
+        A co-edited document whose state is over INLINE_STATE_MAX comes back from the script as
+        its size only and is read again with plain commands in MULTI/EXEC (atomic: its fields,
+        state and log agree), in round trips of at most ROUND_BYTES: Redis then ships the
+        stored value as it is, where a script copies it twice, holding every append up for
+        about 1 ms per 512 KB (plain Redis; on a cluster the script reads every state)."""
         k = self._keys
+        inline = 2**62 if isinstance(self._redis, RedisCluster) else INLINE_STATE_MAX
         calls = [
             (
                 [key for d in ids[i : i + SLICE] for key in (k.doc(d), k.update_log(d))],
-                (max_entries,),
+                (max_entries, inline),
             )
             for ids in groups
             for i in range(0, len(ids), SLICE)
         ]
-        out: list[DocRead] = []
+        replies: list[Sequence[Any]] = []
         for flat in await run_many(self._redis, self._s["read_docs"], calls):
-            for j in range(0, len(flat), 8):
-                out.append(_doc_read(flat[j : j + 8]))
+            replies.extend(flat[j : j + 8] for j in range(0, len(flat), 8))
+        ids = [d for group in groups for d in group]
+        large = [i for i, r in enumerate(replies) if isinstance(r[5], int)]
+        for at in rounds(large, [replies[i][5] for i in large]):
+            plain = await self._read_plain([ids[i] for i in at], max_entries)
+            for i, reply in zip(at, plain, strict=True):
+                replies[i] = reply
+        return [_doc_read(r) for r in replies]
+
+    async def _read_plain(self, doc_ids: Sequence[str], max_entries: int) -> list[list[Any]]:
+        """read_docs.lua's reply for each of `doc_ids`, from plain commands in one MULTI/EXEC."""
+        k = self._keys
+        pipe = self._redis.pipeline(transaction=True)
+        for doc_id in doc_ids:
+            pipe.hmget(k.doc(doc_id), ["v", "c", "by", "at", "del", "ys", "yl", "yb"])
+            # From the log's start: the script that sets `yl` trims every entry up to it, so
+            # what is there is after it (filtered below all the same, as the script's range).
+            pipe.xrange(k.update_log(doc_id), "-", "+", count=max_entries)
+        replies = await pipe.execute()
+        out: list[list[Any]] = []
+        for n in range(len(doc_ids)):
+            (v, c, by, at, deleted, ys, yl, yb), entries = replies[2 * n], replies[2 * n + 1]
+            tail: list[Any] = []
+            if yb is None:
+                ys = yl = None
+            else:
+                c, yl = None, yl or b"0-0"
+                if v is not None and ys is not None:
+                    after = _id_key(_text(yl))
+                    for entry_id, fields in entries:
+                        if _id_key(_text(entry_id)) > after:
+                            tail += (entry_id, fields.get(b"u", b""))
+            out.append([v, c, by, at, deleted, ys, yl, tail])
         return out
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _doc_read(reply: Sequence[Any]) -> DocRead:

@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from shared.domain import collab
 from shared.settings import Settings
 from shared.store.keys import Keys
-from shared.store.scripts import Fold, Scripts
+from shared.store.scripts import Fold, Scripts, rounds
 from shared.store.update_log import (
+    INLINE_STATE_MAX,
     AppendOptions,
     AppendStatus,
     LogLimits,
@@ -421,3 +422,52 @@ async def test_read_docs_reads_plain_documents_in_order_across_slices(
     assert (got[6].version, got[6].content, got[6].by, got[6].at) == (0, "", None, "1")
     assert got[70].version is None and got[70].content is None
     assert got[5].deleted
+
+
+def test_rounds_cut_by_bytes_keeping_one_item_at_least() -> None:
+    assert rounds([], []) == []
+    assert rounds([1, 2, 3], [10, 10, 10], limit=25) == [[1, 2], [3]]
+    assert rounds([1, 2, 3], [30, 5, 40], limit=25) == [[1], [2], [3]]
+    assert rounds([7, 8], [0, 0], limit=0) == [[7, 8]]
+
+
+async def test_large_states_are_read_and_kept_outside_one_long_script(
+    redis: Redis, binary: Redis, settings: Settings
+) -> None:
+    """Co-edited documents with states over INLINE_STATE_MAX (three of ~300 KB here, beside two
+    small ones and a plain one, all in one shard): read_docs reads them with plain commands in
+    MULTI/EXEC, in round trips of at most ROUND_BYTES, and gets the same snapshots; mark_clean
+    keeps each large fold in a call of its own. Counted through the server's command stats."""
+    keys = Keys(settings.key_prefix, 1)
+    log = UpdateLog(binary, keys, OPTIONS)
+    big = "x" * 300_000  # its seed state is ~300 KB, its fold's state and text ~600 KB
+    texts = [big + "1", "small a", big + "2", "small b", big + "3"]
+    docs = [await co_edited(redis, keys, log, t) for t in texts]
+    plain = await loaded(redis, keys, "plain text")
+    for doc_id, t in zip(docs, texts, strict=True):
+        for u in keystrokes(collab.seed_update(t), "!?"):
+            assert (await log.append(doc_id, u, "o", "alice", 1, GRANTS)).status == 1
+    assert len(collab.seed_update(big)) > INLINE_STATE_MAX
+    await redis.config_resetstat()
+    reads = await log.read_docs([[*docs, plain]], 100)
+    stats = await redis.info("commandstats")
+    # ~300 KB of state each: all three fit one round trip of ROUND_BYTES.
+    assert stats["cmdstat_exec"]["calls"] == 1 and stats["cmdstat_evalsha"]["calls"] == 1
+    assert reads[-1].content == "plain text" and reads[-1].snapshot is None
+    folds: dict[str, Fold] = {}
+    for doc_id, t, r in zip(docs, texts, reads[:-1], strict=True):
+        assert r.snapshot is not None and r.snapshot.state is not None
+        assert (r.version, r.by, len(r.snapshot.log)) == (5, "alice", 2)
+        fold = fold_of(doc_id, r.snapshot, [u for _, u in r.snapshot.log])
+        assert fold.text == t + "!?"
+        folds[doc_id] = fold
+    await redis.config_resetstat()
+    scripts = Scripts(redis, keys)
+    written = [(d, 5) for d in docs]
+    assert await scripts.mark_clean_shards([(0, written)], TTL, 0, folds) == 5
+    # ~600 KB of state and text a large fold: big 1 + small a, big 2 + small b, big 3, each call
+    # its own round trip (one call of all five would hold Redis for ~1.8 MB of copies).
+    assert (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] == 3
+    for doc_id, t in zip(docs, texts, strict=True):
+        kept = await log.read(doc_id, 100)
+        assert (kept.text, kept.log) == (t + "!?", ())
