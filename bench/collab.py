@@ -12,6 +12,7 @@ also equal to what its Redis state and update log fold to, which is what the flu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -27,6 +28,7 @@ import psutil
 
 from bench import systems, workload
 from bench.collab_client import Editor, Room, Wire, open_editor, state_vector
+from bench.collab_trace import Tracer
 from bench.meters import CpuMeter, Procs
 from bench.options import ROOT, Options
 from bench.processes import child_env, say
@@ -44,9 +46,6 @@ PEERS = {
     "hocuspocus": NODE_DIR / "hocuspocus-server.mjs",
     "y-websocket": NODE_DIR / "node_modules" / "y-websocket" / "bin" / "server.cjs",
 }
-# (documents, editors each, initial document bytes): every shape at 2 KB, then the larger
-# documents at the 10 x 10 shape.
-CELLS = ((1, 2, 2048), (10, 10, 2048), (100, 2, 2048), (10, 10, 65536), (10, 10, 524288))
 # The max-rate search: 100 documents x 2 editors, total keystrokes/s per step.
 SEARCH_SHAPE = (100, 2)
 SEARCH_RATES = (500, 1000, 2000, 3000, 4000)
@@ -72,6 +71,7 @@ class Server:
     documents: Callable[[list[str]], Awaitable[list[str]]]
     stored: Callable[[str], Awaitable[str]] | None = None  # Redline: the folded Redis text
     close: Callable[[], Awaitable[None]] = _nothing
+    trace: Tracer | None = None  # --collab-trace (Redline)
 
     @property
     def seeds_itself(self) -> bool:
@@ -188,6 +188,8 @@ async def cell(server: Server, load: Load, rng: random.Random) -> CollabRun:
         join_s = time.perf_counter() - started
         meter = CpuMeter({**server.cpu, "loadgen": lambda: [psutil.Process()]})
         meter.start()
+        if server.trace is not None:
+            await server.trace.start()
         wire.counting = True
         t0 = time.perf_counter()
         end = t0 + load.seconds
@@ -203,6 +205,8 @@ async def cell(server: Server, load: Load, rng: random.Random) -> CollabRun:
             await asyncio.sleep(0.02)
         cpu_s = meter.stop()
         wire.counting = False
+        if server.trace is not None:
+            await server.trace.report(rooms, f"{system} {docs}x{editors} {size // 1024} KB")
         converged = await _converged(rooms)
         stored = None
         if server.stored is not None:
@@ -269,6 +273,9 @@ async def _redline(stack: Stack, opts: Options) -> Server:
         "REDLINE_COLLAB_LOG_MAX_BYTES": 1 << 30,
     }
     running = await asyncio.to_thread(systems.start, stack, "redline", opts.flush_interval, extra)
+    if opts.collab_background_nice:
+        background = [*stack.child_procs("flusher"), *stack.postgres_procs()]
+        _renice(background, opts.collab_background_nice)
     work = await workload.create(
         running.port, USERS, 0, 16, random.Random(opts.seed), name="typist"
     )
@@ -286,6 +293,15 @@ async def _redline(stack: Stack, opts: Options) -> Server:
         snap = await log.read(doc_id, 100_000_000)
         return collab.fold(snap.state, [u for _, u in snap.log]).text
 
+    trace = None
+    if opts.collab_trace:
+        trace = Tracer(redis_client(stack.redis_url), stack.children.log_dir / "flusher.log")
+
+    async def close() -> None:
+        await state.aclose()
+        if trace is not None:
+            await trace.valkey.aclose()
+
     return Server(
         "redline",
         f"ws://127.0.0.1:{running.port}",
@@ -298,8 +314,19 @@ async def _redline(stack: Stack, opts: Options) -> Server:
         work.tokens,
         documents,
         stored,
-        state.aclose,
+        close,
+        trace,
     )
+
+
+def _renice(procs: list[psutil.Process], nice: int) -> None:
+    """The write-behind side (the flusher and Postgres, whose backends fork from the postmaster
+    and inherit its nice value) below the keystroke path (api, Valkey, the load client): on
+    this one shared host a flush pass of large documents otherwise competes with it for CPU."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.nice(nice)
+    say(f"redline: flusher and Postgres reniced to {nice} ({len(procs)} processes)")
 
 
 async def _peer(stack: Stack, system: str) -> Server:
@@ -331,10 +358,11 @@ async def run(stack: Stack, opts: Options, report: Report) -> None:
     for system in names:
         server = await (_redline(stack, opts) if system == "redline" else _peer(stack, system))
         try:
-            for docs, editors, size in CELLS:
+            for docs, editors, size in opts.collab_cells:
                 load = Load(docs, editors, size, opts.collab_duration, opts.collab_key_rate)
                 report.collab.append(await cell(server, load, _rng(opts, load)))
-            if system != "y-websocket":  # the target compares Redline with Hocuspocus
+            # The target compares Redline with Hocuspocus.
+            if opts.collab_search and system != "y-websocket":
                 report.collab += await search(server, opts)
         finally:
             await server.close()

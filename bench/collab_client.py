@@ -154,6 +154,8 @@ class Room:
     editors: list[Editor] = field(default_factory=list)
     by_client: dict[int, Editor] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    # When each of those keystrokes was typed (perf_counter), for --collab-trace's timeline.
+    typed_at: list[float] = field(default_factory=list)
 
     def add(self, editor: Editor) -> None:
         self.editors.append(editor)
@@ -172,6 +174,7 @@ class Room:
             typed = author.typed
             while seen < len(typed) and typed[seen][0] <= clock:
                 self.latencies_ms.append((now - typed[seen][1]) * 1000)
+                self.typed_at.append(typed[seen][1])
                 seen += 1
             receiver.seen[client] = seen
 

@@ -25,6 +25,9 @@ SCENARIOS = (
     "compaction",
 )
 COLLAB_SYSTEMS = ("redline", "hocuspocus", "y-websocket")
+# The co-editing cells: (documents, editors each, initial document bytes); every shape at 2 KB,
+# then the larger documents at the 10 x 10 shape.
+COLLAB_CELLS = ((1, 2, 2048), (10, 10, 2048), (100, 2, 2048), (10, 10, 65536), (10, 10, 524288))
 OPEN_LOOP = ("open", "lag")  # scenarios driven at a constant rate
 
 # name: (full default, --quick default)
@@ -80,6 +83,10 @@ class Options:
     match_pools: tuple[int, ...]
     systems: tuple[str, ...]
     collab_systems: tuple[str, ...]
+    collab_cells: tuple[tuple[int, int, int], ...]
+    collab_search: bool
+    collab_trace: bool
+    collab_background_nice: int
     scenarios: tuple[str, ...]
     quick: bool
     seed: int
@@ -111,6 +118,19 @@ def _names(allowed: Sequence[str]) -> type[argparse.Action]:
             setattr(namespace, self.dest, names)
 
     return Names
+
+
+def _cells(value: str) -> tuple[tuple[int, int, int], ...]:
+    cells = []
+    for spec in (c.strip() for c in value.split(",") if c.strip()):
+        parts = spec.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(f"{spec!r}: want DOCSxEDITORSxBYTES, e.g. 10x10x2048")
+        docs, editors, size = (int(p) for p in parts)
+        cells.append((docs, editors, size))
+    if not cells:
+        raise argparse.ArgumentTypeError("no cell given")
+    return tuple(cells)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -185,6 +205,32 @@ def parser() -> argparse.ArgumentParser:
         default=COLLAB_SYSTEMS,
         help="comma list for the collab scenario (all; the peers need bench/node installed)",
     )
+    add(
+        "--collab-cells",
+        type=_cells,
+        default=COLLAB_CELLS,
+        help="comma list of DOCSxEDITORSxBYTES co-editing cells (all five: 1x2x2048,"
+        " 10x10x2048, 100x2x2048, 10x10x65536, 10x10x524288)",
+    )
+    add(
+        "--no-collab-search",
+        dest="collab_search",
+        action="store_false",
+        help="skip the co-editing max-rate search",
+    )
+    add(
+        "--collab-trace",
+        action="store_true",
+        help="diagnose each Redline co-editing cell: flusher passes, slow-delivery episodes,"
+        " Valkey SLOWLOG/LATENCY/commandstats (bench/collab_trace.py; resets Valkey's stats)",
+    )
+    add(
+        "--collab-background-nice",
+        type=int,
+        default=0,
+        help="nice value for Redline's flusher and Postgres in the collab scenario (0: as"
+        " started; an experiment: every process shares this host's cores)",
+    )
     add("--scenarios", action=_names(SCENARIOS), default=SCENARIOS, help="comma list (all)")
     add("--seed", type=int, default=1, help="seed of the generated content")
     add("--no-plot", dest="plot", action="store_false", help="skip the PNG")
@@ -226,6 +272,10 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         match_pools=tuple(int(n) for n in str(ns.match_pools).split(",") if n.strip()),
         systems=tuple(ns.systems),
         collab_systems=tuple(ns.collab_systems),
+        collab_cells=tuple(ns.collab_cells),
+        collab_search=bool(ns.collab_search),
+        collab_trace=bool(ns.collab_trace),
+        collab_background_nice=int(ns.collab_background_nice),
         scenarios=tuple(ns.scenarios),
         quick=bool(ns.quick),
         seed=int(ns.seed),
@@ -269,6 +319,8 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
             "--duration, --lag-duration and --collab-duration are capped at 600 s:"
             " every run is bounded"
         )
+    if not 0 <= o.collab_background_nice <= 19:
+        p.error("--collab-background-nice must be between 0 and 19")
     if o.collab_key_rate > 50:
         p.error("--collab-key-rate: at most 50 keystrokes/s a typist")
     if not 16 <= o.content_bytes <= 512 * 1024:
