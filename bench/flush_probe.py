@@ -6,8 +6,8 @@ The documents are seeded as the api seeds them and given --keystrokes appends ea
 `--scenarios collab` leaves them between two passes); then --passes timed `flush_dirty()` calls,
 each with a probe beside it: a connection of its own sending one PING at a time, back to back,
 whose longest round trips are how long Valkey kept every other client (the api's appends) waiting.
-Printed per pass: each step's wall time (read_docs, read_many, fold, Postgres write, trim,
-mark_clean), the probe's p50/p99/max round trip, and Valkey's time per script (commandstats).
+Printed per pass: each step's wall time (read_docs, fold, Postgres write, mark_clean keeping the
+folds), the probe's p50/p99/max round trip, and Valkey's time per script (commandstats).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from shared.store.scripts import Scripts, lua_source
 from shared.store.update_log import AppendStatus, SeedStatus, UpdateLog, append_options
 
 PREFIX = "rlprobe"
-SCRIPTS = ("read_docs", "collab_read", "collab_trim", "mark_clean", "claim", "release")
+SCRIPTS = ("read_docs", "collab_read", "mark_clean", "claim", "release")
 T = TypeVar("T")
 STALL_MS = 1.0
 
@@ -137,11 +137,12 @@ def _keystrokes(content: str, client_id: int, count: int, rng: random.Random) ->
 
 
 STORAGE = {
+    # As migrated: since migration 006, TOASTed out of line uncompressed (no pglz CPU).
     "default": [],
-    # No compression: TOASTed out of line as it is (more bytes to WAL and disk, no pglz CPU).
-    "external": [
-        "ALTER TABLE documents ALTER COLUMN content SET STORAGE EXTERNAL",
-        "ALTER TABLE documents ALTER COLUMN ystate SET STORAGE EXTERNAL",
+    # Postgres's own default, pglz-compressed: what 006 replaced, for comparison.
+    "extended": [
+        "ALTER TABLE documents ALTER COLUMN content SET STORAGE EXTENDED",
+        "ALTER TABLE documents ALTER COLUMN ystate SET STORAGE EXTENDED",
     ],
     "lz4": [
         "ALTER TABLE documents ALTER COLUMN content SET COMPRESSION lz4",
@@ -164,9 +165,7 @@ async def run(
     flusher = Flusher(settings, redis, db, scripts, keys, log)
     steps = Steps()
     # Instance attributes shadow the methods for this flusher only.
-    scripts.read_docs = steps.wrap("read_docs", scripts.read_docs)  # type: ignore[method-assign]
-    log.read_many = steps.wrap("read_many", log.read_many)  # type: ignore[method-assign]
-    log.trim_many = steps.wrap("trim", log.trim_many)  # type: ignore[method-assign]
+    log.read_docs = steps.wrap("read_docs", log.read_docs)  # type: ignore[method-assign]
     scripts.mark_clean_shards = steps.wrap(  # type: ignore[method-assign]
         "mark_clean", scripts.mark_clean_shards
     )
