@@ -121,6 +121,10 @@ async def pool_latency(
                     if reply.status is MatchStatus.MATCHED and reply.partner_id is not None:
                         matched += 1
                         partner = reply.partner_id
+                        if partner not in members:
+                            # An earlier seeker of this chunk, queued by its own search: it
+                            # was never one of the pooled users, so none is put back.
+                            continue
                         entry = PoolEntry(partner, "t", interests=members[partner])
                         await pool.enter(language, entry)
                     else:
