@@ -56,6 +56,9 @@ class EditStatus(IntEnum):
 
 # The hash fields this module reads (never `ys`, a co-edited document's Yjs state: bytes).
 FIELDS = ("v", "sv", "c", "ti", "acl", "by", "at", "ca", "del", "ds", "yb")
+# What an access check reads: not the text, which may be megabytes (a collab socket checks at
+# open and close, the events socket at each subscribe).
+ACCESS_FIELDS = ("v", "acl", "del")
 
 
 def _dt(ms: str | int | None) -> datetime | None:
@@ -128,10 +131,11 @@ class Documents:
             )
 
     # Loading -------------------------------------------------------------------------------
-    async def _fields(self, doc_id: str) -> dict[str, str] | None:
-        """The document's Redis hash, loading it from Postgres when Redis does not hold it.
-        None when it does not exist (or is deleted)."""
-        fields = await self._hash(doc_id)
+    async def _fields(self, doc_id: str, names: Sequence[str] = FIELDS) -> dict[str, str] | None:
+        """The document's Redis hash (`names` of it, or all of it when loaded from Postgres),
+        loading it from Postgres when Redis does not hold it. None when it does not exist (or
+        is deleted)."""
+        fields = await self._hash(doc_id, names)
         if not fields:
             async with self._db.acquire() as conn:
                 row = await queries.document(conn, doc_id)
@@ -147,13 +151,11 @@ class Documents:
             return None
         return fields
 
-    async def _hash(self, doc_id: str) -> dict[str, str]:
+    async def _hash(self, doc_id: str, names: Sequence[str] = FIELDS) -> dict[str, str]:
         # redis-py types its commands as sync-or-async; this client is the async one.
-        raw = self._redis.hmget(self._keys.doc(doc_id), list(FIELDS))
+        raw = self._redis.hmget(self._keys.doc(doc_id), list(names))
         values = cast(list[str | None], await cast(Awaitable[Any], raw))
-        return {
-            name: value for name, value in zip(FIELDS, values, strict=True) if value is not None
-        }
+        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
 
     @staticmethod
     def _row_fields(row: asyncpg.Record, members: Sequence[object]) -> dict[str, str]:
@@ -184,7 +186,7 @@ class Documents:
             uuid.UUID(doc_id)
         except ValueError:
             return False
-        fields = await self._fields(doc_id)
+        fields = await self._fields(doc_id, ACCESS_FIELDS)
         return fields is not None and allows(fields["acl"], who)
 
     # Commands ------------------------------------------------------------------------------
