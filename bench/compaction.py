@@ -52,6 +52,33 @@ def keystrokes(content: str, client_id: int, count: int, rng: random.Random) -> 
     return out
 
 
+async def seed_all(log: UpdateLog, ids: list[str], seeds: list[bytes], what: str) -> None:
+    """Install document i's seed update `seeds[i % len(seeds)]`, as the api seeds on first use."""
+    seeded = await gather_bounded(
+        [log.seed(d, seeds[i % len(seeds)], 0) for i, d in enumerate(ids)]
+    )
+    if any(s != SeedStatus.INSTALLED for s in seeded):
+        raise RuntimeError(f"{what}: a seed was not installed")
+
+
+async def type_into(
+    log: UpdateLog, ids: list[str], typed: list[list[bytes]], grants: tuple[str, ...], what: str
+) -> None:
+    """Append to document i the updates `typed[i % len(typed)]`, as a socket's keystrokes, under
+    one new author."""
+    author = str(uuid.uuid4())
+    replies = await gather_bounded(
+        [
+            log.append(d, u, f"{what}:0", author, now_ms(), grants)
+            for i, d in enumerate(ids)
+            for u in typed[i % len(typed)]
+        ]
+    )
+    refused = [r for r in replies if getattr(r, "status", None) != AppendStatus.APPENDED]
+    if refused:
+        raise RuntimeError(f"{what}: {len(refused)} appends refused: {refused[0]}")
+
+
 async def bare_write(db: asyncpg.Pool, shadows: dict[str, str], batch: int) -> float:
     """Seconds to write the rows the flush just wrote onto their shadows (documents of the same
     size that nothing else touches), with the flusher's statement in batches of its size: the
@@ -108,26 +135,11 @@ async def run(
         await insert_and_load(
             stack, scripts, tenant, "compact", contents, ids, also=list(shadows.values())
         )
-        seeds = [collab.seed_update(c) for c in contents]
-        seeded = await gather_bounded(
-            [log.seed(d, seeds[i % CONTENTS], 0) for i, d in enumerate(ids)]
-        )
-        if any(s != SeedStatus.INSTALLED for s in seeded):
-            raise RuntimeError("compaction: a seed was not installed")
+        await seed_all(log, ids, [collab.seed_update(c) for c in contents], "compaction")
         for rep in range(reps):
             # A new client each round, so every round's keystrokes are new to every document.
             typed = [keystrokes(c, 1000 + rep, updates, rng) for c in contents]
-            author = str(uuid.uuid4())
-            replies = await gather_bounded(
-                [
-                    log.append(d, u, "bench:0", author, now_ms(), grants)
-                    for i, d in enumerate(ids)
-                    for u in typed[i % CONTENTS]
-                ]
-            )
-            refused = [r for r in replies if getattr(r, "status", None) != AppendStatus.APPENDED]
-            if refused:
-                raise RuntimeError(f"compaction: {len(refused)} appends refused: {refused[0]}")
+            await type_into(log, ids, typed, grants, "compaction")
             result = await timed_flush(flusher, meter, kind="collab")
             bare = await bare_write(db, shadows, settings.flush_batch_size)
             result.bare_docs_per_s = len(ids) / bare if bare else None

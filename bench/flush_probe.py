@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 
 import psutil
 
-from bench.backlog import gather_bounded, insert_and_load
+from bench.backlog import insert_and_load
+from bench.compaction import seed_all, type_into
 from bench.meters import CpuMeter
 from bench.options import ROOT
 from bench.processes import say
@@ -38,11 +39,10 @@ from bench.workload import text
 from services.flusher.flush import Flusher
 from shared.domain import collab
 from shared.infra.clients import create_db_pool, redis_client
-from shared.infra.clock import now_ms
 from shared.store import queries
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts, lua_source
-from shared.store.update_log import AppendStatus, SeedStatus, UpdateLog, append_options
+from shared.store.update_log import UpdateLog, append_options
 
 PREFIX = "rlprobe"
 SCRIPTS = ("read_docs", "collab_read", "mark_clean", "claim", "release")
@@ -187,23 +187,10 @@ async def run(
             f" Postgres storage {storage}"
         )
         await insert_and_load(stack, scripts, tenant, "probe", contents, ids)
-        seeded = await gather_bounded(
-            [log.seed(d, collab.seed_update(contents[i]), 0) for i, d in enumerate(ids)]
-        )
-        if any(s != SeedStatus.INSTALLED for s in seeded):
-            raise RuntimeError("flush probe: a seed was not installed")
+        await seed_all(log, ids, [collab.seed_update(c) for c in contents], "flush probe")
         for n in range(passes):
             typed = [_keystrokes(c, 1000 + n, keystrokes, rng) for c in contents]
-            author = str(uuid.uuid4())
-            replies = await gather_bounded(
-                [
-                    log.append(d, u, "probe:0", author, now_ms(), grants)
-                    for i, d in enumerate(ids)
-                    for u in typed[i]
-                ]
-            )
-            if any(getattr(r, "status", None) != AppendStatus.APPENDED for r in replies):
-                raise RuntimeError("flush probe: an append was refused")
+            await type_into(log, ids, typed, grants, "probe")
             await state_bytes.config_resetstat()
             steps.seconds.clear()
             steps.spans.clear()

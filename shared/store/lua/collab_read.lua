@@ -5,23 +5,14 @@
 -- Reply: for each document in order, {v, ys, yl, c, del, {id, update, id, update, ...}}; v is
 --   nil for a document not in Redis; ys is nil before the seed; yl is "0-0" when nothing has
 --   been folded yet.
+-- include: log_tail
 local out = {}
 for i = 1, #KEYS, 2 do
   local f = redis.call('HMGET', KEYS[i], 'v', 'ys', 'yl', 'c', 'del')
   local after = f[3] or '0-0'
   local tail = {}
   if f[1] and f[2] then
-    local n = 0
-    for _, entry in ipairs(redis.call('XRANGE', KEYS[i + 1], '(' .. after, '+', 'COUNT', ARGV[1])) do
-      local fields = entry[2]
-      local update = ''
-      for j = 1, #fields, 2 do
-        if fields[j] == 'u' then update = fields[j + 1] end
-      end
-      tail[n + 1] = entry[1]
-      tail[n + 2] = update
-      n = n + 2
-    end
+    tail = log_tail(KEYS[i + 1], after, ARGV[1])
   end
   out[#out + 1] = {f[1] or false, f[2] or false, after, f[4] or false, f[5] or false, tail}
 end

@@ -13,6 +13,7 @@
 --   reply, ~1 ms of Redis's one thread for 512 KB, while a plain MULTI/EXEC read ships it as
 --   stored (shared/store/update_log.py reads those documents so, a few at a time).
 -- Runs on a client whose replies stay bytes (a Yjs state is not text).
+-- include: log_tail
 local out = {}
 local n = 0
 for i = 1, #KEYS, 2 do
@@ -28,17 +29,7 @@ for i = 1, #KEYS, 2 do
     end
     f[6] = f[6] or '0-0'
     if f[1] and ys and size <= tonumber(ARGV[2]) then
-      local m = 0
-      for _, entry in ipairs(redis.call('XRANGE', KEYS[i + 1], '(' .. f[6], '+', 'COUNT', ARGV[1])) do
-        local fields = entry[2]
-        local update = ''
-        for j = 1, #fields, 2 do
-          if fields[j] == 'u' then update = fields[j + 1] end
-        end
-        tail[m + 1] = entry[1]
-        tail[m + 2] = update
-        m = m + 2
-      end
+      tail = log_tail(KEYS[i + 1], f[6], ARGV[1])
     end
   elseif f[1] then
     c = redis.call('HGET', KEYS[i], 'c') or false
