@@ -146,14 +146,20 @@ async def test_an_oversized_header_is_431_and_closed(api_port: int) -> None:
     assert status_of(answer) == 200
 
 
-async def test_an_8_mb_header_is_not_read_to_the_end(api_port: int) -> None:
+async def test_a_16_mb_header_is_not_read_to_the_end(api_port: int) -> None:
+    """The api reads MAX_HEADER bytes of a header, then closes: the client's writes fail long
+    before it has sent the whole header. How much the client gets to write before it sees the
+    close is the kernel's business (its send buffer plus the server's receive window: up to
+    tcp_wmem + tcp_rmem, 4 + 32 MB here; one run wrote 4 MB first), so only "before the end" is
+    asserted, on a header larger than the buffers usually take."""
     reader, writer = await asyncio.open_connection("127.0.0.1", api_port)
+    total = 16 * 1024 * 1024
     sent = 0
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ")
         with pytest.raises((ConnectionError, OSError)):
             async with asyncio.timeout(WAIT_S):
-                while sent < 8 * 1024 * 1024:
+                while sent < total:
                     writer.write(b"a" * 65_536)
                     await writer.drain()
                     sent += 65_536
@@ -162,8 +168,7 @@ async def test_an_8_mb_header_is_not_read_to_the_end(api_port: int) -> None:
                     await asyncio.sleep(0)  # let the reader see the server's answer
     finally:
         writer.close()
-    # Refused long before the end (cap plus what the socket buffers held in flight).
-    assert sent < 4 * 1024 * 1024
+    assert sent < total
     answer, _ = await exchange(api_port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert status_of(answer) == 200
 
