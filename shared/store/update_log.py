@@ -285,29 +285,32 @@ class UpdateLog:
         return [_doc_read(r) for r in replies]
 
     async def _read_plain(self, doc_ids: Sequence[str], max_entries: int) -> list[list[Any]]:
-        """read_docs.lua's reply for each of `doc_ids`, from plain commands in one MULTI/EXEC."""
+        """read_docs.lua's reply for each of `doc_ids` (co-edited documents: the script saw
+        their `yb`), from plain commands in one MULTI/EXEC. Their text is not read: the fold
+        makes it. (A document no longer co-edited, which a flush never meets, reads as one
+        without content: it stays dirty for the next flush's script read.)"""
         k = self._keys
         pipe = self._redis.pipeline(transaction=True)
         for doc_id in doc_ids:
-            pipe.hmget(k.doc(doc_id), ["v", "c", "by", "at", "del", "ys", "yl", "yb"])
+            pipe.hmget(k.doc(doc_id), ["v", "by", "at", "del", "ys", "yl", "yb"])
             # From the log's start: the script that sets `yl` trims every entry up to it, so
             # what is there is after it (filtered below all the same, as the script's range).
             pipe.xrange(k.update_log(doc_id), "-", "+", count=max_entries)
         replies = await pipe.execute()
         out: list[list[Any]] = []
         for n in range(len(doc_ids)):
-            (v, c, by, at, deleted, ys, yl, yb), entries = replies[2 * n], replies[2 * n + 1]
+            (v, by, at, deleted, ys, yl, yb), entries = replies[2 * n], replies[2 * n + 1]
             tail: list[Any] = []
             if yb is None:
                 ys = yl = None
             else:
-                c, yl = None, yl or b"0-0"
+                yl = yl or b"0-0"
                 if v is not None and ys is not None:
                     after = _id_key(_text(yl))
                     for entry_id, fields in entries:
                         if _id_key(_text(entry_id)) > after:
                             tail += (entry_id, fields.get(b"u", b""))
-            out.append([v, c, by, at, deleted, ys, yl, tail])
+            out.append([v, None, by, at, deleted, ys, yl, tail])
         return out
 
 
