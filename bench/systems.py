@@ -106,14 +106,12 @@ def _health_key(settings: Settings) -> str:
 
 def _forget_flusher(stack: Stack, flush_interval: int) -> None:
     """Drop what the previous (stopped) flusher process left in Redis: its health key, which
-    lives on for an hour (we wait for the new one's), and its flush leases.
-
-    The leases are a workaround for a flusher bug: claim.lua leases every shard it looks at, but
-    Flusher.flush_dirty releases only the shards that had dirty documents, so a stopped flusher
-    locks every other process out of its empty shards for flush_lease_ms (15 s). A freshly
-    started flusher would then flush nothing for up to 15 s, and the run would measure that
-    instead of the steady state. The bench stops every flusher before starting the next one, so
-    dropping the leases of a process that is gone is safe.
+    lives on for an hour (we wait for the new one's), and any flush lease it held. claim.lua
+    leases only shards with something to flush and a pass releases them, but a flusher stopped
+    mid-pass leaves its leases for flush_lease_ms (15 s), and a freshly started flusher would
+    then skip those shards and the run would measure that instead of the steady state. The bench
+    stops every flusher before starting the next one, so dropping the leases of a process that
+    is gone is safe. (The bench's stack is plain Redis, never Sentinel: `from_url` is enough.)
     """
     settings = redline_settings(stack, flush_interval)
     keys = Keys(settings.key_prefix, settings.doc_shards)
