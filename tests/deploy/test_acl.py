@@ -26,12 +26,14 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from services.api.app import create_app
 from services.flusher import worker
 from services.matcher.pool import Pool, PoolEntry
+from shared.domain import collab
 from shared.infra.clients import redis_client
 from shared.infra.permissions import _dryrun, _queued, can_flushall
 from shared.settings import Settings
 from shared.store.awareness import AwarenessLimits, AwarenessStatus, AwarenessStore
 from shared.store.keys import Keys
-from shared.store.scripts import Scripts
+from shared.store.scripts import LUA_DIR, Scripts, lua_source
+from shared.store.update_log import AppendStatus, SeedStatus, UpdateLog, append_options
 from tests.conftest import ROOT, Servers, make_settings
 from tests.services.matcher.conftest import (
     matcher_server,
@@ -391,3 +393,104 @@ async def test_a_service_refuses_a_url_without_its_password(acl_port: int) -> No
     with pytest.raises((RedisError, ResponseError)):
         await client.ping()
     await client.aclose()
+
+
+# The scripts each service runs (shared/store/lua). The matcher's pool and match scripts, the
+# flusher's flush bookkeeping, the api's editing and co-editing; the rest (presence, the
+# profile cache, seeding a document, deletes) run in more than one service.
+MATCHER_SCRIPTS = {"match", "pool_refresh", "pool_leave", "gcra"}
+FLUSHER_SCRIPTS = {"claim", "release", "mark_clean", "quarantine", "read_docs"}
+API_ONLY_SCRIPTS = {
+    "edit",
+    "gcra",
+    "collab_append",
+    "collab_seed",
+    "collab_read",
+    "awareness_set",
+    "awareness_clear",
+}
+SCRIPTS = {p.stem for p in LUA_DIR.glob("*.lua")}
+
+
+def script_commands(name: str) -> set[str]:
+    """The commands `name`.lua (its includes too) calls, lower case as ACL rules name them."""
+    return {c.lower() for c in re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", lua_source(name))}
+
+
+def acl_commands(user: str) -> set[str]:
+    """The commands `user`'s line grants: every service user starts from `-@all`, so what it
+    may run is exactly its `+command` rules."""
+    for line in ACL_FILE.read_text().splitlines():
+        if line.startswith(f"user {user} "):
+            assert " -@all" in line, "a service user must start from -@all"
+            return set(re.findall(r" \+([a-z_|]+)", line))
+    raise AssertionError(f"no user {user} in {ACL_FILE}")
+
+
+@pytest.mark.parametrize(
+    ("service", "scripts"),
+    [
+        ("api", SCRIPTS - MATCHER_SCRIPTS - FLUSHER_SCRIPTS | API_ONLY_SCRIPTS),
+        ("flusher", SCRIPTS - MATCHER_SCRIPTS - API_ONLY_SCRIPTS | FLUSHER_SCRIPTS),
+        ("matcher", MATCHER_SCRIPTS),
+    ],
+)
+def test_each_service_user_may_run_every_command_of_its_scripts(
+    service: str, scripts: set[str]
+) -> None:
+    """Redis checks a script's commands against the caller's ACL at each call: a missing one
+    fails the whole script ("ACL failure in script") only when that line runs, which a test of a
+    plain document's flush never reaches (HSTRLEN of a co-edited document's state did not)."""
+    assert scripts <= SCRIPTS
+    granted = acl_commands(f"redline-{service}")
+    missing = {n: sorted(script_commands(n) - granted) for n in sorted(scripts)}
+    assert not {n: m for n, m in missing.items() if m}
+
+
+async def test_co_editing_urgent_flushes_and_replica_waits_run_as_their_users(
+    api_as_its_user: httpx.AsyncClient,
+    migrated: Servers,
+    acl_port: int,
+    db: asyncpg.Connection,
+) -> None:
+    """A co-edited document seeded and typed into as redline-api (the collab socket's scripts),
+    its compaction and the urgent pass as redline-flusher (read_docs.lua's HSTRLEN, the urgent
+    ZCOUNT), and the WAIT of REDLINE_EDIT_MIN_REPLICAS as redline-api: no command refused."""
+    api = api_as_its_user
+    admin = Redis.from_url(user_url(acl_port, "redline-admin"), decode_responses=True)
+    await admin.execute_command("ACL", "LOG", "RESET")
+    alice = await signup(api, "alice")
+    doc = (await create_doc(api, alice, content="seed"))["id"]
+    assert (await api.get(f"/v1/documents/{doc}", headers=alice.auth)).status_code == 200
+    api_settings = acl_settings(migrated, acl_port, "api")
+    keys = Keys("rl", api_settings.doc_shards)
+    as_api = redis_client(api_settings.state_url, binary=True)
+    try:
+        updates = UpdateLog(as_api, keys, append_options(api_settings))
+        assert await updates.seed(doc, collab.seed_update("seed"), 0) == SeedStatus.INSTALLED
+        typed, text = collab.new_doc(collab.seed_update("seed"), client_id=77)
+        before = typed.get_state()
+        text += " typed"
+        grants = (f"t:{alice.tenant_id}", f"u:{alice.user_id}")
+        reply = await updates.append(doc, typed.get_update(before), "s:1", alice.user_id, 1, grants)
+        assert reply.status == AppendStatus.APPENDED
+        assert await Scripts(as_api, keys).wait_replicas(0, 10) == 0
+    finally:
+        await as_api.aclose()
+    ctx: dict[str, Any] = {"settings": acl_settings(migrated, acl_port, "flusher")}
+    await worker.startup(ctx)
+    try:
+        await worker.flush_urgent(ctx)  # nothing urgent: its ZCOUNT pipeline runs all the same
+        assert (await worker.flush_dirty(ctx))["written"] == 1
+    finally:
+        await worker.shutdown(ctx)
+    try:
+        stored = await db.fetchrow("SELECT content, ystate FROM documents WHERE id = $1", doc)
+        assert stored is not None and stored["content"] == "seed typed"
+        assert stored["ystate"], "the fold's state was written"
+        log = await admin.acl_log()
+        refused = {e["object"] for e in log if e["username"] in ("redline-api", "redline-flusher")}
+        # The start-up check asks ACL WHOAMI and whether FLUSHALL is allowed: both refused.
+        assert refused <= {"flushall", "acl|whoami"}, log
+    finally:
+        await admin.aclose()
