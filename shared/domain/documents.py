@@ -328,11 +328,27 @@ class Documents:
         )
 
     async def delete(self, who: Principal, doc_id: str) -> None:
+        if await self._finish_delete(who, doc_id):
+            return
         await self._visible(who, doc_id)
         # Tombstone first: from here on no edit, seed or flush can bring the document back.
         await self._scripts.delete(doc_id, self._tombstone_ttl_ms, who.user_id)
         async with self._db.acquire() as conn:
             await queries.delete_document(conn, doc_id)
+
+    async def _finish_delete(self, who: Principal, doc_id: str) -> bool:
+        """Finish an earlier DELETE of this document that stored its tombstone but failed before
+        deleting its Postgres row (Postgres down: a 503; the process gone): the row would stay
+        listed, and come back once the tombstone expires. True when this call deleted the row;
+        False when there is no tombstone `who` may open. A tombstone with no row left is a
+        document deleted already: not found, as for anyone."""
+        fields = await self._hash(doc_id, ACCESS_FIELDS)
+        if "del" not in fields or not allows(fields.get("acl", ""), who):
+            return False
+        async with self._db.acquire() as conn:
+            if await queries.delete_document(conn, doc_id):
+                return True
+        raise NotFound(f"document {doc_id} not found")
 
     async def page(self, who: Principal, limit: int, cursor: str | None) -> DocumentPage:
         after = _decode_cursor(cursor) if cursor else None

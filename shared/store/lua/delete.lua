@@ -7,8 +7,15 @@
 -- ARGV[1] document id     ARGV[2] tombstone TTL (ms)   ARGV[3] now (ms)   ARGV[4] deleting user
 -- Reply: 1
 -- The event stream keeps a final `document.deleted` entry and goes with the tombstone.
+-- The tombstone keeps the document's `acl`: a DELETE whose Postgres step failed after this (a
+-- 503, a process gone) is retried by its caller, and the retry needs the access rule to finish
+-- it (shared/domain/documents.py). Every script checks `del` before `acl`, so it opens nothing.
+local acl = redis.call('HGET', KEYS[1], 'acl')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[7], KEYS[8])
 redis.call('HSET', KEYS[1], 'del', '1')
+if acl then
+  redis.call('HSET', KEYS[1], 'acl', acl)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])

@@ -34,7 +34,12 @@ end
 if f[6] then
   return {-5, tonumber(f[1]), tonumber(f[2]) or 0}
 end
--- A refused edit does not move the arrival time.
+local v = tonumber(f[1])
+local sv = tonumber(f[2])
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= v then
+  return {-1, v, sv}
+end
+-- A refused edit (stale above, or too early) does not move the arrival time.
 local interval = tonumber(ARGV[6])
 if interval > 0 then
   local now = tonumber(ARGV[5])
@@ -43,11 +48,6 @@ if interval > 0 then
     return {-4, early, 0}
   end
   redis.call('SET', KEYS[3], new_tat, 'PX', new_tat - now)
-end
-local v = tonumber(f[1])
-local sv = tonumber(f[2])
-if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= v then
-  return {-1, v, sv}
 end
 v = v + 1
 redis.call('HSET', doc, 'v', v, 'c', ARGV[2], 'by', ARGV[4], 'at', ARGV[5])

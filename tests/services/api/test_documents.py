@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from shared.settings import Settings
 from shared.store.keys import Keys
+from shared.store.scripts import Scripts
 from tests.support.users import add_member, create_doc, edit, signup
 
 JSON = {"content-type": "application/json"}
@@ -119,6 +120,27 @@ async def test_delete(api: httpx.AsyncClient) -> None:
     assert (await edit(api, alice, doc["id"], "again")).status_code == 404
     listed = (await api.get("/v1/documents", headers=alice.auth)).json()["items"]
     assert listed == []
+
+
+async def test_a_delete_that_failed_on_postgres_is_finished_by_its_retry(
+    api: httpx.AsyncClient, settings: Settings, redis: Redis, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """The tombstone is stored first; when the Postgres delete then fails (here: never runs),
+    the client's retry deletes the row (204), instead of a 404 that left it listed and let it
+    come back when the tombstone expired. Another tenant's retry still finds nothing."""
+    alice, mallory = await signup(api, "alice"), await signup(api, "mallory")
+    doc = await create_doc(api, alice)
+    assert (await api.get(f"/v1/documents/{doc['id']}", headers=alice.auth)).status_code == 200
+    await Scripts(redis, keys).delete(doc["id"], 60_000, alice.user_id)  # the request's first half
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE id = $1", doc["id"]) == 1
+    url = f"/v1/documents/{doc['id']}"
+    assert (await api.delete(url, headers=mallory.auth)).status_code == 404
+    assert (await api.delete(url, headers=alice.auth)).status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE id = $1", doc["id"]) == 0
+    assert (await api.get("/v1/documents", headers=alice.auth)).json()["items"] == []
+    assert (await api.delete(url, headers=alice.auth)).status_code == 404
+    assert (await api.get(url, headers=alice.auth)).status_code == 404
+    assert (await edit(api, alice, doc["id"], "back?")).status_code == 404
 
 
 # Text Postgres cannot store (issue 10): NUL in `text`, and lone surrogates (no UTF-8 form). A

@@ -150,6 +150,20 @@ async def test_edits_are_rate_limited_per_user_and_document(
     assert (await edit(api, alice, other_id, "fine")).status_code == 202
 
 
+async def test_a_stale_edit_spends_no_rate_budget(limited_api: httpx.AsyncClient) -> None:
+    """A 409 is not an edit: as collab_append.lua, edit.lua checks base_version before it takes
+    a token, so a client refetching after conflicts keeps its whole burst."""
+    api = limited_api
+    alice = await signup(api, "alice")
+    doc_id = (await create_doc(api, alice))["id"]
+    assert (await edit(api, alice, doc_id, "v1", base=0)).status_code == 202
+    for _ in range(5):
+        assert (await edit(api, alice, doc_id, "stale", base=0)).status_code == 409
+    assert (await edit(api, alice, doc_id, "v2", base=1)).status_code == 202
+    assert (await edit(api, alice, doc_id, "v3", base=2)).status_code == 202
+    assert (await edit(api, alice, doc_id, "v4", base=3)).status_code == 429
+
+
 async def test_concurrent_edits_on_the_lane_each_get_their_own_version(
     api: httpx.AsyncClient,
 ) -> None:
