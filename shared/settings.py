@@ -8,7 +8,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # arq's cron can only express intervals that divide a minute (or an hour, in whole minutes).
@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(5, ge=1)
     job_result_ttl_s: int = Field(3600, ge=1)
     # A job running longer is cancelled; a job whose worker died is picked up again this long
-    # (plus 10 s) after it started.
+    # (plus 10 s) after it started. The worker uses at least 4 flush intervals (a flush job's
+    # pass over a backlog may take several), so 120 s with the defaults.
     job_timeout_s: int = Field(60, ge=1)
     # How often an idle worker looks for jobs: the most a job waits in an idle queue (a save's
     # job.completed target is p99 <= 100 ms); each look is one cheap Redis call.
@@ -231,21 +232,16 @@ class Settings(BaseSettings):
             return None
         return v
 
-    @field_validator("flush_interval")
+    @field_validator("flush_interval", "warm_interval_s", "presence_sweep_s")
     @classmethod
-    def _cron_expressible(cls, v: int) -> int:
+    def _cron_expressible(cls, v: int, info: ValidationInfo) -> int:
+        # These run as arq crons, which say "every N" by listing seconds or minutes: N must
+        # divide a minute or an hour, or the runs bunch up where the list wraps.
         if v not in _CRON_INTERVALS:
             raise ValueError(
-                "flush_interval must divide 60 seconds (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
-                " or 60 minutes (120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800, 3600)"
+                f"{info.field_name} must divide 60 seconds (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30,"
+                " 60) or 60 minutes (120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800, 3600)"
             )
-        return v
-
-    @field_validator("warm_interval_s")
-    @classmethod
-    def _warm_cron_expressible(cls, v: int) -> int:
-        if v not in _CRON_INTERVALS:
-            raise ValueError("warm_interval_s must divide 60 seconds or 60 minutes")
         return v
 
     @model_validator(mode="after")
