@@ -150,9 +150,15 @@ class UpdateLog:
         now_ms: int,
         grants: Sequence[str],
         base_version: int | None = None,
+        own_relay: str | None = None,
     ) -> AppendReply:
         """Each call is its own script run with its own reply, batched or not: an update is in
-        the log when its call returns APPENDED, whatever became of the others."""
+        the log when its call returns APPENDED, whatever became of the others.
+
+        `own_relay`: the control channel of the caller's process (`Rooms.control`), which holds
+        the document's channel and relays the update to its own sockets itself; the script then
+        publishes it only when another process listens too. Plain Redis only: a cluster's
+        PUBSUB NUMSUB counts one node's subscribers."""
         doc, dirty, log, events, quarantine, channel = self._doc_keys.get(
             doc_id
         ) or self._doc_keys_of(doc_id)
@@ -171,6 +177,7 @@ class UpdateLog:
             *self._limits,
             channel,
             b"" if base_version is None else base_version,
+            own_relay if own_relay is not None and self._batching else b"",  # plain Redis
             *grants,
         )
         status, version, log_id = await self._run_append(args)
