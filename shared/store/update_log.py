@@ -202,27 +202,28 @@ class UpdateLog:
     async def _run_append(self, args: tuple[EncodableT, ...]) -> Any:
         if not self._batching:
             return await self._one(args)
-        loop = asyncio.get_running_loop()
         if self._batch is not None:  # another append of this turn leads a batch: join it
-            joined: asyncio.Future[Any] = loop.create_future()
+            joined: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._batch.append((args, joined))
             return await joined
-        batch = self._batch = [(args, loop.create_future())]
+        # The leader's own reply is its call's: no future (nor loop lookup) for it.
+        batch: list[tuple[tuple[EncodableT, ...], asyncio.Future[Any]]] = []
+        self._batch = batch
         try:
             await asyncio.sleep(0)  # the rest of this turn's ready sockets join the batch
             self._batch = None
-            if len(batch) == 1:
+            if not batch:
                 return await self._one(args)
-            replies = await self._pipelined([a for a, _ in batch])
+            replies = await self._pipelined([args, *(a for a, _ in batch)])
         except BaseException as exc:  # Redis down, or this task cancelled: none is known done
             if self._batch is batch:
                 self._batch = None
             failed = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
-            for _, joined in batch[1:]:
+            for _, joined in batch:
                 if not joined.done():
                     joined.set_exception(failed)
             raise
-        for (_, joined), reply in zip(batch[1:], replies[1:], strict=True):
+        for (_, joined), reply in zip(batch, replies[1:], strict=True):
             if joined.done():
                 continue  # its socket went away meanwhile
             if isinstance(reply, Exception):
