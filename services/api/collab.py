@@ -85,6 +85,10 @@ class Collab:
         # skips what its own sockets sent: they were relayed here at once).
         self._process = secrets.token_hex(4)
         self.rooms = Rooms(subscriber, keys, self._process, self._whole)
+        # A socket's appends: this process holds the document's channel (joined before the
+        # socket reads a frame) and relays to its own sockets, so the script publishes only for
+        # other processes.
+        self._own_relay = self.rooms.control
         self._awareness = AwarenessStore(state, keys, awareness_limits(settings))
         # The Yjs client ids each socket (by origin) stored awareness for: cleared when it closes.
         self._announced: dict[str, set[int]] = {}
@@ -305,7 +309,7 @@ class Collab:
     async def _append(self, who: Principal, doc_id: str, update: bytes, origin: str) -> AppendReply:
         for _ in range(3):
             reply = await self._updates.append(
-                doc_id, update, origin, who.user_id, now_ms(), who.grants
+                doc_id, update, origin, who.user_id, now_ms(), who.grants, None, self._own_relay
             )
             if reply.status not in (AppendStatus.NOT_LOADED, AppendStatus.NOT_SEEDED):
                 return reply

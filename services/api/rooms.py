@@ -6,7 +6,8 @@ never holds up the others; a socket whose backlog fills is closed (1008, as the 
 resyncs when its client reconnects: nothing is lost, every update is in the document's log.
 
 Across processes: the append script publishes each stored update on the document's channel
-("<origin> <log id> <update>"), and awareness frames go the same way ("<origin> a <frame>"):
+("<origin> <log id> <update>"), unless this process is the channel's one subscriber, and
+awareness frames go the same way ("<origin> a <frame>"):
 published by awareness_set.lua once stored, or by `share_awareness` (a partial frame, a closed
 socket's null states).
 Each process subscribes the channels of the documents it has sockets on, through one pub/sub
@@ -169,10 +170,14 @@ class Rooms:
         self._process = process.encode()
         self._resync = resync
         self._doc_of: dict[str, str] = {}
+        # This process's own channel, nobody publishes on it: subscribed while the pub/sub
+        # connection is up, which the append script reads to tell whether another process
+        # listens on a document's channel (`UpdateLog.append`'s own_relay).
+        self.control = keys.collab_channel(f"-{process}")
         self._fanout: Fanout[Peer] = Fanout(
             subscriber,
             "collab relay",
-            keys.collab_channel(f"-{process}"),
+            self.control,
             self._message,
             self._resync_all,
         )

@@ -150,9 +150,15 @@ class UpdateLog:
         now_ms: int,
         grants: Sequence[str],
         base_version: int | None = None,
+        own_relay: str | None = None,
     ) -> AppendReply:
         """Each call is its own script run with its own reply, batched or not: an update is in
-        the log when its call returns APPENDED, whatever became of the others."""
+        the log when its call returns APPENDED, whatever became of the others.
+
+        `own_relay`: the control channel of the caller's process (`Rooms.control`), which holds
+        the document's channel and relays the update to its own sockets itself; the script then
+        publishes it only when another process listens too. Plain Redis only: a cluster's
+        PUBSUB NUMSUB counts one node's subscribers."""
         doc, dirty, log, events, quarantine, channel = self._doc_keys.get(
             doc_id
         ) or self._doc_keys_of(doc_id)
@@ -171,6 +177,7 @@ class UpdateLog:
             *self._limits,
             channel,
             b"" if base_version is None else base_version,
+            own_relay if own_relay is not None and self._batching else b"",  # plain Redis
             *grants,
         )
         status, version, log_id = await self._run_append(args)
@@ -195,27 +202,28 @@ class UpdateLog:
     async def _run_append(self, args: tuple[EncodableT, ...]) -> Any:
         if not self._batching:
             return await self._one(args)
-        loop = asyncio.get_running_loop()
         if self._batch is not None:  # another append of this turn leads a batch: join it
-            joined: asyncio.Future[Any] = loop.create_future()
+            joined: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._batch.append((args, joined))
             return await joined
-        batch = self._batch = [(args, loop.create_future())]
+        # The leader's own reply is its call's: no future (nor loop lookup) for it.
+        batch: list[tuple[tuple[EncodableT, ...], asyncio.Future[Any]]] = []
+        self._batch = batch
         try:
             await asyncio.sleep(0)  # the rest of this turn's ready sockets join the batch
             self._batch = None
-            if len(batch) == 1:
+            if not batch:
                 return await self._one(args)
-            replies = await self._pipelined([a for a, _ in batch])
+            replies = await self._pipelined([args, *(a for a, _ in batch)])
         except BaseException as exc:  # Redis down, or this task cancelled: none is known done
             if self._batch is batch:
                 self._batch = None
             failed = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
-            for _, joined in batch[1:]:
+            for _, joined in batch:
                 if not joined.done():
                     joined.set_exception(failed)
             raise
-        for (_, joined), reply in zip(batch[1:], replies[1:], strict=True):
+        for (_, joined), reply in zip(batch, replies[1:], strict=True):
             if joined.done():
                 continue  # its socket went away meanwhile
             if isinstance(reply, Exception):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from shared.domain import collab
 from shared.settings import Settings
@@ -471,3 +472,55 @@ async def test_large_states_are_read_and_kept_outside_one_long_script(
     for doc_id, t in zip(docs, texts, strict=True):
         kept = await log.read(doc_id, 100)
         assert (kept.text, kept.log) == (t + "!?", ())
+
+
+async def _heard(pubsub: PubSub, within_s: float = 0.3) -> list[bytes]:
+    """The messages `pubsub` receives within `within_s` (subscribe confirmations left out)."""
+    out: list[bytes] = []
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if message is not None:
+            out.append(message["data"])
+    return out
+
+
+async def test_an_append_is_published_unless_only_its_own_process_listens(
+    redis: Redis, keys: Keys, log: UpdateLog, binary: Redis
+) -> None:
+    """own_relay: the calling process's control channel. While that process's one connection is
+    the document's only subscriber, nobody would read the message (a process skips its own);
+    once another process subscribes, or without own_relay (an HTTP edit), it is published."""
+    doc_id = await co_edited(redis, keys, log)
+    channel, control = keys.collab_channel(doc_id), keys.collab_channel("-p1")
+    ours, theirs = binary.pubsub(), binary.pubsub()
+    await ours.subscribe(control, channel)
+    typed = iter(keystrokes(collab.seed_update("seed text"), "abcde"))
+    try:
+
+        async def append(own_relay: str | None) -> bytes:
+            update = next(typed)
+            reply = await log.append(doc_id, update, "p1:s1", "alice", 1, GRANTS, None, own_relay)
+            assert reply.status == AppendStatus.APPENDED
+            return f"p1:s1 {reply.log_id} ".encode() + update
+
+        await append(control)
+        assert await _heard(ours) == [], "its own process was the only listener"
+        http_edit = await append(None)
+        assert await _heard(ours) == [http_edit]
+        # Another process's connection without this one's control channel: a control nobody
+        # holds (this process's connection is down) publishes too.
+        await theirs.subscribe(channel)
+        await _heard(theirs)
+        seen = await append(control)
+        assert await _heard(theirs) == [seen]
+        await ours.unsubscribe(control)
+        await _heard(ours)
+        await theirs.unsubscribe(channel)
+        await _heard(theirs)
+        alone = await append(control)
+        assert await _heard(ours) == [alone], "its control unheard here: published all the same"
+    finally:
+        await ours.aclose()  # type: ignore[no-untyped-call]
+        await theirs.aclose()  # type: ignore[no-untyped-call]
+    assert len((await log.read(doc_id, 100)).log) == 4

@@ -9,9 +9,12 @@
 -- ARGV[10] event stream MAXLEN (approximate)   ARGV[11] event stream TTL (ms)
 -- ARGV[12] at most one document.edited event per this many ms
 -- ARGV[13] the document's relay channel: every api process with a socket on it hears
---   "<origin> <log id> <update>" (classic pub/sub; the log is the record, pub/sub the wake-up)
+--   "<origin> <log id> <update>" (classic pub/sub; the log is the record, pub/sub the wake-up),
+--   unless only the caller's process does (ARGV[15])
 -- ARGV[14] the version the author saw ("": any; an HTTP edit's base_version)
--- ARGV[15..] the caller's grants ("t:<tenant>", "u:<user>")
+-- ARGV[15] the caller's own relay: the control channel of an api process that holds the document's
+--   channel and relays the update to its own sockets itself ("": publish whoever listens)
+-- ARGV[16..] the caller's grants ("t:<tenant>", "u:<user>")
 -- Reply: {status, version, log id}; for -4 {-4, retry_after_ms, ""}, for -5 {-5, entries, ""}
 --   1 appended; 0 not in Redis (seed it from Postgres, then retry); -1 stale: the version is
 --   no longer ARGV[14] ({-1, version, ""}); -2 deleted; -3 no access;
@@ -28,7 +31,7 @@ local f = redis.call('HMGET', doc, 'v', 'acl', 'del', 'ds', 'yb', 'yl', 'ea')
 if f[3] then
   return {-2, 0, ''}
 end
-if not granted(f[2], 15) then
+if not granted(f[2], 16) then
   return {-3, 0, ''}
 end
 if not f[5] then
@@ -91,5 +94,21 @@ if not f[7] or now - tonumber(f[7]) >= tonumber(ARGV[12]) then
     'document_id', ARGV[1], 'version', v, 'by', ARGV[4], 'at', ARGV[5])
   redis.call('PEXPIRE', KEYS[5], ARGV[11])
 end
-redis.call('PUBLISH', ARGV[13], ARGV[3] .. ' ' .. id .. ' ' .. ARGV[2])
+-- The caller's process skips what it published (its sockets had it at once), so when that process
+-- is the channel's one subscriber, nobody would read the message: not sent. Its control channel
+-- subscribed here means its one pub/sub connection is up on this server, and that connection
+-- holds the document's channel (the socket joined before it sent anything; a reconnect
+-- subscribes every channel again in one command). A process subscribing meanwhile reads the log
+-- after its subscription, so it finds this update there. pcall: a Redis user without PUBSUB
+-- NUMSUB publishes as before.
+local listeners = 2
+if ARGV[15] ~= '' then
+  local n = redis.pcall('PUBSUB', 'NUMSUB', ARGV[13], ARGV[15])
+  if type(n) == 'table' and n[4] == 1 then
+    listeners = n[2]
+  end
+end
+if listeners > 1 then
+  redis.call('PUBLISH', ARGV[13], ARGV[3] .. ' ' .. id .. ' ' .. ARGV[2])
+end
 return {1, v, id}
