@@ -412,9 +412,20 @@ API_ONLY_SCRIPTS = {
 SCRIPTS = {p.stem for p in LUA_DIR.glob("*.lua")}
 
 
+# Commands whose ACL rules name a subcommand: `+pubsub|numsub`, not `+pubsub`.
+CONTAINERS = {"pubsub", "client", "xinfo", "object", "script"}
+
+
 def script_commands(name: str) -> set[str]:
     """The commands `name`.lua (its includes too) calls, lower case as ACL rules name them."""
-    return {c.lower() for c in re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", lua_source(name))}
+    found = set()
+    calls = re.findall(
+        r"redis\.p?call\(\s*'([A-Za-z]+)'(?:\s*,\s*'([A-Za-z]+)')?", lua_source(name)
+    )
+    for command, sub in calls:
+        command = command.lower()
+        found.add(f"{command}|{sub.lower()}" if command in CONTAINERS else command)
+    return found
 
 
 def acl_commands(user: str) -> set[str]:
@@ -474,6 +485,14 @@ async def test_co_editing_urgent_flushes_and_replica_waits_run_as_their_users(
         grants = (f"t:{alice.tenant_id}", f"u:{alice.user_id}")
         reply = await updates.append(doc, typed.get_update(before), "s:1", alice.user_id, 1, grants)
         assert reply.status == AppendStatus.APPENDED
+        # A socket's append asks PUBSUB NUMSUB whether another process listens.
+        before = typed.get_state()
+        text += "!"
+        control = keys.collab_channel("-acl-test")
+        reply = await updates.append(
+            doc, typed.get_update(before), "s:1", alice.user_id, 2, grants, own_relay=control
+        )
+        assert reply.status == AppendStatus.APPENDED
         assert await Scripts(as_api, keys).wait_replicas(0, 10) == 0
     finally:
         await as_api.aclose()
@@ -486,7 +505,7 @@ async def test_co_editing_urgent_flushes_and_replica_waits_run_as_their_users(
         await worker.shutdown(ctx)
     try:
         stored = await db.fetchrow("SELECT content, ystate FROM documents WHERE id = $1", doc)
-        assert stored is not None and stored["content"] == "seed typed"
+        assert stored is not None and stored["content"] == "seed typed!"
         assert stored["ystate"], "the fold's state was written"
         log = await admin.acl_log()
         refused = {e["object"] for e in log if e["username"] in ("redline-api", "redline-flusher")}
