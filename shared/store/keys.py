@@ -69,7 +69,7 @@ class Keys:
     def update_log(self, doc_id: str) -> str:
         """Stream of a co-edited document's Yjs updates not yet folded into its stored state
         (field `u` the update, `o` its origin); never capped: the flusher trims what it folded
-        (shared/store/lua/collab_append.lua, collab_trim.lua)."""
+        (shared/store/lua/collab_append.lua; the trim is mark_clean.lua's)."""
         return f"{self._tag(self.shard_of(doc_id))}:doc:{doc_id}:y"
 
     def awareness(self, doc_id: str) -> str:
