@@ -33,6 +33,7 @@ from shared.infra.clock import now_ms
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.conftest import Servers, make_settings
+from tests.support.ci import cannot_run
 from tests.support.processes import Service, http_ready, log_ready, running, settings_env
 from tests.support.users import User, add_member, create_doc, signup
 
@@ -403,7 +404,7 @@ def own_postgres(servers: Servers) -> Postgres:
     """The session's embedded Postgres, which a test may stop or pause (and must bring back);
     the test is skipped against an external one."""
     if servers.postgres is None:
-        pytest.skip("Postgres is external (REDLINE_TEST_DATABASE_URL): cannot stop or pause it")
+        cannot_run("Postgres is external (REDLINE_TEST_DATABASE_URL): cannot stop or pause it")
     return servers.postgres
 
 

@@ -20,6 +20,8 @@ from tests.support.users import create_doc, edit, signup
 async def two_apis(settings: Settings) -> AsyncIterator[list[tuple[FastAPI, httpx.AsyncClient]]]:
     """Two API instances on the same Redis, as two processes behind a load balancer would be."""
     out: list[tuple[FastAPI, httpx.AsyncClient]] = []
+    # A cache entry lives a minute here: only the revocation can end one within a test.
+    settings = settings.model_copy(update={"session_cache_s": 60.0})
     apps = [create_app(settings), create_app(settings)]
     async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
         for app in apps:
@@ -52,10 +54,9 @@ async def test_logout_on_one_instance_ends_the_cached_session_on_another(
     cache = app_b.state.resources.accounts.sessions
     assert cache.get(token_hash(alice.token)) is not None
     assert (await a.post("/v1/auth/logout", headers=alice.auth)).status_code == 204
-    # The revocation reaches B by pub/sub within moments, far sooner than the cache TTL.
-    started = time.monotonic()
-    await _until(lambda: cache.get(token_hash(alice.token)) is None, within_s=1.0)
-    assert time.monotonic() - started < 1.0
+    # The revocation reaches B by pub/sub: with entries cached for a minute, nothing else could
+    # drop this one within the wait (how fast it arrives is the bench's to measure).
+    await _until(lambda: cache.get(token_hash(alice.token)) is None, within_s=20.0)
     r = await edit(b, alice, doc_id, "after logout")
     assert r.status_code == 401
     assert (await b.get("/v1/auth/me", headers=alice.auth)).status_code == 401
