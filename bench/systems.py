@@ -100,8 +100,7 @@ def _wait_flusher(stack: Stack, flush_interval: int, timeout: float = 30) -> Non
 
 
 def _health_key(settings: Settings) -> str:
-    # As services/flusher/worker.py names it.
-    return f"{settings.key_prefix}:flusher:health"
+    return Keys(settings.key_prefix, settings.doc_shards).flusher_health
 
 
 def _forget_flusher(stack: Stack, flush_interval: int) -> None:
@@ -115,12 +114,14 @@ def _forget_flusher(stack: Stack, flush_interval: int) -> None:
     """
     settings = redline_settings(stack, flush_interval)
     keys = Keys(settings.key_prefix, settings.doc_shards)
-    client = redis.Redis.from_url(settings.queue_url)
+    queue = redis.Redis.from_url(settings.queue_url)
+    state = redis.Redis.from_url(settings.state_url)
     try:
-        client.delete(_health_key(settings))
+        queue.delete(_health_key(settings))
         leases = [keys.flush_lease(shard) for shard in range(keys.shards)]
-        dropped = cast(int, client.delete(*leases))  # sync client: an int
+        dropped = cast(int, state.delete(*leases))  # sync client: an int
     finally:
-        client.close()
+        queue.close()
+        state.close()
     if dropped:
         say(f"redline: dropped {dropped} flush leases left by the previous flusher process")
