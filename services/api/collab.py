@@ -37,7 +37,7 @@ from shared.domain.accounts import Accounts, Principal, token_hash
 from shared.domain.collab import MalformedMessage
 from shared.domain.documents import Documents
 from shared.domain.errors import RedlineError
-from shared.domain.handshake import authenticate, refuse
+from shared.domain.handshake import authenticate, refuse, refuse_unavailable
 from shared.domain.jobs import enqueue_flush
 from shared.domain.sessions import SessionDeadlines
 from shared.infra.clock import now_ms
@@ -174,8 +174,8 @@ class Collab:
             return None
         try:
             snapshot = await self._seeded(caller.principal, doc_id)
-        except DOWN:
-            await refuse(ws, 503, "a store is unreachable; retry shortly")
+        except DOWN as exc:
+            await refuse_unavailable(ws, exc)
             return None
         if snapshot is None:
             await refuse(ws, 404, missing)

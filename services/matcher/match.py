@@ -39,7 +39,7 @@ from services.matcher.resources import Resources
 from shared.domain import profiles, trending
 from shared.domain.errors import RedlineError
 from shared.domain.events import to_inbox
-from shared.domain.handshake import authenticate, refuse
+from shared.domain.handshake import authenticate, refuse, refuse_unavailable
 from shared.domain.models import Profile
 from shared.infra.clients import pubsub_client
 from shared.infra.clock import now_ms
@@ -260,8 +260,8 @@ class MatchEndpoint:
         try:
             async with res.db.acquire() as db:
                 profile = await profiles.load(db, caller.principal.user_id)
-        except DOWN:
-            await refuse(ws, 503, "the matcher cannot reach its stores; retry shortly")
+        except DOWN as exc:
+            await refuse_unavailable(ws, exc)
             return None
         if profile is None:
             await refuse(ws, 401, "the session's user no longer exists")

@@ -25,9 +25,9 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from services.matcher.connection import Connection
-from shared.domain.handshake import refuse
+from shared.domain.handshake import refuse, refuse_unavailable
 from shared.infra.clock import now_ms
-from shared.infra.dependencies import DOWN, detail, reason, retry_after_s
+from shared.infra.dependencies import DOWN
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
 
@@ -103,9 +103,7 @@ async def admit(ws: WebSocket, quota: SocketQuota, user_id: str, socket_id: str)
     except DOWN as exc:
         # The count is a write: a state Redis at maxmemory refuses it (the session's read before
         # it still worked), and the answer says so.
-        full = reason(exc) == "full"
-        text = detail(exc) if full else "the matcher cannot reach its stores; retry shortly"
-        await refuse(ws, 503, text, {"Retry-After": str(retry_after_s(exc))})
+        await refuse_unavailable(ws, exc)
         return False
     if not taken:
         await refuse(

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from shared.domain.accounts import Accounts, Principal
 from shared.domain.errors import Unauthenticated
 from shared.infra.bearer import bearer_token
-from shared.infra.dependencies import DOWN
+from shared.infra.dependencies import DOWN, detail, retry_after_s
 from shared.infra.problems import problem
 
 BEARER_SUBPROTOCOL = "bearer"
@@ -50,8 +50,8 @@ async def authenticate(
     except Unauthenticated as exc:
         await refuse(ws, 401, exc.detail)
         return None
-    except DOWN:
-        await refuse(ws, 503, "a store is unreachable; retry shortly")
+    except DOWN as exc:
+        await refuse_unavailable(ws, exc)
         return None
     return Caller(principal, token, subprotocol)
 
@@ -78,13 +78,19 @@ def bearer(ws: WebSocket) -> tuple[str | None, str | None]:
     return None, None
 
 
+async def refuse_unavailable(ws: WebSocket, exc: BaseException) -> None:
+    """Refuse a handshake because a dependency is down (`exc`, one of DOWN): 503 with what is
+    wrong and Retry-After, as an HTTP request would get (a full Redis is not "unreachable")."""
+    await refuse(ws, 503, detail(exc), {"Retry-After": str(retry_after_s(exc))})
+
+
 async def refuse(
-    ws: WebSocket, status: int, detail: str, headers: dict[str, str] | None = None
+    ws: WebSocket, status: int, why: str, headers: dict[str, str] | None = None
 ) -> None:
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         headers = dict(headers or {})
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        await ws.send_denial_response(problem(status, detail, headers))
+        await ws.send_denial_response(problem(status, why, headers))
     else:
-        await ws.close(1013 if status in (429, 503) else 1008, detail)
+        await ws.close(1013 if status in (429, 503) else 1008, why)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import asyncpg
@@ -436,4 +437,7 @@ async def test_a_down_database_refuses_the_handshake_with_503(
         with pytest.raises(InvalidStatus) as refused:
             async with open_socket(url, ada):
                 pass
-    assert refused.value.response.status_code == 503
+    response = refused.value.response
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert json.loads(response.body)["detail"].endswith("is unavailable; retry shortly")
