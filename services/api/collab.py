@@ -9,7 +9,8 @@ Durable before acknowledged: an update reaches anyone (its sender's echo include
 append script has put it in the document's update log, bumped the version and marked the
 document dirty. A refused or failed append closes the socket without relaying; the client's
 resync (step 1/2) on reconnect resends what the server lacks. A malformed frame closes 1007 and
-never enters the log; a text frame closes 1003; a frame over the cap 1009; the author's update
+never enters the log; a text frame closes 1003; a frame over the cap, or an update that could
+take the document past REDLINE_MAX_DOCUMENT_BYTES, 1009; the author's update
 rate or a full log 1013 (try again later: the flusher has not folded yet); a deleted document,
 revoked access, a logout or the session's expiry 1008.
 
@@ -57,6 +58,9 @@ CLOSE_FOR: dict[AppendStatus, tuple[int, str]] = {
     AppendStatus.LOG_FULL: (1013, "the document is saving a backlog: reconnect shortly"),
     AppendStatus.DELETED: (1008, "the document was deleted"),
     AppendStatus.NO_ACCESS: (1008, "you may no longer edit this document"),
+    # As a frame over the cap: the message is too big for the document (its text as folded
+    # plus the updates not folded yet; deletes count until the next flush folds them).
+    AppendStatus.TOO_LARGE: (1009, "the document is at its size limit"),
 }
 NOT_REPLICATED = (1013, "too few replicas confirmed the update in time; reconnect shortly")
 SESSION_ENDED = (1008, "session ended")  # expired (or revoked unheard): as the matcher says
@@ -309,7 +313,15 @@ class Collab:
     async def _append(self, who: Principal, doc_id: str, update: bytes, origin: str) -> AppendReply:
         for _ in range(3):
             reply = await self._updates.append(
-                doc_id, update, origin, who.user_id, now_ms(), who.grants, None, self._own_relay
+                doc_id,
+                update,
+                origin,
+                who.user_id,
+                now_ms(),
+                who.grants,
+                None,
+                self._own_relay,
+                capped=True,
             )
             if reply.status not in (AppendStatus.NOT_LOADED, AppendStatus.NOT_SEEDED):
                 return reply

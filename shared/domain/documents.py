@@ -316,6 +316,10 @@ class Documents:
             raise Unavailable(
                 "the document is saving a backlog of edits; retry shortly", dependency="postgres"
             )
+        if reply.status is AppendStatus.TOO_LARGE:  # not asked for here (the text was measured)
+            raise TooLarge(
+                f"content is over the {self._max_bytes}-byte limit", limit=self._max_bytes
+            )
         raise NotFound(f"document {doc_id} not found")
 
     def _rate_limited(self, retry_after_ms: int) -> RateLimited:

@@ -41,6 +41,7 @@ class AppendStatus(IntEnum):
     RATE_LIMITED = -4  # `version` then holds the milliseconds until a retry may succeed
     LOG_FULL = -5  # `version` then holds the log's length
     NOT_SEEDED = -6
+    TOO_LARGE = -7  # the document would pass REDLINE_MAX_DOCUMENT_BYTES
 
 
 class SeedStatus(IntEnum):
@@ -100,6 +101,7 @@ class AppendOptions:
     events_maxlen: int = 1000
     events_ttl_ms: int = 86_400_000
     edited_every_ms: int = 250
+    max_document_bytes: int = 1_048_576  # for the appends that ask for the cap (`capped`)
 
 
 def append_options(settings: Settings) -> AppendOptions:
@@ -109,6 +111,7 @@ def append_options(settings: Settings) -> AppendOptions:
         rate=(max(1, 1000 // rate), rate),
         events_maxlen=settings.doc_events_maxlen,
         events_ttl_ms=settings.doc_events_ttl_s * 1000,
+        max_document_bytes=settings.max_document_bytes,
     )
 
 
@@ -133,6 +136,7 @@ class UpdateLog:
                 o.edited_every_ms,
             )
         )
+        self._max_document_bytes = str(o.max_document_bytes).encode()
         self._doc_keys: dict[str, tuple[bytes, ...]] = {}
         # Appends issued in one turn of the event loop (sockets whose keystrokes arrived
         # together) go to Redis as one pipeline: one write and one read for all of them, and
@@ -151,6 +155,8 @@ class UpdateLog:
         grants: Sequence[str],
         base_version: int | None = None,
         own_relay: str | None = None,
+        *,
+        capped: bool = False,
     ) -> AppendReply:
         """Each call is its own script run with its own reply, batched or not: an update is in
         the log when its call returns APPENDED, whatever became of the others.
@@ -158,7 +164,11 @@ class UpdateLog:
         `own_relay`: the control channel of the caller's process (`Rooms.control`), which holds
         the document's channel and relays the update to its own sockets itself; the script then
         publishes it only when another process listens too. Plain Redis only: a cluster's
-        PUBSUB NUMSUB counts one node's subscribers."""
+        PUBSUB NUMSUB counts one node's subscribers.
+
+        `capped`: refuse (TOO_LARGE) an update that could take the document past its size cap,
+        counting its text as last folded and every update since (a socket's append; an HTTP
+        edit measured its whole new text already)."""
         doc, dirty, log, events, quarantine, channel = self._doc_keys.get(
             doc_id
         ) or self._doc_keys_of(doc_id)
@@ -178,6 +188,7 @@ class UpdateLog:
             channel,
             b"" if base_version is None else base_version,
             own_relay if own_relay is not None and self._batching else b"",  # plain Redis
+            self._max_document_bytes if capped else b"",
             *grants,
         )
         status, version, log_id = await self._run_append(args)

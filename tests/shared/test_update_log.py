@@ -524,3 +524,26 @@ async def test_an_append_is_published_unless_only_its_own_process_listens(
         await ours.aclose()  # type: ignore[no-untyped-call]
         await theirs.aclose()  # type: ignore[no-untyped-call]
     assert len((await log.read(doc_id, 100)).log) == 4
+
+
+async def test_a_capped_append_refuses_what_could_pass_the_document_size_cap(
+    redis: Redis, keys: Keys, binary: Redis
+) -> None:
+    """The text as folded (9 bytes) plus the log's updates plus this one may not pass the cap:
+    the one that would is refused and never enters the log. An uncapped append (HTTP, whose
+    whole text was measured) is not held to it."""
+    first = UpdateLog(binary, keys, OPTIONS)
+    doc_id = await co_edited(redis, keys, first)
+    typed = keystrokes(collab.seed_update("seed text"), "abcd")
+    cap = len("seed text") + sum(len(u) for u in typed[:3])
+    log = UpdateLog(binary, keys, AppendOptions(OPTIONS.limits, max_document_bytes=cap))
+    for update in typed[:3]:
+        reply = await log.append(doc_id, update, "p1:s1", "alice", 5000, GRANTS, capped=True)
+        assert reply.status == AppendStatus.APPENDED
+    refused = await log.append(doc_id, typed[3], "p1:s1", "alice", 5000, GRANTS, capped=True)
+    assert refused.status == AppendStatus.TOO_LARGE
+    snap = await log.read(doc_id, 100)
+    assert [u for _, u in snap.log] == typed[:3] and snap.version == 6
+    assert (await log.append(doc_id, typed[3], "h", "alice", 5000, GRANTS)).status == (
+        AppendStatus.APPENDED
+    )

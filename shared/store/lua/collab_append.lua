@@ -14,12 +14,15 @@
 -- ARGV[14] the version the author saw ("": any; an HTTP edit's base_version)
 -- ARGV[15] the caller's own relay: the control channel of an api process that holds the document's
 --   channel and relays the update to its own sockets itself ("": publish whoever listens)
--- ARGV[16..] the caller's grants ("t:<tenant>", "u:<user>")
+-- ARGV[16] the document's size cap in bytes, REDLINE_MAX_DOCUMENT_BYTES ("": none; an HTTP edit,
+--   whose whole new text was measured before its diff was made)
+-- ARGV[17..] the caller's grants ("t:<tenant>", "u:<user>")
 -- Reply: {status, version, log id}; for -4 {-4, retry_after_ms, ""}, for -5 {-5, entries, ""}
 --   1 appended; 0 not in Redis (seed it from Postgres, then retry); -1 stale: the version is
 --   no longer ARGV[14] ({-1, version, ""}); -2 deleted; -3 no access;
 --   -4 rate limited; -5 the log is at its cap (backpressure: nothing is lost, the flusher has
---   not caught up; retry later); -6 not seeded yet (install the seed update, then retry).
+--   not caught up; retry later); -6 not seeded yet (install the seed update, then retry);
+--   -7 the document would pass its size cap.
 -- The checks are edit.lua's, in its order, so revoking a member stops their next keystroke.
 -- include: access
 local doc = KEYS[1]
@@ -31,7 +34,7 @@ local f = redis.call('HMGET', doc, 'v', 'acl', 'del', 'ds', 'yb', 'yl', 'ea')
 if f[3] then
   return {-2, 0, ''}
 end
-if not granted(f[2], 16) then
+if not granted(f[2], 17) then
   return {-3, 0, ''}
 end
 if not f[5] then
@@ -54,6 +57,12 @@ local entries = redis.call('XLEN', KEYS[3])
 local bytes = tonumber(f[5]) or 0
 if entries >= tonumber(ARGV[6]) or bytes + #ARGV[2] > tonumber(ARGV[7]) then
   return {-5, entries, ''}
+end
+-- The size cap, on the text as last folded (`c`) plus every update since and this one: what the
+-- next fold's text can be at most, since an update carries each character it inserts. Deletes
+-- in the log count until they are folded, so the cap errs on the side of refusing.
+if ARGV[16] ~= '' and redis.call('HSTRLEN', doc, 'c') + bytes + #ARGV[2] > tonumber(ARGV[16]) then
+  return {-7, 0, ''}
 end
 if rate_tat then
   redis.call('SET', KEYS[4], rate_tat, 'PX', rate_tat - now)

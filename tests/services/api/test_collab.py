@@ -133,6 +133,23 @@ async def test_a_frame_over_the_cap_closes_1009(
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
+async def test_an_update_past_the_document_size_cap_closes_1009_and_is_not_stored(
+    http: httpx.AsyncClient, collab_settings: Settings
+) -> None:
+    small = collab_settings.model_copy(update={"max_document_bytes": 1024})
+    async with api_server(small) as address, httpx.AsyncClient(base_url=f"http://{address}") as c:
+        ada = await signup(c, "ada")
+        doc = await create_doc(c, ada, content="x" * 900)
+        async with editor(address, ada, doc["id"]) as ed:
+            await ed.type(0, "kept ")
+            await ed.settled()
+            await ed.type(0, "y" * 200)  # 900 + 5 + 200 bytes: over 1,024
+            await ed.closed()
+            assert ed.ws.close_code == 1009
+            assert ed.ws.close_reason == "the document is at its size limit"
+    assert await stored_text(small, doc["id"]) == "kept " + "x" * 900
+
+
 async def test_the_route_is_not_served_when_co_editing_is_off(settings: Settings) -> None:
     async with api_server(settings.model_copy(update={"collab_enabled": False})) as address:
         assert await refused(address, "/v1/collab/00000000-0000-4000-8000-000000000000") in (
