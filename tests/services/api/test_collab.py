@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -19,7 +21,7 @@ from shared.domain import collab
 from shared.settings import Settings
 from shared.store.keys import Keys
 from tests.support.collab import Editor, api_server, editor, stored_text
-from tests.support.users import create_doc, signup
+from tests.support.users import User, create_doc, signup
 
 
 async def test_two_editors_typing_at_once_converge_with_nothing_lost(
@@ -116,38 +118,46 @@ async def test_a_bad_frame_closes_the_socket_and_never_enters_the_log(
     assert await stored_text(collab_settings, doc["id"]) == "kept"
 
 
-async def test_a_frame_over_the_cap_closes_1009(
-    http: httpx.AsyncClient, collab_settings: Settings
-) -> None:
-    small = collab_settings.model_copy(update={"collab_max_frame_bytes": 2048})
-    async with api_server(small) as address, httpx.AsyncClient(base_url=f"http://{address}") as c:
+@asynccontextmanager
+async def own_api(settings: Settings, content: str = "") -> AsyncIterator[tuple[str, User, str]]:
+    """An api process of its own on `settings`: its address, a user, and that user's document."""
+    async with (
+        api_server(settings) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as c,
+    ):
         ada = await signup(c, "ada")
-        doc = await create_doc(c, ada)
-        async with connect(
-            f"ws://{address}/v1/collab/{doc['id']}", additional_headers=ada.auth
-        ) as ws:
-            await ws.send(b"\x00\x02" + b"\x00" * 4096)
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await asyncio.wait_for(ws.recv(), 5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        doc = await create_doc(c, ada, content=content)
+        yield address, ada, doc["id"]
+
+
+async def test_a_frame_over_the_cap_closes_1009(collab_settings: Settings) -> None:
+    small = collab_settings.model_copy(update={"collab_max_frame_bytes": 2048})
+    async with (
+        own_api(small) as (address, ada, doc_id),
+        connect(f"ws://{address}/v1/collab/{doc_id}", additional_headers=ada.auth) as ws,
+    ):
+        await ws.send(b"\x00\x02" + b"\x00" * 4096)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
 async def test_an_update_past_the_document_size_cap_closes_1009_and_is_not_stored(
-    http: httpx.AsyncClient, collab_settings: Settings
+    collab_settings: Settings,
 ) -> None:
     small = collab_settings.model_copy(update={"max_document_bytes": 1024})
-    async with api_server(small) as address, httpx.AsyncClient(base_url=f"http://{address}") as c:
-        ada = await signup(c, "ada")
-        doc = await create_doc(c, ada, content="x" * 900)
-        async with editor(address, ada, doc["id"]) as ed:
-            await ed.type(0, "kept ")
-            await ed.settled()
-            await ed.type(0, "y" * 200)  # 900 + 5 + 200 bytes: over 1,024
-            await ed.closed()
-            assert ed.ws.close_code == 1009
-            assert ed.ws.close_reason == "the document is at its size limit"
-    assert await stored_text(small, doc["id"]) == "kept " + "x" * 900
+    async with (
+        own_api(small, "x" * 900) as (address, ada, doc_id),
+        editor(address, ada, doc_id) as ed,
+    ):
+        await ed.type(0, "kept ")
+        await ed.settled()
+        await ed.type(0, "y" * 200)  # 900 + 5 + 200 bytes: over 1,024
+        await ed.closed()
+        assert ed.ws.close_code == 1009
+        assert ed.ws.close_reason == "the document is at its size limit"
+    assert await stored_text(small, doc_id) == "kept " + "x" * 900
 
 
 async def test_the_route_is_not_served_when_co_editing_is_off(settings: Settings) -> None:
