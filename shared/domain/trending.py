@@ -7,14 +7,15 @@ from datetime import UTC, date, datetime
 
 from redis.asyncio import Redis
 
+from shared.infra.clock import Clock, now_ms
 from shared.store.keys import Keys
 
 # Today's set is read until midnight and yesterday's may still be read a day later.
 TRENDING_TTL_S = 2 * 86_400
 
 
-def today() -> date:
-    return datetime.now(UTC).date()
+def today(clock: Clock = now_ms) -> date:
+    return datetime.fromtimestamp(clock() / 1000, UTC).date()
 
 
 async def bump(redis: Redis, keys: Keys, slugs: Iterable[str], day: date | None = None) -> None:
