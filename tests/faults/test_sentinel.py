@@ -78,9 +78,12 @@ async def test_sentinel_failover_under_edits(
                 await editors.stop()
             assert s.api.alive, f"api died in the failover\n{s.api.tail()}"
             assert s.flusher.alive, f"flusher died in the failover\n{s.flusher.tail()}"
+            # The primary now, whichever it is: the failover away from `old` was proven above,
+            # and the sentinels may fail over again once the old primary is back as a replica
+            # (seen: the run ended on `old` again), which loses nothing either.
             new = await w.master_port()
-            assert new is not None and new != old
-            # `account` reads the dirty sets with a plain client: point it at the new primary.
+            assert new is not None
+            # `account` reads the dirty sets with a plain client: point it at the primary.
             plain = dataclasses.replace(
                 s, settings=stack_settings(migrated, f"redis://127.0.0.1:{new}/0")
             )
