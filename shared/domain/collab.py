@@ -298,7 +298,22 @@ class Folded:
 
 def fold(state: bytes | None, log: Sequence[bytes]) -> Folded:
     """A document's stored state with its log applied: the new state and its text. Folding
-    entries already in `state` (a crash between a write and the trim) changes nothing."""
+    entries already in `state` (a crash between a write and the trim) changes nothing.
+
+    The state is the merge (it keeps structs still waiting for a dependency, which a Doc's own
+    encoding would drop); the text is that merge decoded by pycrdt's native Doc in one
+    transaction. pycrdt's Python wrapper (Doc(), doc.get, apply_update, str) costs a transaction
+    a call and ~13 us for Doc() alone: 47 of a fold's 55 us for a 2 KB document and three
+    keystrokes, 25 us this way (the flusher folds every co-edited document of a pass)."""
+    from pycrdt._pycrdt import Doc as NativeDoc  # here: the rest of this module uses the wrapper
+
     folded = merged([state, *log] if state else log)
-    _, text = new_doc(folded)
-    return Folded(folded, str(text))
+    doc = NativeDoc(None, None, None)
+    txn = doc.create_transaction()
+    try:
+        text = doc.get_or_insert_text(txn, ROOT)
+        doc.apply_update(txn, folded)
+        return Folded(folded, text.get_string(txn))
+    finally:
+        txn.commit()
+        txn.drop()
