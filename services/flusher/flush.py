@@ -301,7 +301,9 @@ class Flusher:
         document is written at (0: none, keep it dirty or drop it), its rows, and its folds."""
         ids = [doc_id for shard_ids in batch.by_shard.values() for doc_id in shard_ids]
         read_ms = now_ms()
-        docs = await self._updates.read_docs(list(batch.by_shard.values()), self._log_max)
+        # One entry past the cap: a log longer than this process's cap (another process's is
+        # larger) is then seen to be cut short, not taken for the whole log (`_fold`).
+        docs = await self._updates.read_docs(list(batch.by_shard.values()), self._log_max + 1)
         versions: dict[str, int] = {}
         rows: list[queries.FlushRow] = []
         folds: dict[str, Fold] = {}
@@ -312,7 +314,7 @@ class Flusher:
             if doc.version is None or doc.deleted:
                 versions[doc_id] = 0  # gone: mark_clean drops it from the dirty index
             elif doc.snapshot is not None:
-                self._fold(doc_id, doc, versions, rows, folds)
+                self._fold(doc_id, doc, versions, rows, folds, self._log_max)
             elif doc.content is None:
                 # A hash with a version but no content is never written; version 0 keeps it
                 # dirty rather than lose it.
@@ -339,11 +341,18 @@ class Flusher:
         versions: dict[str, int],
         rows: list[queries.FlushRow],
         folds: dict[str, Fold],
+        log_max: int,
     ) -> None:
         """A co-edited document's row, added to `rows`: its stored state with its log folded in,
-        from the one snapshot read_docs took (state, log and version agree). Not seeded yet:
-        version 0 (its dirty mark dropped: there is nothing to write). A fold with new entries
-        goes into `folds`, to keep in Redis once the row is committed."""
+        from the one snapshot read_docs took (state, log and version agree). A fold with new
+        entries goes into `folds`, to keep in Redis once the row is committed. Not seeded yet:
+        version 0, nothing written, the dirty mark kept.
+
+        A log read cut short (more than `log_max` entries: an api process with a larger cap)
+        does not hold the whole version: its fold is kept in Redis (it trims what it holds, so
+        the next pass reads on) but no row is written and the mark stays (version 0). Writing it
+        at the document's version would mark the document clean with the rest of its log
+        unfolded, to expire with it."""
         snapshot = doc.snapshot
         assert snapshot is not None and doc.version is not None
         if snapshot.state is None:
@@ -360,6 +369,9 @@ class Flusher:
                 sum(len(u) for _, u in snapshot.log),
                 snapshot.folded_id,
             )
+        if len(snapshot.log) > log_max:
+            versions[doc_id] = 0
+            return
         versions[doc_id] = doc.version
         rows.append(
             (

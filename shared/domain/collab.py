@@ -24,6 +24,10 @@ from typing import NamedTuple
 
 from pycrdt import Doc, Text, get_state, merge_updates
 
+# pycrdt's native Doc, below its Python wrapper: the fold's text in one transaction (`fold`).
+# A private module, stable at the pinned version (pyproject.toml).
+from pycrdt._pycrdt import Doc as NativeDoc
+
 from shared.domain.errors import InvalidInput
 
 # The one shared type of a Redline document: its text.
@@ -305,8 +309,6 @@ def fold(state: bytes | None, log: Sequence[bytes]) -> Folded:
     transaction. pycrdt's Python wrapper (Doc(), doc.get, apply_update, str) costs a transaction
     a call and ~13 us for Doc() alone: 47 of a fold's 55 us for a 2 KB document and three
     keystrokes, 25 us this way (the flusher folds every co-edited document of a pass)."""
-    from pycrdt._pycrdt import Doc as NativeDoc  # here: the rest of this module uses the wrapper
-
     folded = merged([state, *log] if state else log)
     doc = NativeDoc(None, None, None)
     txn = doc.create_transaction()

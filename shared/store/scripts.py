@@ -98,7 +98,7 @@ class QuarantineStatus(IntEnum):
 class EditReply:
     """edit.lua's reply. `status` is its code, as its header lists them (1 applied, 0 not loaded,
     -1 stale, -2 deleted, -3 no access, -4 rate limited: `version` then holds the milliseconds
-    until a retry may succeed)."""
+    until a retry may succeed; -5 co-edited: the caller appends a diff update instead)."""
 
     status: int
     version: int

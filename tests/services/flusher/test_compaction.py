@@ -29,6 +29,7 @@ from shared.store.update_log import (
     UpdateLog,
     append_options,
 )
+from tests.support.flushers import flusher_of
 from tests.support.locks import blocked_on_lock, row_locked
 from tests.support.users import User, create_doc, edit, signup
 from tests.support.worker import worker_context
@@ -245,3 +246,34 @@ async def test_a_long_log_goes_urgent_and_the_urgent_pass_folds_only_it(
 def test_the_urgent_pass_is_a_cron_job_every_second(settings: Settings) -> None:
     jobs = {job.name: job for job in worker.create_worker(settings).cron_jobs}
     assert jobs["cron:flush_urgent"].second == set(range(60))
+
+
+async def test_a_log_longer_than_the_flushers_cap_is_folded_over_passes_and_never_cut(
+    api: httpx.AsyncClient,
+    updates: UpdateLog,
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis: Redis,
+    keys: Keys,
+) -> None:
+    """A flusher whose log cap (10) is under the api's: it reads one entry past its cap, so it
+    sees that 25 entries are more than it read. It keeps each partial fold in Redis and writes
+    nothing until a pass reads the rest; the text in Postgres then holds every keystroke. (Written
+    at the document's version, a partial fold would have marked it clean, the rest to expire.)"""
+    ada, doc_id = await co_edited(api, updates, "")
+    typist = Typist(updates, ada, doc_id, collab.seed_update(""))
+    typed = "abcdefghijklmnopqrstuvwxy"
+    for char in typed:
+        await typist.type(char)
+    small = settings.model_copy(update={"collab_log_max_entries": 10})
+    async with flusher_of(small, redis, keys) as flusher:
+        for left in (14, 3):
+            stats = await flusher.flush_dirty()
+            assert (stats.written, stats.cleaned) == (0, 0)
+            assert await redis.xlen(keys.update_log(doc_id)) == left, "the fold trimmed 11"
+            assert await redis.zscore(keys.doc_dirty(doc_id), doc_id) is not None
+            assert (await pg_row(db, doc_id))["content"] == ""
+        stats = await flusher.flush_dirty()
+        assert (stats.written, stats.cleaned) == (1, 1)
+    row = await pg_row(db, doc_id)
+    assert (row["content"], row["version"]) == (typed, len(typed))
