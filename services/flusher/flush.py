@@ -271,10 +271,17 @@ class Flusher:
             read_ms, versions, rows, folds = await self._read(batch)
         stats.read = len(rows)
         refused: dict[str, BaseException] = {}
+        conflicts: dict[str, int] = {}
         if rows:
             async with self._db.acquire() as conn:
                 # In id order, so each half of a split is a contiguous run (writes lock in order).
-                stats.written = await self._write(conn, sorted(rows, key=_id), refused)
+                rows = sorted(rows, key=_id)
+                stats.written = await self._write(conn, rows, refused, conflicts)
+        # A row Postgres holds at a later version, or the same with other text, keeps its mark
+        # (version 0): it is rebased below if Redis is behind Postgres, else the next pass
+        # writes or cleans it.
+        written = {d: versions[d] for d in conflicts}
+        versions.update(dict.fromkeys(conflicts, 0))
         # Only now, after the commit, may a dirty mark go; and only if no edit came since. A
         # co-edited document keeps its fold in Redis first and drops the log entries the fold
         # holds (compare-on-id: entries appended meanwhile stay). A refused document keeps its
@@ -290,6 +297,8 @@ class Flusher:
         )
         if refused:
             await self._quarantine(batch, versions, refused, stats)
+        for doc_id, pg_version in conflicts.items():
+            await self._rebase(doc_id, pg_version, written[doc_id])
         stats.seconds = time.perf_counter() - started
         log.debug("flushed batch: %s", stats)
         return stats
@@ -385,8 +394,28 @@ class Flusher:
             )
         )
 
+    async def _rebase(self, doc_id: str, pg_version: int, written: int) -> None:
+        """Postgres holds `doc_id` at `pg_version` from another history than Redis's (a state
+        Redis that lost its last writes, then took new edits): move Redis's version past it,
+        so the next flush writes what Redis holds (lua/rebase.lua)."""
+        moved = await self._scripts.rebase(doc_id, pg_version, written)
+        if moved:
+            log.error(
+                "document %s: Postgres holds version %d with other text than Redis's version %d"
+                " (the state Redis lost writes it had flushed); Redis's version is now %d and the"
+                " next flush writes it",
+                doc_id,
+                pg_version,
+                written,
+                moved,
+            )
+
     async def _write(
-        self, conn: queries.Conn, rows: list[queries.FlushRow], refused: dict[str, BaseException]
+        self,
+        conn: queries.Conn,
+        rows: list[queries.FlushRow],
+        refused: dict[str, BaseException],
+        conflicts: dict[str, int],
     ) -> int:
         """Write `rows` (one statement); on a data error, write each half the same way, so only
         the rows Postgres refuses stay unwritten: they go into `refused` with their error. Each
@@ -394,7 +423,7 @@ class Flusher:
         transient error propagates: the whole flush is retried, and rewriting what was already
         committed is a no-op (the version guard)."""
         try:
-            return await queries.write_documents(conn, rows)
+            return await queries.write_documents(conn, rows, conflicts)
         except DATA_ERRORS as exc:
             if len(rows) == 1:
                 refused[rows[0][0]] = exc
@@ -403,8 +432,8 @@ class Flusher:
                 "a batch of %d documents was refused (%s); splitting it", len(rows), _reason(exc)
             )
             half = len(rows) // 2
-            return await self._write(conn, rows[:half], refused) + await self._write(
-                conn, rows[half:], refused
+            return await self._write(conn, rows[:half], refused, conflicts) + await self._write(
+                conn, rows[half:], refused, conflicts
             )
 
     async def _quarantine(

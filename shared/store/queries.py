@@ -237,12 +237,26 @@ async def snapshot(conn: Conn, doc_id: str, snapshot_id: str) -> Record | None:
     )
 
 
-async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
+# Rows of the buffer the guarded UPDATE skipped because Postgres holds a later version, or the
+# same version with other text: not a retried or concurrent write of the same history (one
+# history gives one text a version) unless Redis, the flusher's caller judges, is past it.
+_CONFLICTS = """
+SELECT d.id::text AS id, d.version FROM documents d JOIN flush_buffer b ON d.id = b.id
+WHERE d.version > b.version OR (d.version = b.version AND d.content IS DISTINCT FROM b.content)
+"""
+
+
+async def write_documents(
+    conn: Conn, rows: Sequence[FlushRow], conflicts: dict[str, int] | None = None
+) -> int:
     """Write a batch of flushed documents in one statement; return how many rows changed.
 
     COPY into a per-connection temp table, then one UPDATE joined to it: the fastest bulk path
     (see the flush benchmark). The version guard makes the write idempotent and safe to run
     concurrently: Postgres never goes backwards, and a deleted row is never recreated.
+    With `conflicts`, a batch the guard did not write whole also fills it with id -> Postgres's
+    version for the rows at a later version or at the same version with other text (a second
+    query, in the same transaction, only then).
     """
     # In id order: the UPDATE below probes `documents` row by row in the buffer's order, so every
     # writer (flusher batches, per-document flushes, other flushers) locks shared rows in one
@@ -268,7 +282,10 @@ async def write_documents(conn: Conn, rows: Sequence[FlushRow]) -> int:
             " ystate = COALESCE(b.ystate, d.ystate), ylog = COALESCE(b.ylog, d.ylog)"
             " FROM flush_buffer b WHERE d.id = b.id AND d.version < b.version"
         )
-    return int(status.split()[-1])
+        written = int(status.split()[-1])
+        if conflicts is not None and written < len(ordered):
+            conflicts.update({r["id"]: r["version"] for r in await conn.fetch(_CONFLICTS)})
+    return written
 
 
 async def prepare_flush_connection(conn: Conn) -> None:

@@ -45,6 +45,7 @@ NAMES = (
     "pool_refresh",
     "pool_leave",
     "quarantine",
+    "rebase",
 )
 
 
@@ -385,6 +386,18 @@ class Scripts:
         for at in rounds(range(len(calls)), sizes):
             cleaned += sum(int(r) for r in await self._many("mark_clean", [calls[j] for j in at]))
         return cleaned
+
+    async def rebase(self, doc_id: str, pg_version: int, written: int) -> int:
+        """rebase.lua: move the document's version past `pg_version` if Postgres holds it from
+        another history; the new version, or 0 when nothing moved."""
+        k = self._keys
+        return int(
+            await self._call(
+                "rebase",
+                (k.doc(doc_id), k.doc_dirty(doc_id)),
+                (doc_id, pg_version, written, now_ms()),
+            )
+        )
 
     async def quarantine_shards(
         self, shards: Sequence[tuple[int, Sequence[tuple[str, int]]]]

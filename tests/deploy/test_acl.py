@@ -399,7 +399,7 @@ async def test_a_service_refuses_a_url_without_its_password(acl_port: int) -> No
 # flusher's flush bookkeeping, the api's editing and co-editing; the rest (presence, the
 # profile cache, seeding a document, deletes) run in more than one service.
 MATCHER_SCRIPTS = {"match", "pool_refresh", "pool_leave", "gcra"}
-FLUSHER_SCRIPTS = {"claim", "release", "mark_clean", "quarantine", "read_docs"}
+FLUSHER_SCRIPTS = {"claim", "release", "mark_clean", "quarantine", "read_docs", "rebase"}
 API_ONLY_SCRIPTS = {
     "edit",
     "gcra",
