@@ -56,8 +56,11 @@ def _cpu(procs: list[psutil.Process]) -> dict[int, float]:
 
 
 def _busy() -> float:
+    """CPU seconds the machine's processes used: not idle or waiting on I/O, and not steal (time
+    the hypervisor gave another guest) or guest time (Linux counts it in `user` already)."""
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    left_out = ("idle", "iowait", "steal", "guest", "guest_nice")
+    return sum(t) - sum(getattr(t, name, 0.0) for name in left_out)
 
 
 @dataclass
