@@ -197,7 +197,8 @@ def main() -> int:
             port = int(os.environ.get("REDLINE_EMBEDDED_REDIS_PORT", "16379"))
             valkey = Valkey(DATA / "valkey", port, aof=True)
             say(
-                f"starting embedded Valkey on 127.0.0.1:{port} (AOF everysec, data in .data/valkey)"
+                f"starting embedded Valkey on 127.0.0.1:{port} (AOF everysec, {valkey.allocator},"
+                " data in .data/valkey)"
             )
             valkey.start()
             env["REDLINE_REDIS_URL"] = valkey.url
