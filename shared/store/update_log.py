@@ -30,6 +30,8 @@ from shared.store.scripts import (
 NAMES = ("collab_append", "collab_seed", "collab_read", "read_docs")
 # A co-edited document's state larger than this is read outside the flush's read script.
 INLINE_STATE_MAX = 64 * 1024
+# XRANGE's COUNT for a read of a whole log: any log's length is under it (appends stop at a cap).
+WHOLE_LOG = 2**31 - 1
 
 
 class AppendStatus(IntEnum):
@@ -267,11 +269,18 @@ class UpdateLog:
         return SeedStatus(int(status))
 
     async def read(self, doc_id: str, max_entries: int) -> Snapshot:
+        """The document's snapshot with its whole log. One entry past `max_entries` is asked
+        for: a longer log (appended by an api process with a larger
+        REDLINE_COLLAB_LOG_MAX_ENTRIES) is read again whole, in one call, so that a GET, an
+        HTTP edit's diff or a socket's step 1 never takes part of the log for all of it."""
         k = self._keys
-        (reply,) = await self._s["collab_read"](
-            keys=(k.doc(doc_id), k.update_log(doc_id)), args=(max_entries,)
-        )
-        return _snapshot(reply)
+        keys = (k.doc(doc_id), k.update_log(doc_id))
+        (reply,) = await self._s["collab_read"](keys=keys, args=(max_entries + 1,))
+        snapshot = _snapshot(reply)
+        if len(snapshot.log) > max_entries:
+            (reply,) = await self._s["collab_read"](keys=keys, args=(WHOLE_LOG,))
+            snapshot = _snapshot(reply)
+        return snapshot
 
     async def read_docs(self, groups: Sequence[Sequence[str]], max_entries: int) -> list[DocRead]:
         """Each document of a flush batch, for groups of ids that each lie in one shard: one

@@ -547,3 +547,23 @@ async def test_a_capped_append_refuses_what_could_pass_the_document_size_cap(
     assert (await log.append(doc_id, typed[3], "h", "alice", 5000, GRANTS)).status == (
         AppendStatus.APPENDED
     )
+
+
+async def test_a_read_returns_a_log_longer_than_its_own_cap_whole(
+    redis: Redis, keys: Keys, binary: Redis
+) -> None:
+    """An api process with a larger REDLINE_COLLAB_LOG_MAX_ENTRIES appended 25 entries; a reader
+    whose cap is 10 still gets all 25 (a GET, an HTTP diff, a step 1), not the first 10."""
+    large = UpdateLog(binary, keys, AppendOptions(LogLimits(entries=100, bytes=100_000)))
+    doc_id = await co_edited(redis, keys, large)
+    typed = "abcdefghijklmnopqrstuvwxy"
+    for update in keystrokes(collab.seed_update("seed text"), typed):
+        assert (await large.append(doc_id, update, "o", "alice", 1, GRANTS)).status == (
+            AppendStatus.APPENDED
+        )
+    for cap in (10, 24, 25, 26):
+        snapshot = await large.read(doc_id, cap)
+        assert len(snapshot.log) == 25
+        assert snapshot.state is not None
+        text = collab.fold(snapshot.state, [u for _, u in snapshot.log]).text
+        assert text == "seed text" + typed
