@@ -41,6 +41,7 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "max_open_connections": (256, 256),
     "flush_docs": (20_000, 2_000),
     "flush_reps": (3, 1),
+    "open_reps": (3, 1),
     "flush_interval": (30, 1),
     "drain_timeout": (10.0, 5.0),
     "match_calls": (2000, 300),
@@ -67,6 +68,7 @@ class Options:
     max_open_connections: int
     flush_docs: int
     flush_reps: int
+    open_reps: int
     flush_interval: int
     drain_timeout: float
     lag_duration: float
@@ -150,6 +152,12 @@ def parser() -> argparse.ArgumentParser:
     add("--max-open-connections", type=int, help="open-loop connection pool cap (256)")
     add("--flush-docs", type=int, help="dirty documents in the flush scenario (20000; quick 2000)")
     add("--flush-reps", type=int, help="repetitions of the flush scenario (3; quick 1)")
+    add(
+        "--open-reps",
+        type=int,
+        help="rounds of the open-loop scenario, every system once a round, the order rotated"
+        " (3; quick 1)",
+    )
     add("--flush-interval", type=int, help="the flusher's cron interval, s (30; quick 1)")
     add("--drain-timeout", type=float, help="s to wait for late responses after a run (10)")
     add(
@@ -256,6 +264,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         max_open_connections=int(values["max_open_connections"]),
         flush_docs=int(values["flush_docs"]),
         flush_reps=int(values["flush_reps"]),
+        open_reps=int(values["open_reps"]),
         flush_interval=int(values["flush_interval"]),
         drain_timeout=float(values["drain_timeout"]),
         lag_duration=float(ns.lag_duration or 2 * values["flush_interval"] + 5),
@@ -297,6 +306,7 @@ def _check(p: argparse.ArgumentParser, o: Options) -> None:
         "--max-open-connections": o.max_open_connections,
         "--flush-docs": o.flush_docs,
         "--flush-reps": o.flush_reps,
+        "--open-reps": o.open_reps,
         "--drain-timeout": o.drain_timeout,
         "--lag-duration": o.lag_duration,
         "--collab-duration": o.collab_duration,

@@ -68,6 +68,7 @@ class LoadRun:
     warm_statuses: dict[str, int] = field(default_factory=dict)
     timeline: list[int] = field(default_factory=list)  # 2xx answers in each second of the run
     cdf: list[tuple[float, float]] = field(default_factory=list)  # (latency ms, fraction)
+    rep: int = 0  # the round, for a scenario run more than once (the open loop)
     dirty: list[DirtySample] = field(default_factory=list)
 
     @property
@@ -260,6 +261,10 @@ class Report:
 
     def load(self, scenario: str, system: str) -> LoadRun | None:
         return next((r for r in self.loads if (r.scenario, r.system) == (scenario, system)), None)
+
+    def runs_of(self, scenario: str, system: str) -> list[LoadRun]:
+        """Every run of `system` in `scenario`, in the order they ran (rounds of the open loop)."""
+        return [r for r in self.loads if (r.scenario, r.system) == (scenario, system)]
 
     def to_json(self) -> dict[str, Any]:
         loads = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bench.results import Report
+from bench.results import LoadRun, Report
 
 CPU_GROUPS = ("server", "flusher", "redis", "postgres", "loadgen", "other")
 
@@ -48,7 +48,7 @@ def loads(report: Report) -> str:
             per_write = "no writes" if r.system == "redline" else "-"
         rows.append(
             (
-                r.scenario,
+                _scenario(report, r),
                 r.system,
                 rate,
                 _f(r.achieved_per_s),
@@ -64,11 +64,17 @@ def loads(report: Report) -> str:
     return render(headers, rows)
 
 
+def _scenario(report: Report, run: LoadRun) -> str:
+    """The scenario, with the round when it ran more than once ("open 2")."""
+    several = len(report.runs_of(run.scenario, run.system)) > 1
+    return f"{run.scenario} {run.rep + 1}" if several else run.scenario
+
+
 def cpu(report: Report) -> str:
     headers = ("scenario", "system", *(f"{g} cpu s" for g in CPU_GROUPS), "conns", "lag p99 ms")
     rows = [
         (
-            r.scenario,
+            _scenario(report, r),
             r.system,
             *(_f(r.cpu_s.get(g), 2) for g in CPU_GROUPS),
             str(r.connections),

@@ -33,8 +33,28 @@ def _rate(run: LoadRun | None) -> float | None:
     return None if run is None else run.achieved_per_s
 
 
-def _p99(run: LoadRun | None) -> float | None:
-    return None if run is None else run.p99_ms
+def _median_p99(runs: list[LoadRun]) -> float | None:
+    p99s = [r.p99_ms for r in runs if r.p99_ms is not None]
+    return statistics.median(p99s) if p99s else None
+
+
+def _open_p99(report: Report, opts: Options) -> Target:
+    """Redline's open-loop p99 over the ceiling's: the median of each one's rounds (interleaved,
+    the order rotated), since one 20 s p99 on this host moves by 2x from run to run."""
+    mine, peer = report.runs_of("open", "redline"), report.runs_of("open", "ceiling")
+    rounds = [
+        f"{a.p99_ms:.2f}/{b.p99_ms:.2f}"
+        for a, b in zip(mine, peer, strict=False)
+        if a.p99_ms is not None and b.p99_ms is not None
+    ]
+    note = f"median of {len(rounds)} rounds; p99 ms redline/ceiling: {', '.join(rounds)}"
+    return _check(
+        f"redline/ceiling p99 at {opts.rate:.0f}/s (open loop), <=",
+        _ratio(_median_p99(mine), _median_p99(peer)),
+        P99_VS_CEILING,
+        at_least=False,
+        note=note if len(rounds) > 1 else "",
+    )
 
 
 def _check(name: str, value: float | None, limit: float, at_least: bool, note: str = "") -> Target:
@@ -45,7 +65,7 @@ def _check(name: str, value: float | None, limit: float, at_least: bool, note: s
 def evaluate(report: Report, opts: Options) -> list[Target]:
     out: list[Target] = []
     rl_closed, cap_closed = report.load("closed", "redline"), report.load("closed", "ceiling")
-    rl_open, cap_open = report.load("open", "redline"), report.load("open", "ceiling")
+    rl_open = report.load("open", "redline")
     out.append(
         _check(
             "redline/ceiling max edits/s (closed loop), >=",
@@ -54,14 +74,7 @@ def evaluate(report: Report, opts: Options) -> list[Target]:
             at_least=True,
         )
     )
-    out.append(
-        _check(
-            f"redline/ceiling p99 at {opts.rate:.0f}/s (open loop), <=",
-            _ratio(_p99(rl_open), _p99(cap_open)),
-            P99_VS_CEILING,
-            at_least=False,
-        )
-    )
+    out.append(_open_p99(report, opts))
     # Steady state: the flush-lag run spans two flush intervals; the 20 s runs may see no flush.
     steady = report.load("lag", "redline") or rl_open
     notes = []
